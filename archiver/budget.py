@@ -1,0 +1,45 @@
+"""A byte budget: bounds the file content held in memory across all workers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+
+class ByteBudget:
+    """A counting semaphore measured in bytes. A request larger than the whole budget is
+    clipped to it, so it waits for everything else to finish and then runs alone."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.used = 0
+        self.peak = 0
+        self._changed = asyncio.Condition()
+
+    def _clip(self, nbytes: int) -> int:
+        return min(max(nbytes, 0), self.capacity)
+
+    async def acquire(self, nbytes: int) -> int:
+        """Wait until `nbytes` fit, take them; returns what to give back to `release`."""
+        n = self._clip(nbytes)
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.used + n <= self.capacity)
+            self.used += n
+            self.peak = max(self.peak, self.used)
+        return n
+
+    async def release(self, taken: int) -> None:
+        """Give back what `acquire` returned."""
+        async with self._changed:
+            self.used -= taken
+            self._changed.notify_all()
+
+    @asynccontextmanager
+    async def hold(self, nbytes: int) -> AsyncIterator[None]:
+        """Hold `nbytes` of the budget for the duration of the block."""
+        taken = await self.acquire(nbytes)
+        try:
+            yield
+        finally:
+            await asyncio.shield(self.release(taken))

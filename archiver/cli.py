@@ -1,0 +1,228 @@
+"""The command line: flags and environment -> Settings, `asyncio.run`, exit codes.
+
+Precedence: flag > environment variable > `.env` file (or `--env-file`) > default. The
+`.env` file is loaded by an eager option, before click reads the environment, and never
+overrides a variable that is already set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from dotenv import load_dotenv
+
+from archiver import __version__
+from archiver.errors import ArchiverError, ConfigError
+from archiver.pipeline import Interrupt
+from archiver.progress import Reporter, format_summary
+from archiver.settings import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_BUCKET,
+    DEFAULT_CACHE_ROOT,
+    DEFAULT_CONCURRENCY,
+    DEFAULT_KEY_PREFIX,
+    DEFAULT_MULTIPART_THRESHOLD_BYTES,
+    DEFAULT_PART_SIZE_BYTES,
+    DEFAULT_REGION,
+    MAX_CONCURRENCY,
+    MEDIA_TYPES,
+    MIB,
+    Settings,
+    UploadOptions,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
+
+
+def _load_env_file(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    path = value or ctx.find_root().meta.get("archiver.env_file")
+    if path:
+        if not Path(path).is_file():
+            raise click.BadParameter(f"{path} is not a file", param_hint="--env-file")
+        load_dotenv(path, override=False)
+    elif Path(".env").is_file():
+        load_dotenv(".env", override=False)
+
+
+def config_options(func: F) -> F:
+    """The options every command shares (they all build a Settings)."""
+    options = [
+        click.option(
+            "--env-file", type=click.Path(dir_okay=False), is_eager=True, expose_value=False,
+            callback=_load_env_file, help="Read variables from this file instead of ./.env.",
+        ),
+        click.option("--database-url", envvar="DATABASE_URL", metavar="DSN",
+                     help="PostgreSQL DSN (env DATABASE_URL)."),
+        click.option("--bucket", envvar="ARCHIVER_BUCKET", default=DEFAULT_BUCKET,
+                     show_default=True, help="Target bucket (env ARCHIVER_BUCKET)."),
+        click.option("--key-prefix", envvar="ARCHIVER_KEY_PREFIX", default=DEFAULT_KEY_PREFIX,
+                     show_default=True, help="First part of every key (env ARCHIVER_KEY_PREFIX)."),
+        click.option("--cache-root", envvar="ARCHIVER_CACHE_ROOT", default=DEFAULT_CACHE_ROOT,
+                     show_default=True, type=click.Path(file_okay=False, path_type=Path),
+                     help="Local media cache (env ARCHIVER_CACHE_ROOT)."),
+        click.option("--profile", envvar="AWS_PROFILE",
+                     help="AWS profile (env AWS_PROFILE; default: the AWS credential chain)."),
+        click.option("--region", envvar=["AWS_REGION", "AWS_DEFAULT_REGION"],
+                     default=DEFAULT_REGION, show_default=True, help="AWS region."),
+        click.option("--endpoint-url", envvar=["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"],
+                     metavar="URL", help="S3-compatible endpoint (MinIO, R2, moto)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def build_settings(params: dict[str, Any]) -> Settings:
+    """A Settings from the shared options (removed from `params`)."""
+    return Settings(
+        database_url=params.pop("database_url") or None,
+        bucket=params.pop("bucket"),
+        key_prefix=params.pop("key_prefix"),
+        cache_root=params.pop("cache_root"),
+        profile=params.pop("profile") or None,
+        region=params.pop("region") or DEFAULT_REGION,
+        endpoint_url=params.pop("endpoint_url") or None,
+    )
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, not {value!r}") from None
+
+
+def run_async(factory: Callable[[Interrupt], Coroutine[Any, Any, T]]) -> T:
+    """Run a job with SIGINT/SIGTERM turned into `Interrupt.trigger` calls."""
+
+    async def main() -> T:
+        interrupt = Interrupt()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, _on_signal, interrupt)
+        try:
+            return await factory(interrupt)
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+    return asyncio.run(main())
+
+
+def _on_signal(interrupt: Interrupt) -> None:
+    if interrupt.count == 0:
+        print(
+            "\narchiver: stopping: finishing uploads in flight and recording them "
+            "(press Ctrl-C again to abandon them)",
+            file=sys.stderr, flush=True,
+        )
+    else:
+        print("\narchiver: abandoning uploads in flight", file=sys.stderr, flush=True)
+    interrupt.trigger()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="archiver")
+@click.option("--env-file", type=click.Path(dir_okay=False), metavar="PATH",
+              help="Read variables from PATH instead of ./.env.")
+@click.pass_context
+def cli(ctx: click.Context, env_file: str | None) -> None:
+    """Move cached media into S3 for good and record each object's URL in post_media."""
+    ctx.meta["archiver.env_file"] = env_file
+
+
+def _mib(_ctx: click.Context, _param: click.Parameter, value: float | None) -> int | None:
+    return None if value is None else int(value * MIB)
+
+
+@cli.command()
+@config_options
+@click.option("--concurrency", type=click.IntRange(1, MAX_CONCURRENCY),
+              default=DEFAULT_CONCURRENCY, show_default=True, help="Uploads in flight at once.")
+@click.option("--batch-size", type=click.IntRange(1, 10_000), default=DEFAULT_BATCH_SIZE,
+              show_default=True, help="Most rows written by one grouped UPDATE.")
+@click.option("--limit", type=click.IntRange(0), help="Archive at most N rows.")
+@click.option("--dry-run", is_flag=True, help="Write nothing; list what would be uploaded.")
+@click.option("--force", is_flag=True,
+              help="Every row, even archived ones; upload again and rewrite archive_url.")
+@click.option("--media-type", "media_types", type=click.Choice(MEDIA_TYPES), multiple=True,
+              help="Only rows of this media type (repeatable).")
+@click.option("--multipart-threshold", type=click.FloatRange(5), callback=_mib,
+              default=DEFAULT_MULTIPART_THRESHOLD_BYTES / MIB, show_default=True,
+              metavar="MIB", help="Files larger than this many MiB are uploaded in parts.")
+@click.option("--part-size", type=click.FloatRange(5, 5120), callback=_mib,
+              default=DEFAULT_PART_SIZE_BYTES / MIB, show_default=True, metavar="MIB",
+              help="Size of each part of a multipart upload, in MiB.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@click.option("--no-progress", is_flag=True, help="No progress bar or progress lines.")
+@click.option("-v", "--verbose", is_flag=True, help="One line per file.")
+def upload(**params: Any) -> int:
+    """Upload every unarchived row's file and record its archive_url."""
+    from archiver.upload import run_upload
+
+    settings = build_settings(params)
+    as_json = params.pop("as_json")
+    no_progress = params.pop("no_progress")
+    verbose = params.pop("verbose")
+    options = UploadOptions(
+        concurrency=params["concurrency"],
+        batch_size=params["batch_size"],
+        limit=params["limit"],
+        dry_run=params["dry_run"],
+        force=params["force"],
+        media_types=tuple(params["media_types"]),
+        multipart_threshold=params["multipart_threshold"],
+        part_size=params["part_size"],
+    )
+    mode = "off" if no_progress else ("bar" if sys.stderr.isatty() else "log")
+    reporter = Reporter(
+        mode=mode, verbose=verbose, dry_run=options.dry_run,
+        out=sys.stderr if as_json else sys.stdout,
+    )
+    retry_mode = os.environ.get("AWS_RETRY_MODE") or None
+    max_attempts = _env_int("AWS_MAX_ATTEMPTS")
+    summary = run_async(
+        lambda interrupt: run_upload(
+            settings, options, reporter, interrupt=interrupt,
+            retry_mode=retry_mode, max_attempts=max_attempts,
+        )
+    )
+    if as_json:
+        click.echo(json.dumps(summary.as_json()))
+    else:
+        click.echo(format_summary(summary, bucket=settings.bucket))
+    return summary.exit_code
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: one readable line and exit 2 for usage errors, no tracebacks."""
+    try:
+        code = cli.main(args=argv, prog_name="archiver", standalone_mode=False)
+    except click.exceptions.Abort:
+        code = 130
+    except click.UsageError as exc:
+        hint = f" (see 'archiver {exc.ctx.info_name} --help')" if exc.ctx else ""
+        hint = hint.replace("archiver archiver", "archiver")
+        click.echo(f"archiver: error: {exc.format_message()}{hint}", err=True)
+        code = 2
+    except click.ClickException as exc:
+        click.echo(f"archiver: error: {exc.format_message()}", err=True)
+        code = exc.exit_code
+    except ArchiverError as exc:
+        click.echo(f"archiver: error: {exc}", err=True)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,40 @@
+"""The exceptions that cross module boundaries.
+
+Adapters translate their driver's exceptions into these, so nothing above `db.py` and
+`storage.py` ever sees an asyncpg or botocore type. Per-row problems are *not* exceptions:
+they are outcomes (see `models.Outcome`).
+"""
+
+from __future__ import annotations
+
+
+class ArchiverError(Exception):
+    """Base class: a failure that stops a command. `exit_code` is what the CLI returns."""
+
+    exit_code = 1
+
+
+class ConfigError(ArchiverError):
+    """Bad flag, bad configuration, unreachable service or missing credentials (exit 2)."""
+
+    exit_code = 2
+
+
+class DatabaseError(ArchiverError):
+    """The database failed in a way that a retry of the same statement may fix."""
+
+
+class DatabaseUnavailable(ConfigError):
+    """The database cannot be reached or refuses us at start-up."""
+
+
+class StorageError(ArchiverError):
+    """An S3 request failed for one object (the row is `failed`, the run goes on)."""
+
+
+class BucketMissing(ConfigError):
+    """The target bucket does not exist."""
+
+
+class StorageUnavailable(ConfigError):
+    """S3 cannot be used at all: no credentials, access denied, endpoint unreachable."""

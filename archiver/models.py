@@ -1,0 +1,127 @@
+"""Rows, per-row outcomes and the run summary (pure)."""
+
+from __future__ import annotations
+
+import enum
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class MediaRow:
+    """The columns of one `post_media` row that archiving needs."""
+
+    media_id: str
+    media_type: str
+    local_file_path: str | None
+    md5_sum: str | None
+    mime_type: str | None
+    created_at: datetime | None
+    archive_url: str | None = None
+    file_size: int | None = None
+
+
+class Outcome(enum.StrEnum):
+    """What happened to one row."""
+
+    UPLOADED = "uploaded"
+    SKIPPED_EXISTING = "skipped_existing"
+    MISSING_LOCAL = "missing_local"
+    INVALID = "invalid"
+    CORRUPT = "corrupt"
+    FAILED = "failed"
+    WOULD_UPLOAD = "would_upload"  # dry run only
+
+    @property
+    def recordable(self) -> bool:
+        """Whether the row's archive_url is written (its object is confirmed stored)."""
+        return self in (Outcome.UPLOADED, Outcome.SKIPPED_EXISTING)
+
+    @property
+    def is_problem(self) -> bool:
+        """Whether this outcome makes the run exit 1."""
+        return self in (Outcome.INVALID, Outcome.CORRUPT, Outcome.FAILED)
+
+
+@dataclass(frozen=True, slots=True)
+class RowResult:
+    """The outcome of one row, with what the summary and the writer need."""
+
+    media_id: str
+    outcome: Outcome
+    key: str | None = None
+    url: str | None = None
+    reason: str = ""
+    bytes_sent: int = 0  # object bytes this run sent to S3 for this row
+    size: int = 0  # size of the local file, when found
+    path: str | None = None
+
+
+SUMMARY_COUNTS = (
+    Outcome.UPLOADED,
+    Outcome.SKIPPED_EXISTING,
+    Outcome.MISSING_LOCAL,
+    Outcome.INVALID,
+    Outcome.CORRUPT,
+    Outcome.FAILED,
+)
+
+
+@dataclass
+class Summary:
+    """Counts of one run of `archiver upload`."""
+
+    dry_run: bool = False
+    counts: Counter[Outcome] = field(default_factory=Counter)
+    db_updated: int = 0
+    unrecorded: int = 0  # confirmed uploads the database did not take
+    bytes_uploaded: int = 0
+    elapsed_s: float = 0.0
+    interrupted: bool = False
+
+    def add(self, result: RowResult) -> None:
+        """Count one row's outcome."""
+        self.counts[result.outcome] += 1
+        self.bytes_uploaded += result.bytes_sent
+
+    @property
+    def selected(self) -> int:
+        """Rows this run looked at (every outcome, `would_upload` included)."""
+        return sum(self.counts.values())
+
+    @property
+    def files_per_s(self) -> float:
+        done = self.counts[Outcome.UPLOADED] + self.counts[Outcome.SKIPPED_EXISTING]
+        if self.dry_run:
+            done = self.counts[Outcome.WOULD_UPLOAD]
+        return done / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def exit_code(self) -> int:
+        """0, 1 when a row failed, was corrupt or invalid or went unrecorded, 130 if interrupted."""
+        if self.interrupted:
+            return 130
+        problems = sum(self.counts[o] for o in Outcome if o.is_problem)
+        return 1 if problems or self.unrecorded else 0
+
+    def as_json(self) -> dict[str, Any]:
+        """The contract's JSON object."""
+        data: dict[str, Any] = {"selected": self.selected}
+        for outcome in SUMMARY_COUNTS:
+            data[outcome.value] = self.counts[outcome]
+        data.update(
+            db_updated=self.db_updated,
+            bytes_uploaded=self.bytes_uploaded,
+            elapsed_s=round(self.elapsed_s, 3),
+            files_per_s=round(self.files_per_s, 2),
+            dry_run=self.dry_run,
+        )
+        if self.dry_run:
+            data["would_upload"] = self.counts[Outcome.WOULD_UPLOAD]
+        if self.unrecorded:
+            data["unrecorded"] = self.unrecorded
+        if self.interrupted:
+            data["interrupted"] = True
+        return data

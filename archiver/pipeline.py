@@ -1,0 +1,229 @@
+"""Producer -> bounded queue -> N workers -> batching writer. No SQL, no boto, no tqdm.
+
+The pipeline only applies policies; what a row means (`handle`) and where results go
+(`record`) are injected, so it is tested with plain fakes and used with the real adapters.
+
+Stopping: `stop` (an Event) ends paging and makes workers drop rows they have not
+started; rows already being handled finish. `abandon()` cancels in-flight work (a second
+Ctrl-C). Whatever happens, every confirmed result is handed to the writer, and the
+writer's final flush is shielded from cancellation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+from archiver.errors import ArchiverError, ConfigError, DatabaseError
+from archiver.models import MediaRow, RowResult
+
+Handler = Callable[[MediaRow], Awaitable[RowResult]]
+Recorder = Callable[[Sequence[tuple[str, str]]], Awaitable[int]]
+Clock = Callable[[], float]
+
+QUEUE_ROWS_PER_WORKER = 2  # the row queue holds about 2 x concurrency rows
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """When the writer flushes: at `max_rows` pending rows, or `max_age_s` after the oldest."""
+
+    max_rows: int
+    max_age_s: float
+
+    def due(self, pending: int, oldest_at: float | None, now: float) -> bool:
+        if pending >= self.max_rows:
+            return True
+        return pending > 0 and oldest_at is not None and now - oldest_at >= self.max_age_s
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff, capped, for at most `deadline_s` in all (injected clock)."""
+
+    first_delay_s: float = 0.5
+    max_delay_s: float = 5.0
+    deadline_s: float = 60.0
+
+    def delay(self, attempt: int, started_at: float, now: float) -> float | None:
+        """Seconds to wait before retry number `attempt` (1-based), or None to give up."""
+        wait = min(self.max_delay_s, self.first_delay_s * 2 ** (attempt - 1))
+        if now - started_at + wait > self.deadline_s:
+            return None
+        return wait
+
+
+class Interrupt:
+    """Ctrl-C / SIGTERM as a value: the first stops paging, the second abandons uploads."""
+
+    def __init__(self) -> None:
+        self.stop = asyncio.Event()
+        self.count = 0
+        self._abandon: list[Callable[[], None]] = []
+
+    @property
+    def triggered(self) -> bool:
+        return self.count > 0
+
+    def on_abandon(self, callback: Callable[[], None]) -> None:
+        self._abandon.append(callback)
+
+    def trigger(self) -> None:
+        self.count += 1
+        self.stop.set()
+        if self.count >= 2:
+            for callback in self._abandon:
+                callback()
+
+
+@dataclass
+class WriteStats:
+    """What the writer did."""
+
+    db_updated: int = 0
+    recorded: int = 0  # rows handed to a successful UPDATE
+    unrecorded: int = 0  # confirmed uploads never recorded (database gave up)
+
+
+_STOP = object()
+_TICK = object()
+
+
+@dataclass
+class Pipeline:
+    """One run: wire it, then `await run(rows)`."""
+
+    handle: Handler
+    record: Recorder
+    concurrency: int
+    batch: BatchPolicy
+    on_result: Callable[[RowResult], None]
+    db_retry: RetryPolicy = field(default_factory=RetryPolicy)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    clock: Clock = time.monotonic
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    stats: WriteStats = field(default_factory=WriteStats)
+    fatal: BaseException | None = None
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _db_dead: bool = False
+
+    def abandon(self) -> None:
+        """Cancel the uploads in flight (their rows are not recorded)."""
+        self.stop.set()
+        for task in self._tasks:
+            task.cancel()
+
+    async def run(self, rows: AsyncIterator[MediaRow]) -> WriteStats:
+        """Process every row of `rows`; raise the first infrastructure error, if any."""
+        queue: asyncio.Queue[MediaRow | None] = asyncio.Queue(
+            maxsize=max(1, QUEUE_ROWS_PER_WORKER * self.concurrency)
+        )
+        results: asyncio.Queue[object] = asyncio.Queue()
+        workers_done = asyncio.Event()
+        async with asyncio.TaskGroup() as tg:
+            producer = tg.create_task(self._produce(rows, queue), name="producer")
+            workers = [
+                tg.create_task(self._work(queue, results), name=f"worker-{i}")
+                for i in range(self.concurrency)
+            ]
+            self._tasks = [producer, *workers]
+            tg.create_task(self._tick(results, workers_done), name="flush-ticker")
+            writer = tg.create_task(self._write(results), name="writer")
+            try:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+            finally:
+                workers_done.set()
+                results.put_nowait(_STOP)
+                await asyncio.shield(writer)
+        if self.fatal is not None:
+            raise self.fatal
+        return self.stats
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.fatal is None:
+            self.fatal = exc
+        self.stop.set()
+
+    async def _produce(
+        self, rows: AsyncIterator[MediaRow], queue: asyncio.Queue[MediaRow | None]
+    ) -> None:
+        try:
+            async for row in rows:
+                if self.stop.is_set():
+                    break
+                await queue.put(row)
+                if self.stop.is_set():
+                    break
+        except ArchiverError as exc:
+            self._fail(exc)
+        except asyncio.CancelledError:
+            return  # abandoned: the workers are being cancelled too
+        for _ in range(self.concurrency):
+            await queue.put(None)
+
+    async def _work(
+        self, queue: asyncio.Queue[MediaRow | None], results: asyncio.Queue[object]
+    ) -> None:
+        while (row := await queue.get()) is not None:
+            if self.stop.is_set():
+                continue  # not started: drop it, the next run takes it
+            try:
+                result = await self.handle(row)
+            except ConfigError as exc:  # no bucket, no credentials: every row would fail
+                self._fail(exc)
+                continue
+            self.on_result(result)
+            if result.outcome.recordable and result.url is not None:
+                results.put_nowait((result.media_id, result.url))
+
+    async def _tick(self, results: asyncio.Queue[object], done: asyncio.Event) -> None:
+        # Wakes the writer so that a batch older than max_age_s is flushed even when no
+        # new result arrives (avoids wait_for on Queue.get).
+        while not done.is_set():
+            await asyncio.sleep(self.batch.max_age_s / 4)
+            results.put_nowait(_TICK)
+
+    async def _write(self, results: asyncio.Queue[object]) -> None:
+        pending: list[tuple[str, str]] = []
+        oldest_at: float | None = None
+        try:
+            while (item := await results.get()) is not _STOP:
+                if item is not _TICK:
+                    assert isinstance(item, tuple)
+                    pending.append(item)
+                    oldest_at = oldest_at if oldest_at is not None else self.clock()
+                if self.batch.due(len(pending), oldest_at, self.clock()):
+                    batch, pending, oldest_at = pending, [], None
+                    await self._flush(batch)
+        finally:
+            if pending:
+                await asyncio.shield(self._flush(pending))
+
+    async def _flush(self, batch: list[tuple[str, str]]) -> None:
+        if self._db_dead:
+            self.stats.unrecorded += len(batch)  # the database is gone: count, don't wait
+            return
+        for start in range(0, len(batch), self.batch.max_rows):
+            chunk = batch[start : start + self.batch.max_rows]
+            try:
+                self.stats.db_updated += await self._record_with_retry(chunk)
+                self.stats.recorded += len(chunk)
+            except DatabaseError as exc:
+                self.stats.unrecorded += len(chunk)
+                self._db_dead = True
+                self._fail(exc)
+
+    async def _record_with_retry(self, chunk: list[tuple[str, str]]) -> int:
+        started = self.clock()
+        attempt = 0
+        while True:
+            try:
+                return await self.record(chunk)
+            except DatabaseError:
+                attempt += 1
+                wait = self.db_retry.delay(attempt, started, self.clock())
+                if wait is None:
+                    raise
+                await self.sleep(wait)

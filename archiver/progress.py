@@ -1,0 +1,175 @@
+"""What the user sees while a job runs: a tqdm bar, a periodic log line, or nothing;
+per-file lines with -v; warnings for rows that need a look; the end-of-run summary."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from typing import TextIO
+
+from tqdm import tqdm
+
+from archiver.models import Outcome, RowResult, Summary
+
+LOG_INTERVAL_S = 10.0  # periodic progress line when stderr is not a terminal
+POSTFIX_INTERVAL_S = 0.25  # how often the bar's byte counter is refreshed
+MAX_WARNINGS = 20  # problem rows listed without -v
+MAX_DRY_RUN_LINES = 20  # rows listed by --dry-run
+RULE = "=" * 80
+
+_MARKS = {
+    Outcome.UPLOADED: "✓",
+    Outcome.SKIPPED_EXISTING: "=",
+    Outcome.MISSING_LOCAL: "?",
+    Outcome.INVALID: "✗",
+    Outcome.CORRUPT: "✗",
+    Outcome.FAILED: "✗",
+    Outcome.WOULD_UPLOAD: "→",
+}
+
+
+def describe(result: RowResult) -> str:
+    """One line for one row, as in the design notes: `✓ med-1: abc.jpg → cache/2025/12/abc.jpg`."""
+    mark = _MARKS[result.outcome]
+    if result.outcome is Outcome.UPLOADED or result.outcome is Outcome.WOULD_UPLOAD:
+        name = result.path.rsplit("/", 1)[-1] if result.path else "?"
+        return f"  {mark} {result.media_id}: {name} → {result.key}"
+    if result.outcome is Outcome.SKIPPED_EXISTING:
+        return f"  {mark} {result.media_id}: already stored → {result.key}"
+    return f"  {mark} {result.media_id}: {result.outcome.value}: {result.reason}"
+
+
+def _rate(n: float, seconds: float) -> float:
+    return n / seconds if seconds > 0 else 0.0
+
+
+class Reporter:
+    """Progress for one run. `mode` is "bar", "log" or "off"; lines go to `out`
+    (-v and --dry-run listings) and `err` (warnings, progress)."""
+
+    def __init__(
+        self,
+        *,
+        mode: str,
+        verbose: bool,
+        dry_run: bool,
+        out: TextIO | None = None,
+        err: TextIO | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.mode = mode
+        self.verbose = verbose
+        self.dry_run = dry_run
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
+        self.clock = clock
+        self.total = 0
+        self.done = 0
+        self.bytes = 0
+        self.warnings = 0
+        self.listed = 0
+        self._bar: tqdm | None = None
+        self._started = clock()
+        self._last_log = self._started
+        self._last_postfix = 0.0
+
+    def start(self, total: int) -> None:
+        self.total = total
+        self._started = self._last_log = self.clock()
+        if self.mode == "bar":
+            self._bar = tqdm(
+                total=total, unit="file", file=self.err, dynamic_ncols=True, smoothing=0.1,
+                desc="dry run" if self.dry_run else "upload",
+            )
+
+    def _line(self, text: str, stream: TextIO) -> None:
+        if self._bar is not None:
+            self._bar.write(text, file=stream)
+        else:
+            print(text, file=stream, flush=True)
+
+    def result(self, result: RowResult) -> None:
+        self.done += 1
+        self.bytes += result.bytes_sent
+        if self.verbose:
+            self._line(describe(result), self.out)
+        elif result.outcome is Outcome.WOULD_UPLOAD:
+            self.listed += 1
+            if self.listed <= MAX_DRY_RUN_LINES:
+                self._line(describe(result), self.out)
+        elif result.outcome.is_problem or result.outcome is Outcome.MISSING_LOCAL:
+            self.warnings += 1
+            if self.warnings <= MAX_WARNINGS:
+                self._line(f"warning:{describe(result)[3:]}", self.err)
+        self._tick()
+
+    def _tick(self) -> None:
+        now = self.clock()
+        if self._bar is not None:
+            self._bar.update(1)
+            if now - self._last_postfix >= POSTFIX_INTERVAL_S:
+                self._last_postfix = now
+                mb = self.bytes / 1e6
+                self._bar.set_postfix_str(
+                    f"{mb:,.1f} MB, {_rate(mb, now - self._started):,.1f} MB/s", refresh=False
+                )
+        elif self.mode == "log" and now - self._last_log >= LOG_INTERVAL_S:
+            self._last_log = now
+            self._line(self.progress_line(now), self.err)
+
+    def progress_line(self, now: float) -> str:
+        """`archiver: 120/1,000 files (12.0%), 45.1 MB, 30.2 files/s, ETA 29s`."""
+        elapsed = now - self._started
+        rate = _rate(self.done, elapsed)
+        pct = 100.0 * self.done / self.total if self.total else 100.0
+        eta = f", ETA {int((self.total - self.done) / rate)}s" if rate and self.total else ""
+        return (
+            f"archiver: {self.done:,}/{self.total:,} files ({pct:.1f}%), "
+            f"{self.bytes / 1e6:,.1f} MB, {rate:,.1f} files/s{eta}"
+        )
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        if not self.verbose and self.listed > MAX_DRY_RUN_LINES:
+            print(f"  ... and {self.listed - MAX_DRY_RUN_LINES:,} more", file=self.out)
+        if not self.verbose and self.warnings > MAX_WARNINGS:
+            print(
+                f"warning: ... and {self.warnings - MAX_WARNINGS:,} more rows with problems "
+                "(-v lists every row)",
+                file=self.err,
+            )
+
+
+def format_summary(summary: Summary, *, bucket: str) -> str:
+    """The end-of-run table, in the style of the design notes' "Upload Summary"."""
+    c = summary.counts
+    rows = [("Selected", summary.selected)]
+    if summary.dry_run:
+        rows.append(("Would upload", c[Outcome.WOULD_UPLOAD]))
+    rows += [
+        ("Uploaded", c[Outcome.UPLOADED]),
+        ("Already stored", c[Outcome.SKIPPED_EXISTING]),
+        ("Missing local", c[Outcome.MISSING_LOCAL]),
+        ("Invalid", c[Outcome.INVALID]),
+        ("Corrupt", c[Outcome.CORRUPT]),
+        ("Failed", c[Outcome.FAILED]),
+        ("DB updated", summary.db_updated),
+    ]
+    if summary.unrecorded:
+        rows.append(("Not recorded", summary.unrecorded))
+    title = "Upload Summary (dry run: nothing was written)" if summary.dry_run else "Upload Summary"
+    lines = [RULE, title, RULE, f"Bucket:  s3://{bucket}"]
+    lines += [f"  {label + ':':<17}{value:>10,}" for label, value in rows]
+    lines.append(
+        f"  {'Data:':<17}{summary.bytes_uploaded / 1e6:>10,.1f} MB in {summary.elapsed_s:,.1f} s "
+        f"({summary.files_per_s:,.1f} files/s)"
+    )
+    if summary.interrupted:
+        lines.append("  Interrupted: completed uploads were recorded; run again to finish.")
+    if summary.unrecorded:
+        lines.append("  Some uploads were not recorded: run again to record them (no re-upload).")
+    lines.append(RULE)
+    return "\n".join(lines)

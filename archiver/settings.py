@@ -1,0 +1,147 @@
+"""Settings: built once at the edge (the CLI), frozen, secrets redacted in `repr`.
+
+Nothing below `cli.py` and this module reads `os.environ`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from archiver.errors import ConfigError
+
+DEFAULT_BUCKET = "social-tui"
+DEFAULT_KEY_PREFIX = "cache"
+DEFAULT_CACHE_ROOT = "cache/media"
+DEFAULT_REGION = "us-east-1"
+
+DEFAULT_CONCURRENCY = 32  # uploads in flight
+MAX_CONCURRENCY = 1024
+DEFAULT_BATCH_SIZE = 50  # rows per grouped UPDATE
+MIB = 1024 * 1024
+DEFAULT_MULTIPART_THRESHOLD_BYTES = 8 * MIB  # files above this are uploaded in parts
+DEFAULT_PART_SIZE_BYTES = 8 * MIB
+MIN_PART_SIZE_BYTES = 5 * MIB  # S3's minimum for every part but the last
+MAX_PART_SIZE_BYTES = 5 * 1024 * MIB
+MAX_PARTS = 10_000  # S3's limit per multipart upload
+# Bytes of file content held in memory at once across all workers (single PUT bodies and
+# multipart parts together). Each 8 MiB part in flight costs about 20-25 MB of RSS.
+DEFAULT_MEMORY_BUDGET_BYTES = 48 * MIB
+
+MEDIA_TYPES = ("image", "video", "document")
+
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+def redact_dsn(dsn: str | None) -> str:
+    """The DSN with its password replaced by `***`, safe to print."""
+    if not dsn:
+        return "(unset)"
+    if "://" not in dsn:  # libpq key=value form
+        return re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", dsn, flags=re.IGNORECASE)
+    try:
+        parts = urlsplit(dsn)
+        netloc = parts.netloc
+        if "@" in netloc:
+            userinfo, host = netloc.rsplit("@", 1)
+            user = userinfo.split(":", 1)[0]
+            netloc = f"{user}:***@{host}" if ":" in userinfo else f"{user}@{host}"
+        query = re.sub(r"(password=)[^&]*", r"\1***", parts.query, flags=re.IGNORECASE)
+        return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    except ValueError:
+        return "(unparseable DSN)"
+
+
+def validate_bucket(name: str) -> str:
+    """Return the bucket name or raise ConfigError if S3 would reject it."""
+    if not _BUCKET_RE.match(name) or ".." in name:
+        raise ConfigError(
+            f"invalid bucket name {name!r}: 3-63 characters of a-z, 0-9, '.' and '-'"
+        )
+    return name
+
+
+def validate_key_prefix(prefix: str) -> str:
+    """Return the prefix without surrounding slashes, or raise ConfigError."""
+    cleaned = prefix.strip("/")
+    if not cleaned or any(part in ("", ".", "..") for part in cleaned.split("/")):
+        raise ConfigError(f"invalid key prefix {prefix!r}: use e.g. 'cache' or 'media/cache'")
+    return cleaned
+
+
+def validate_endpoint(url: str | None) -> str | None:
+    """Return the endpoint URL or raise ConfigError when it is not an http(s) URL."""
+    if url is None or url == "":
+        return None
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"invalid endpoint URL {url!r}: expected http(s)://host[:port]")
+    return url
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where things are: database, bucket, keys, local cache, AWS session."""
+
+    database_url: str | None = field(default=None, repr=False)
+    bucket: str = DEFAULT_BUCKET
+    key_prefix: str = DEFAULT_KEY_PREFIX
+    cache_root: Path = Path(DEFAULT_CACHE_ROOT)
+    profile: str | None = None
+    region: str = DEFAULT_REGION
+    endpoint_url: str | None = None
+
+    def __post_init__(self) -> None:
+        validate_bucket(self.bucket)
+        object.__setattr__(self, "key_prefix", validate_key_prefix(self.key_prefix))
+        object.__setattr__(self, "endpoint_url", validate_endpoint(self.endpoint_url))
+
+    def __repr__(self) -> str:
+        return (
+            f"Settings(database_url={redact_dsn(self.database_url)!r}, bucket={self.bucket!r}, "
+            f"key_prefix={self.key_prefix!r}, cache_root={str(self.cache_root)!r}, "
+            f"profile={self.profile!r}, region={self.region!r}, "
+            f"endpoint_url={self.endpoint_url!r})"
+        )
+
+    def require_database(self) -> str:
+        """The DSN, or a ConfigError saying how to give one."""
+        if not self.database_url:
+            raise ConfigError("no database configured: set DATABASE_URL or pass --database-url")
+        return self.database_url
+
+
+@dataclass(frozen=True)
+class UploadOptions:
+    """How `archiver upload` runs."""
+
+    concurrency: int = DEFAULT_CONCURRENCY
+    batch_size: int = DEFAULT_BATCH_SIZE
+    limit: int | None = None
+    dry_run: bool = False
+    force: bool = False
+    media_types: tuple[str, ...] = ()
+    multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD_BYTES
+    part_size: int = DEFAULT_PART_SIZE_BYTES
+    memory_budget: int = DEFAULT_MEMORY_BUDGET_BYTES
+    flush_interval_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.concurrency <= MAX_CONCURRENCY:
+            raise ConfigError(f"--concurrency must be between 1 and {MAX_CONCURRENCY}")
+        if self.batch_size < 1:
+            raise ConfigError("--batch-size must be at least 1")
+        if self.limit is not None and self.limit < 0:
+            raise ConfigError("--limit must not be negative")
+        if not MIN_PART_SIZE_BYTES <= self.part_size <= MAX_PART_SIZE_BYTES:
+            raise ConfigError("--part-size must be between 5 MiB and 5 GiB")
+        if self.multipart_threshold < MIN_PART_SIZE_BYTES:
+            raise ConfigError("--multipart-threshold must be at least 5 MiB")
+        if self.memory_budget < self.part_size:
+            # One part must fit, or a large file could never start.
+            object.__setattr__(self, "memory_budget", self.part_size)
+        unknown = set(self.media_types) - set(MEDIA_TYPES)
+        if unknown:
+            raise ConfigError(f"unknown media type(s): {', '.join(sorted(unknown))}")

@@ -1,0 +1,255 @@
+"""S3 adapter: the only module that imports aioboto3 / aiobotocore / botocore.
+
+One client per run, its connection pool sized from the concurrency. botocore errors are
+translated here: per-object failures become `StorageError` (the row fails, the run goes
+on); failures that doom every request (no bucket, no credentials, access denied) become
+`ConfigError` subclasses that stop the run.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import aioboto3
+from aiobotocore.config import AioConfig
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    NoCredentialsError,
+    PartialCredentialsError,
+    ProfileNotFound,
+)
+
+from archiver.errors import BucketMissing, StorageError, StorageUnavailable
+from archiver.settings import Settings
+
+DEFAULT_RETRY_MODE = "standard"  # retries 503 SlowDown, 500s, throttling, dropped connections
+DEFAULT_MAX_ATTEMPTS = 6  # first try included
+CONNECT_TIMEOUT_S = 10.0
+READ_TIMEOUT_S = 60.0
+EXTRA_CONNECTIONS = 8  # HEADs and multipart control calls beside the uploads
+
+_FATAL_CODES = frozenset(
+    {
+        "AccessDenied",
+        "AllAccessDisabled",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "InvalidToken",
+        "TokenRefreshRequired",
+        "AccountProblem",
+    }
+)
+
+
+def content_md5(md5_hex: str) -> str:
+    """The base64 Content-MD5 header value for a hex digest."""
+    return base64.b64encode(bytes.fromhex(md5_hex)).decode("ascii")
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _status(exc: ClientError) -> int:
+    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+
+
+def translate(exc: Exception, bucket: str, doing: str) -> Exception:
+    """A botocore exception as an archiver error (see the module docstring)."""
+    if isinstance(exc, NoCredentialsError | PartialCredentialsError | ProfileNotFound):
+        return StorageUnavailable(f"no usable AWS credentials: {exc}")
+    if isinstance(exc, ClientError):
+        code = _code(exc)
+        if code == "NoSuchBucket":
+            return BucketMissing(
+                f"bucket {bucket!r} does not exist (create it with: archiver setup-bucket)"
+            )
+        if code in _FATAL_CODES:
+            return StorageUnavailable(f"S3 refused {doing} in bucket {bucket!r}: {code}")
+        return StorageError(f"{doing} failed: {code or _status(exc)} {exc}")
+    return StorageError(f"{doing} failed: {exc.__class__.__name__}: {exc}")
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    """What a HEAD tells about an object."""
+
+    size: int
+    etag: str  # without quotes
+    metadata: Mapping[str, str]
+    checksum_sha256: str | None = None
+    storage_class: str | None = None
+
+    @property
+    def is_multipart(self) -> bool:
+        return "-" in self.etag
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPart:
+    number: int
+    etag: str
+
+
+class Storage:
+    """The S3 operations archiver uses, on one client."""
+
+    def __init__(self, client: Any, bucket: str) -> None:
+        self._s3 = client
+        self.bucket = bucket
+
+    @classmethod
+    @asynccontextmanager
+    async def open(
+        cls,
+        settings: Settings,
+        *,
+        max_connections: int,
+        retry_mode: str | None = None,
+        max_attempts: int | None = None,
+    ) -> AsyncIterator[Storage]:
+        """A Storage whose client pools `max_connections` connections, closed on exit."""
+        try:
+            session = aioboto3.Session(profile_name=settings.profile, region_name=settings.region)
+        except ProfileNotFound as exc:
+            raise StorageUnavailable(f"AWS profile {settings.profile!r} not found") from exc
+        config = AioConfig(
+            max_pool_connections=max_connections + EXTRA_CONNECTIONS,
+            connect_timeout=CONNECT_TIMEOUT_S,
+            read_timeout=READ_TIMEOUT_S,
+            retries={
+                "mode": retry_mode or DEFAULT_RETRY_MODE,
+                "max_attempts": max_attempts or DEFAULT_MAX_ATTEMPTS,
+            },
+        )
+        async with session.client(
+            "s3", endpoint_url=settings.endpoint_url, config=config
+        ) as client:
+            yield cls(client, settings.bucket)
+
+    async def _call(self, doing: str, method: str, **params: Any) -> Any:
+        try:
+            return await getattr(self._s3, method)(Bucket=self.bucket, **params)
+        except (ClientError, BotoCoreError) as exc:
+            raise translate(exc, self.bucket, doing) from exc
+
+    async def check_bucket(self) -> None:
+        """Raise BucketMissing / StorageUnavailable unless the bucket is usable."""
+        try:
+            await self._s3.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            if _status(exc) == 404 or _code(exc) in ("404", "NoSuchBucket", "NotFound"):
+                raise BucketMissing(
+                    f"bucket {self.bucket!r} does not exist (create it with: archiver setup-bucket)"
+                ) from exc
+            if _status(exc) == 403 or _code(exc) in ("403", *_FATAL_CODES):
+                raise StorageUnavailable(
+                    f"access to bucket {self.bucket!r} denied (check AWS_PROFILE and credentials)"
+                ) from exc
+            raise StorageUnavailable(f"bucket {self.bucket!r} is not usable: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StorageUnavailable(f"S3 is not reachable: {exc}") from exc
+
+    async def put_object(
+        self, key: str, body: bytes, md5_hex: str, content_type: str, *, if_absent: bool
+    ) -> str | None:
+        """PUT one object with Content-MD5; its ETag, or None when `if_absent` and it exists."""
+        params: dict[str, Any] = {
+            "Key": key,
+            "Body": body,
+            "ContentMD5": content_md5(md5_hex),
+            "ContentType": content_type,
+        }
+        if if_absent:
+            params["IfNoneMatch"] = "*"
+        try:
+            response = await self._s3.put_object(Bucket=self.bucket, **params)
+        except ClientError as exc:
+            if if_absent and (_status(exc) == 412 or _code(exc) == "PreconditionFailed"):
+                return None
+            raise translate(exc, self.bucket, f"PUT {key}") from exc
+        except BotoCoreError as exc:
+            raise translate(exc, self.bucket, f"PUT {key}") from exc
+        return str(response.get("ETag", "")).strip('"')
+
+    async def head_object(self, key: str) -> ObjectInfo | None:
+        """The object's size, ETag and metadata, or None when it does not exist."""
+        try:
+            response = await self._s3.head_object(
+                Bucket=self.bucket, Key=key, ChecksumMode="ENABLED"
+            )
+        except ClientError as exc:
+            if _status(exc) == 404 or _code(exc) in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise translate(exc, self.bucket, f"HEAD {key}") from exc
+        except BotoCoreError as exc:
+            raise translate(exc, self.bucket, f"HEAD {key}") from exc
+        return ObjectInfo(
+            size=int(response.get("ContentLength", 0)),
+            etag=str(response.get("ETag", "")).strip('"'),
+            metadata=dict(response.get("Metadata") or {}),
+            checksum_sha256=response.get("ChecksumSHA256"),
+            storage_class=response.get("StorageClass"),
+        )
+
+    async def create_multipart(self, key: str, content_type: str, metadata: Mapping[str, str]) -> str:
+        """Start a multipart upload; its UploadId."""
+        response = await self._call(
+            f"starting multipart upload of {key}",
+            "create_multipart_upload",
+            Key=key,
+            ContentType=content_type,
+            Metadata=dict(metadata),
+        )
+        return str(response["UploadId"])
+
+    async def upload_part(
+        self, key: str, upload_id: str, number: int, body: bytes, md5_hex: str
+    ) -> str:
+        """Upload one part with Content-MD5; its ETag."""
+        response = await self._call(
+            f"uploading part {number} of {key}",
+            "upload_part",
+            Key=key,
+            UploadId=upload_id,
+            PartNumber=number,
+            Body=body,
+            ContentMD5=content_md5(md5_hex),
+        )
+        return str(response.get("ETag", "")).strip('"')
+
+    async def complete_multipart(
+        self, key: str, upload_id: str, parts: Sequence[StoredPart], *, if_absent: bool
+    ) -> str | None:
+        """Complete a multipart upload; the object's ETag, or None when `if_absent` and it exists."""
+        params: dict[str, Any] = {
+            "Key": key,
+            "UploadId": upload_id,
+            "MultipartUpload": {
+                "Parts": [{"PartNumber": p.number, "ETag": f'"{p.etag}"'} for p in parts]
+            },
+        }
+        if if_absent:
+            params["IfNoneMatch"] = "*"
+        try:
+            response = await self._s3.complete_multipart_upload(Bucket=self.bucket, **params)
+        except ClientError as exc:
+            if if_absent and (_status(exc) == 412 or _code(exc) == "PreconditionFailed"):
+                return None
+            raise translate(exc, self.bucket, f"completing {key}") from exc
+        except BotoCoreError as exc:
+            raise translate(exc, self.bucket, f"completing {key}") from exc
+        return str(response.get("ETag", "")).strip('"')
+
+    async def abort_multipart(self, key: str, upload_id: str) -> None:
+        """Abort a multipart upload so that no parts are left behind (best effort)."""
+        try:
+            await self._s3.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except (ClientError, BotoCoreError):
+            pass  # the bucket's AbortIncompleteMultipartUpload lifecycle rule is the backstop

@@ -1,0 +1,467 @@
+"""`archiver upload`: what one row means, and the run that wires database, S3 and pipeline.
+
+Per row: validate `md5_sum`, find the file (confined to the cache root), derive the key,
+read the file once while hashing it, and store it only when the hash equals `md5_sum`.
+A row is recorded only when S3 confirms the content: the ETag of a single PUT equals the
+MD5, the ETag of a multipart upload equals the MD5 of its parts' MD5s; an existing object
+is accepted when its size and ETag (or recorded MD5) agree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from archiver.budget import ByteBudget
+from archiver.content_types import SNIFF_BYTES, choose_ext, content_type_for, ext_for_mime
+from archiver.db import Database
+from archiver.errors import ArchiverError, ConfigError, StorageError
+from archiver.keys import archive_url, as_utc, normalize_md5, object_key
+from archiver.models import MediaRow, Outcome, RowResult, Summary
+from archiver.pipeline import BatchPolicy, Interrupt, Pipeline
+from archiver.resolve import Found, NotFound, resolve_file
+from archiver.settings import MAX_PARTS, MIB, Settings, UploadOptions
+from archiver.storage import ObjectInfo, Storage, StoredPart
+
+INLINE_READ_MAX_BYTES = 1 * MIB  # read with the lookup, in the same thread hop
+DONE_KEYS_REMEMBERED = 100_000  # keys stored this run, to skip later rows sharing them
+PAGE_ROWS_MAX = 1000
+
+
+class ObjectStore(Protocol):
+    """The part of `storage.Storage` the uploader uses."""
+
+    async def put_object(
+        self, key: str, body: bytes, md5_hex: str, content_type: str, *, if_absent: bool
+    ) -> str | None: ...
+
+    async def head_object(self, key: str) -> ObjectInfo | None: ...
+
+    async def create_multipart(
+        self, key: str, content_type: str, metadata: dict[str, str]
+    ) -> str: ...
+
+    async def upload_part(
+        self, key: str, upload_id: str, number: int, body: bytes, md5_hex: str
+    ) -> str: ...
+
+    async def complete_multipart(
+        self, key: str, upload_id: str, parts: Sequence[StoredPart], *, if_absent: bool
+    ) -> str | None: ...
+
+    async def abort_multipart(self, key: str, upload_id: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A row whose file was found: where it is, where it goes, and maybe its bytes."""
+
+    row: MediaRow
+    md5: str
+    path: Path
+    size: int
+    key: str
+    url: str
+    content_type: str
+    body: bytes | None = None  # read with the lookup when small
+    body_md5: str | None = None
+
+
+def multipart_etag(part_digests: Sequence[bytes]) -> str:
+    """The ETag S3 gives a multipart object: MD5 of the parts' MD5s, dash, part count."""
+    return f"{hashlib.md5(b''.join(part_digests)).hexdigest()}-{len(part_digests)}"
+
+
+def part_size_for(size: int, preferred: int) -> int:
+    """`preferred`, grown in whole MiB when the file would need more than 10,000 parts."""
+    if size <= preferred * MAX_PARTS:
+        return preferred
+    needed = -(-size // MAX_PARTS)
+    return -(-needed // MIB) * MIB
+
+
+def object_intact(info: ObjectInfo, md5: str, size: int) -> bool:
+    """Whether an existing object holds exactly the file: size, and ETag or recorded MD5."""
+    if info.size != size:
+        return False
+    if not info.is_multipart:
+        return info.etag == md5
+    return info.metadata.get("md5") == md5
+
+
+def _read_and_hash(path: Path) -> tuple[bytes, str]:
+    with path.open("rb") as f:
+        body = f.read()
+    return body, hashlib.md5(body).hexdigest()
+
+
+def _read_part(fd: int, offset: int, length: int, whole: hashlib._Hash) -> tuple[bytes, bytes]:
+    data = os.pread(fd, length, offset)
+    if len(data) != length:
+        raise StorageError(f"file shrank while reading (wanted {length} bytes at {offset})")
+    whole.update(data)
+    return data, hashlib.md5(data).digest()
+
+
+class Uploader:
+    """Handles one row at a time (called by many workers at once)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        options: UploadOptions,
+        store: ObjectStore | None,
+        *,
+        cache_root: Path,
+        cwd: Path,
+    ) -> None:
+        self.settings = settings
+        self.options = options
+        self.store = store
+        self.cache_root = cache_root
+        self.cwd = cwd
+        self.budget = ByteBudget(options.memory_budget)
+        self.inline_max = min(INLINE_READ_MAX_BYTES, options.memory_budget // options.concurrency)
+        self._inflight: dict[str, asyncio.Future[RowResult]] = {}
+        self._done: OrderedDict[str, None] = OrderedDict()
+
+    # -- the lookup, in a worker thread ------------------------------------------------
+
+    def prepare(self, row: MediaRow, md5: str) -> Prepared | RowResult:
+        """Find, stat, maybe read the row's file and derive its key (blocking I/O)."""
+        found = resolve_file(row, md5, self.cache_root, self.cwd)
+        if isinstance(found, NotFound):
+            return RowResult(row.media_id, Outcome.MISSING_LOCAL, reason=found.reason)
+        if not isinstance(found, Found):
+            return RowResult(row.media_id, Outcome.INVALID, reason=found.reason)
+        path = found.path
+        try:
+            st = path.stat()
+            body: bytes | None = None
+            body_md5: str | None = None
+            head = b""
+            if not self.options.dry_run and st.st_size <= self.inline_max:
+                body, body_md5 = _read_and_hash(path)
+                head = body[:SNIFF_BYTES]
+            elif path.suffix.lower() in ("", ".bin") and ext_for_mime(row.mime_type) is None:
+                with path.open("rb") as f:
+                    head = f.read(SNIFF_BYTES)
+        except OSError as exc:
+            return RowResult(row.media_id, Outcome.FAILED, reason=f"cannot read {path}: {exc}")
+        ext = choose_ext(path.suffix, row.mime_type, head)
+        key = object_key(self.settings.key_prefix, as_utc(row.created_at, st.st_mtime), md5, ext)
+        return Prepared(
+            row=row,
+            md5=md5,
+            path=path,
+            size=len(body) if body is not None else st.st_size,
+            key=key,
+            url=archive_url(self.settings.bucket, key),
+            content_type=content_type_for(row.mime_type, ext),
+            body=body,
+            body_md5=body_md5,
+        )
+
+    # -- one row ------------------------------------------------------------------------
+
+    async def handle(self, row: MediaRow) -> RowResult:
+        """The outcome of archiving one row (never raises for a per-row problem)."""
+        md5 = normalize_md5(row.md5_sum)
+        if md5 is None:
+            return RowResult(
+                row.media_id, Outcome.INVALID, reason=f"md5_sum {row.md5_sum!r} is not 32 hex digits"
+            )
+        prepared = await asyncio.to_thread(self.prepare, row, md5)
+        if isinstance(prepared, RowResult):
+            return prepared
+        if prepared.body_md5 is not None and prepared.body_md5 != md5:
+            return self._corrupt(prepared, prepared.body_md5)
+        if self.options.dry_run or self.store is None:
+            return self._result(prepared, Outcome.WOULD_UPLOAD)
+        return await self._store_once(prepared)
+
+    async def _store_once(self, prep: Prepared) -> RowResult:
+        # Rows sharing a key in one run cause one upload: later ones wait for the first,
+        # and try themselves only if it did not store the object.
+        while True:
+            if prep.key in self._done:
+                return self._result(prep, Outcome.SKIPPED_EXISTING)
+            leader = self._inflight.get(prep.key)
+            if leader is None:
+                break
+            first = await asyncio.shield(leader)
+            if first.outcome.recordable:
+                return self._result(prep, Outcome.SKIPPED_EXISTING)
+        future: asyncio.Future[RowResult] = asyncio.get_running_loop().create_future()
+        self._inflight[prep.key] = future
+        result = RowResult(prep.row.media_id, Outcome.FAILED, key=prep.key, reason="abandoned")
+        try:
+            result = await self._store(prep)
+        finally:
+            del self._inflight[prep.key]
+            future.set_result(result)
+        if result.outcome.recordable:
+            self._done[prep.key] = None
+            if len(self._done) > DONE_KEYS_REMEMBERED:
+                self._done.popitem(last=False)
+        return result
+
+    async def _store(self, prep: Prepared) -> RowResult:
+        try:
+            if prep.size > self.options.multipart_threshold:
+                return await self._store_multipart(prep)
+            if prep.body is not None:
+                return await self._store_single(prep, prep.body, prep.body_md5 or "")
+            async with self.budget.hold(prep.size):
+                body, body_md5 = await asyncio.to_thread(_read_and_hash, prep.path)
+                if body_md5 != prep.md5:
+                    return self._corrupt(prep, body_md5)
+                return await self._store_single(prep, body, body_md5)
+        except StorageError as exc:
+            return self._result(prep, Outcome.FAILED, reason=str(exc))
+        except OSError as exc:
+            return self._result(prep, Outcome.FAILED, reason=f"cannot read {prep.path}: {exc}")
+
+    async def _store_single(self, prep: Prepared, body: bytes, body_md5: str) -> RowResult:
+        assert self.store is not None
+        force = self.options.force
+        etag = await self.store.put_object(
+            prep.key, body, prep.md5, prep.content_type, if_absent=not force
+        )
+        if etag is None:  # 412: something is stored under the key already
+            existing = await self.store.head_object(prep.key)
+            if existing is not None and object_intact(existing, prep.md5, prep.size):
+                return self._result(prep, Outcome.SKIPPED_EXISTING)
+            # A different object under an MD5-named key is damaged: replace it.
+            etag = await self.store.put_object(
+                prep.key, body, prep.md5, prep.content_type, if_absent=False
+            )
+        if etag != body_md5:
+            return self._result(
+                prep, Outcome.FAILED, reason=f"S3 returned ETag {etag!r}, expected {body_md5}"
+            )
+        return self._result(prep, Outcome.UPLOADED, sent=len(body))
+
+    async def _store_multipart(self, prep: Prepared) -> RowResult:
+        assert self.store is not None
+        force = self.options.force
+        if not force:
+            # One HEAD before sending hundreds of megabytes again.
+            existing = await self.store.head_object(prep.key)
+            if existing is not None and object_intact(existing, prep.md5, prep.size):
+                return self._result(prep, Outcome.SKIPPED_EXISTING)
+            force = existing is not None  # damaged object: replace it
+        upload_id = await self.store.create_multipart(
+            prep.key, prep.content_type, {"md5": prep.md5}
+        )
+        try:
+            digest, parts = await self._send_parts(prep, upload_id)
+            if digest != prep.md5:
+                await self.store.abort_multipart(prep.key, upload_id)
+                return self._corrupt(prep, digest)
+            etag = await self.store.complete_multipart(
+                prep.key, upload_id, [p for p, _ in parts], if_absent=not force
+            )
+        except BaseException:
+            await asyncio.shield(self.store.abort_multipart(prep.key, upload_id))
+            raise
+        if etag is None:  # another process completed the same key meanwhile
+            await self.store.abort_multipart(prep.key, upload_id)
+            existing = await self.store.head_object(prep.key)
+            if existing is not None and object_intact(existing, prep.md5, prep.size):
+                return self._result(prep, Outcome.SKIPPED_EXISTING)
+            return self._result(prep, Outcome.FAILED, reason="a different object appeared")
+        expected = multipart_etag([d for _, d in parts])
+        if etag != expected:
+            return self._result(
+                prep, Outcome.FAILED, reason=f"S3 returned ETag {etag!r}, expected {expected}"
+            )
+        return self._result(prep, Outcome.UPLOADED, sent=prep.size)
+
+    async def _send_parts(
+        self, prep: Prepared, upload_id: str
+    ) -> tuple[str, list[tuple[StoredPart, bytes]]]:
+        """Read parts in order (hashing the whole file as it goes) and upload them
+        concurrently within the byte budget; (whole-file MD5, parts with digests)."""
+        assert self.store is not None
+        store = self.store
+        part_size = part_size_for(prep.size, self.options.part_size)
+        whole = hashlib.md5()
+        parts: dict[int, tuple[StoredPart, bytes]] = {}
+
+        errors: list[Exception] = []
+
+        async def send(number: int, data: bytes, digest: bytes, taken: int) -> None:
+            try:
+                etag = await store.upload_part(prep.key, upload_id, number, data, digest.hex())
+                if etag != digest.hex():
+                    raise StorageError(
+                        f"part {number}: S3 returned ETag {etag!r}, expected {digest.hex()}"
+                    )
+                parts[number] = (StoredPart(number, etag), digest)
+            except (ArchiverError, OSError) as exc:
+                errors.append(exc)  # stop sending more; the caller aborts the upload
+            finally:
+                await self.budget.release(taken)
+
+        fd = os.open(prep.path, os.O_RDONLY)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for number, offset in enumerate(range(0, prep.size, part_size), start=1):
+                    length = min(part_size, prep.size - offset)
+                    taken = await self.budget.acquire(length)
+                    if errors:
+                        await self.budget.release(taken)
+                        break
+                    try:
+                        data, digest = await asyncio.to_thread(_read_part, fd, offset, length, whole)
+                    except (ArchiverError, OSError) as exc:
+                        await self.budget.release(taken)
+                        errors.append(exc)
+                        break
+                    tg.create_task(send(number, data, digest, taken), name=f"part-{number}")
+                    del data
+        finally:
+            os.close(fd)
+        if errors:
+            raise errors[0]
+        return whole.hexdigest(), [parts[n] for n in sorted(parts)]
+
+    # -- results ------------------------------------------------------------------------
+
+    def _result(
+        self, prep: Prepared, outcome: Outcome, *, reason: str = "", sent: int = 0
+    ) -> RowResult:
+        return RowResult(
+            prep.row.media_id,
+            outcome,
+            key=prep.key,
+            url=prep.url if outcome.recordable or outcome is Outcome.WOULD_UPLOAD else None,
+            reason=reason,
+            bytes_sent=sent,
+            size=prep.size,
+            path=str(prep.path),
+        )
+
+    def _corrupt(self, prep: Prepared, actual: str) -> RowResult:
+        return self._result(
+            prep, Outcome.CORRUPT, reason=f"content MD5 {actual} differs from md5_sum {prep.md5}"
+        )
+
+
+async def pending_rows(
+    db: Database, options: UploadOptions, page_rows: int
+) -> AsyncIterator[MediaRow]:
+    """Rows to archive, in media_id order, at most `options.limit`."""
+    remaining = options.limit
+    after: str | None = None
+    while remaining is None or remaining > 0:
+        size = page_rows if remaining is None else min(page_rows, remaining)
+        page = await db.fetch_page(
+            after=after, limit=size, force=options.force, media_types=options.media_types
+        )
+        for row in page:
+            yield row
+        if remaining is not None:
+            remaining -= len(page)
+        if len(page) < size:
+            return
+        after = page[-1].media_id
+
+
+class Reporter(Protocol):
+    """Where progress goes (see progress.py)."""
+
+    def start(self, total: int) -> None: ...
+
+    def result(self, result: RowResult) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def resolve_cache_root(settings: Settings) -> Path:
+    """The cache root as a real path, or ConfigError when it is not a directory."""
+    root = settings.cache_root.resolve()
+    if not root.is_dir():
+        raise ConfigError(
+            f"cache root {str(settings.cache_root)!r} is not a directory "
+            "(set ARCHIVER_CACHE_ROOT or --cache-root)"
+        )
+    return root
+
+
+async def run_upload(
+    settings: Settings,
+    options: UploadOptions,
+    reporter: Reporter,
+    *,
+    interrupt: Interrupt | None = None,
+    cwd: Path | None = None,
+    retry_mode: str | None = None,
+    max_attempts: int | None = None,
+    on_result: Callable[[RowResult], None] | None = None,
+) -> Summary:
+    """Archive the selected rows; the summary of what happened."""
+    started = time.monotonic()
+    interrupt = interrupt or Interrupt()
+    root = resolve_cache_root(settings)
+    dsn = settings.require_database()
+    summary = Summary(dry_run=options.dry_run)
+    async with AsyncExitStack() as stack:
+        db = await Database.connect(dsn)
+        stack.push_async_callback(db.close)
+        await db.check_schema()
+        store: Storage | None = None
+        if not options.dry_run:
+            store = await stack.enter_async_context(
+                Storage.open(
+                    settings,
+                    max_connections=options.concurrency,
+                    retry_mode=retry_mode,
+                    max_attempts=max_attempts,
+                )
+            )
+            await store.check_bucket()
+        total = await db.count_rows(force=options.force, media_types=options.media_types)
+        if options.limit is not None:
+            total = min(total, options.limit)
+        uploader = Uploader(settings, options, store, cache_root=root, cwd=cwd or Path.cwd())
+
+        def collect(result: RowResult) -> None:
+            summary.add(result)
+            reporter.result(result)
+            if on_result is not None:
+                on_result(result)
+
+        async def record(pairs: Sequence[tuple[str, str]]) -> int:
+            return await db.record(pairs, force=options.force)
+
+        pipeline = Pipeline(
+            handle=uploader.handle,
+            record=record,
+            concurrency=options.concurrency,
+            batch=BatchPolicy(options.batch_size, options.flush_interval_s),
+            on_result=collect,
+            stop=interrupt.stop,
+        )
+        interrupt.on_abandon(pipeline.abandon)
+        reporter.start(total)
+        page_rows = min(PAGE_ROWS_MAX, max(options.batch_size, 4 * options.concurrency))
+        try:
+            stats = await pipeline.run(pending_rows(db, options, page_rows))
+        finally:
+            reporter.close()
+            summary.db_updated = pipeline.stats.db_updated
+            summary.unrecorded = pipeline.stats.unrecorded
+            summary.interrupted = interrupt.triggered
+            summary.elapsed_s = time.monotonic() - started
+        summary.db_updated = stats.db_updated
+    return summary

@@ -1,0 +1,176 @@
+"""The test rig: a real PostgreSQL and a real HTTP S3 server (moto in server mode).
+
+- PostgreSQL: `ARCHIVER_TEST_DATABASE_URL` when set (its role needs CREATEDB), else a
+  throwaway cluster started from the local binaries (as the `postgres` user when root).
+  Each test gets a fresh database, cloned from a template holding `post_media`.
+- S3: one moto server on a free loopback port for the session; each test gets a fresh bucket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import boto3
+import pytest
+from moto.server import ThreadedMotoServer
+
+from archiver.localpg import LocalPostgres
+from archiver.sample import POST_MEDIA_DDL
+from archiver.settings import Settings
+
+# Never let the suite reach a real AWS account.
+for _var in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
+             "AWS_ENDPOINT_URL_S3", "DATABASE_URL", "ARCHIVER_BUCKET", "ARCHIVER_KEY_PREFIX",
+             "ARCHIVER_CACHE_ROOT"):
+    os.environ.pop(_var, None)
+os.environ["AWS_ACCESS_KEY_ID"] = "testing"
+os.environ["AWS_SECRET_ACCESS_KEY"] = "testing"
+os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
+os.environ["AWS_CONFIG_FILE"] = os.devnull
+os.environ["AWS_SHARED_CREDENTIALS_FILE"] = os.devnull
+
+TEMPLATE_DB = "archiver_template"
+
+
+def _with_db(dsn: str, dbname: str) -> str:
+    parts = urlsplit(dsn)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{dbname}", parts.query, ""))
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[LocalPostgres | None]:
+    """The throwaway cluster, or None when ARCHIVER_TEST_DATABASE_URL is used."""
+    if os.environ.get("ARCHIVER_TEST_DATABASE_URL"):
+        yield None
+        return
+    server = LocalPostgres.create().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_admin_dsn(pg_server: LocalPostgres | None) -> Iterator[str]:
+    """A DSN of a role that may create databases; the template database is made here."""
+    dsn = os.environ.get("ARCHIVER_TEST_DATABASE_URL") or (pg_server.dsn if pg_server else "")
+
+    async def make_template() -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(f"DROP DATABASE IF EXISTS {TEMPLATE_DB}")
+            await conn.execute(f"CREATE DATABASE {TEMPLATE_DB}")
+        finally:
+            await conn.close()
+        conn = await asyncpg.connect(_with_db(dsn, TEMPLATE_DB))
+        try:
+            await conn.execute(POST_MEDIA_DDL)
+        finally:
+            await conn.close()
+
+    asyncio.run(make_template())
+    yield dsn
+
+
+@pytest.fixture
+def database_url(pg_admin_dsn: str) -> Iterator[str]:
+    """A fresh database with an empty post_media table."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(pg_admin_dsn)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}"))
+    try:
+        yield _with_db(pg_admin_dsn, name)
+    finally:
+        asyncio.run(admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to the test's database, for arranging and checking rows."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """URL of a moto S3 server in server mode on a free loopback port."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3(s3_endpoint: str) -> boto3.client:
+    """A plain boto3 client on the moto server, for arranging and checking objects."""
+    return boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+
+
+@pytest.fixture
+def bucket(s3: boto3.client) -> str:
+    """A fresh, empty bucket."""
+    name = f"test-{uuid.uuid4().hex[:16]}"
+    s3.create_bucket(Bucket=name)
+    return name
+
+
+@dataclass
+class Env:
+    """Everything a test needs to run archiver against the rig."""
+
+    database_url: str
+    endpoint: str
+    bucket: str
+    workdir: Path
+    cache_root: Path
+
+    def settings(self, **overrides: object) -> Settings:
+        values: dict[str, object] = dict(
+            database_url=self.database_url,
+            bucket=self.bucket,
+            cache_root=self.cache_root,
+            endpoint_url=self.endpoint,
+            region="us-east-1",
+        )
+        values.update(overrides)
+        return Settings(**values)  # type: ignore[arg-type]
+
+    def environ(self, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            DATABASE_URL=self.database_url,
+            ARCHIVER_BUCKET=self.bucket,
+            ARCHIVER_CACHE_ROOT=str(self.cache_root),
+            AWS_ENDPOINT_URL_S3=self.endpoint,
+        )
+        env.update(extra)
+        return env
+
+
+@pytest.fixture
+def env(database_url: str, s3_endpoint: str, bucket: str, tmp_path: Path) -> Env:
+    """A database, a bucket and an empty media cache under the test's working directory."""
+    cache_root = tmp_path / "cache" / "media"
+    for sub in ("images", "videos", "documents"):
+        (cache_root / sub).mkdir(parents=True)
+    return Env(database_url, s3_endpoint, bucket, tmp_path, cache_root)
