@@ -57,24 +57,59 @@ def config_options(func: F) -> F:
     """The options every command shares (they all build a Settings)."""
     options = [
         click.option(
-            "--env-file", type=click.Path(dir_okay=False), is_eager=True, expose_value=False,
-            callback=_load_env_file, help="Read variables from this file instead of ./.env.",
+            "--env-file",
+            type=click.Path(dir_okay=False),
+            is_eager=True,
+            expose_value=False,
+            callback=_load_env_file,
+            help="Read variables from this file instead of ./.env.",
         ),
-        click.option("--database-url", envvar="DATABASE_URL", metavar="DSN",
-                     help="PostgreSQL DSN (env DATABASE_URL)."),
-        click.option("--bucket", envvar="ARCHIVER_BUCKET", default=DEFAULT_BUCKET,
-                     show_default=True, help="Target bucket (env ARCHIVER_BUCKET)."),
-        click.option("--key-prefix", envvar="ARCHIVER_KEY_PREFIX", default=DEFAULT_KEY_PREFIX,
-                     show_default=True, help="First part of every key (env ARCHIVER_KEY_PREFIX)."),
-        click.option("--cache-root", envvar="ARCHIVER_CACHE_ROOT", default=DEFAULT_CACHE_ROOT,
-                     show_default=True, type=click.Path(file_okay=False, path_type=Path),
-                     help="Local media cache (env ARCHIVER_CACHE_ROOT)."),
-        click.option("--profile", envvar="AWS_PROFILE",
-                     help="AWS profile (env AWS_PROFILE; default: the AWS credential chain)."),
-        click.option("--region", envvar=["AWS_REGION", "AWS_DEFAULT_REGION"],
-                     default=DEFAULT_REGION, show_default=True, help="AWS region."),
-        click.option("--endpoint-url", envvar=["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"],
-                     metavar="URL", help="S3-compatible endpoint (MinIO, R2, moto)."),
+        click.option(
+            "--database-url",
+            envvar="DATABASE_URL",
+            metavar="DSN",
+            help="PostgreSQL DSN (env DATABASE_URL).",
+        ),
+        click.option(
+            "--bucket",
+            envvar="ARCHIVER_BUCKET",
+            default=DEFAULT_BUCKET,
+            show_default=True,
+            help="Target bucket (env ARCHIVER_BUCKET).",
+        ),
+        click.option(
+            "--key-prefix",
+            envvar="ARCHIVER_KEY_PREFIX",
+            default=DEFAULT_KEY_PREFIX,
+            show_default=True,
+            help="First part of every key (env ARCHIVER_KEY_PREFIX).",
+        ),
+        click.option(
+            "--cache-root",
+            envvar="ARCHIVER_CACHE_ROOT",
+            default=DEFAULT_CACHE_ROOT,
+            show_default=True,
+            type=click.Path(file_okay=False, path_type=Path),
+            help="Local media cache (env ARCHIVER_CACHE_ROOT).",
+        ),
+        click.option(
+            "--profile",
+            envvar="AWS_PROFILE",
+            help="AWS profile (env AWS_PROFILE; default: the AWS credential chain).",
+        ),
+        click.option(
+            "--region",
+            envvar=["AWS_REGION", "AWS_DEFAULT_REGION"],
+            default=DEFAULT_REGION,
+            show_default=True,
+            help="AWS region.",
+        ),
+        click.option(
+            "--endpoint-url",
+            envvar=["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"],
+            metavar="URL",
+            help="S3-compatible endpoint (MinIO, R2, moto).",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -126,7 +161,8 @@ def _on_signal(interrupt: Interrupt) -> None:
         print(
             "\narchiver: stopping: finishing uploads in flight and recording them "
             "(press Ctrl-C again to abandon them)",
-            file=sys.stderr, flush=True,
+            file=sys.stderr,
+            flush=True,
         )
     else:
         print("\narchiver: abandoning uploads in flight", file=sys.stderr, flush=True)
@@ -135,8 +171,12 @@ def _on_signal(interrupt: Interrupt) -> None:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="archiver")
-@click.option("--env-file", type=click.Path(dir_okay=False), metavar="PATH",
-              help="Read variables from PATH instead of ./.env.")
+@click.option(
+    "--env-file",
+    type=click.Path(dir_okay=False),
+    metavar="PATH",
+    help="Read variables from PATH instead of ./.env.",
+)
 @click.pass_context
 def cli(ctx: click.Context, env_file: str | None) -> None:
     """Move cached media into S3 for good and record each object's URL in post_media."""
@@ -149,22 +189,52 @@ def _mib(_ctx: click.Context, _param: click.Parameter, value: float | None) -> i
 
 @cli.command()
 @config_options
-@click.option("--concurrency", type=click.IntRange(1, MAX_CONCURRENCY),
-              default=DEFAULT_CONCURRENCY, show_default=True, help="Uploads in flight at once.")
-@click.option("--batch-size", type=click.IntRange(1, 10_000), default=DEFAULT_BATCH_SIZE,
-              show_default=True, help="Most rows written by one grouped UPDATE.")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, MAX_CONCURRENCY),
+    default=DEFAULT_CONCURRENCY,
+    show_default=True,
+    help="Uploads in flight at once.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 10_000),
+    default=DEFAULT_BATCH_SIZE,
+    show_default=True,
+    help="Most rows written by one grouped UPDATE.",
+)
 @click.option("--limit", type=click.IntRange(0), help="Archive at most N rows.")
 @click.option("--dry-run", is_flag=True, help="Write nothing; list what would be uploaded.")
-@click.option("--force", is_flag=True,
-              help="Every row, even archived ones; upload again and rewrite archive_url.")
-@click.option("--media-type", "media_types", type=click.Choice(MEDIA_TYPES), multiple=True,
-              help="Only rows of this media type (repeatable).")
-@click.option("--multipart-threshold", type=click.FloatRange(5), callback=_mib,
-              default=DEFAULT_MULTIPART_THRESHOLD_BYTES / MIB, show_default=True,
-              metavar="MIB", help="Files larger than this many MiB are uploaded in parts.")
-@click.option("--part-size", type=click.FloatRange(5, 5120), callback=_mib,
-              default=DEFAULT_PART_SIZE_BYTES / MIB, show_default=True, metavar="MIB",
-              help="Size of each part of a multipart upload, in MiB.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Every row, even archived ones; upload again and rewrite archive_url.",
+)
+@click.option(
+    "--media-type",
+    "media_types",
+    type=click.Choice(MEDIA_TYPES),
+    multiple=True,
+    help="Only rows of this media type (repeatable).",
+)
+@click.option(
+    "--multipart-threshold",
+    type=click.FloatRange(5),
+    callback=_mib,
+    default=DEFAULT_MULTIPART_THRESHOLD_BYTES / MIB,
+    show_default=True,
+    metavar="MIB",
+    help="Files larger than this many MiB are uploaded in parts.",
+)
+@click.option(
+    "--part-size",
+    type=click.FloatRange(5, 5120),
+    callback=_mib,
+    default=DEFAULT_PART_SIZE_BYTES / MIB,
+    show_default=True,
+    metavar="MIB",
+    help="Size of each part of a multipart upload, in MiB.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @click.option("--no-progress", is_flag=True, help="No progress bar or progress lines.")
 @click.option("-v", "--verbose", is_flag=True, help="One line per file.")
@@ -188,15 +258,21 @@ def upload(**params: Any) -> int:
     )
     mode = "off" if no_progress else ("bar" if sys.stderr.isatty() else "log")
     reporter = Reporter(
-        mode=mode, verbose=verbose, dry_run=options.dry_run,
+        mode=mode,
+        verbose=verbose,
+        dry_run=options.dry_run,
         out=sys.stderr if as_json else sys.stdout,
     )
     retry_mode = os.environ.get("AWS_RETRY_MODE") or None
     max_attempts = _env_int("AWS_MAX_ATTEMPTS")
     summary = run_async(
         lambda interrupt: run_upload(
-            settings, options, reporter, interrupt=interrupt,
-            retry_mode=retry_mode, max_attempts=max_attempts,
+            settings,
+            options,
+            reporter,
+            interrupt=interrupt,
+            retry_mode=retry_mode,
+            max_attempts=max_attempts,
         )
     )
     if as_json:

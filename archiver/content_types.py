@@ -44,8 +44,15 @@ MIME_TO_EXT: dict[str, str] = {
 
 # Extension -> Content-Type, for rows whose mime_type says nothing useful.
 EXT_TO_MIME: dict[str, str] = {ext: mime for mime, ext in reversed(MIME_TO_EXT.items())}
-EXT_TO_MIME.update({".jpeg": "image/jpeg", ".jpe": "image/jpeg", ".tif": "image/tiff",
-                    ".mpg": "video/mpeg", ".qt": "video/quicktime"})
+EXT_TO_MIME.update(
+    {
+        ".jpeg": "image/jpeg",
+        ".jpe": "image/jpeg",
+        ".tif": "image/tiff",
+        ".mpg": "video/mpeg",
+        ".qt": "video/quicktime",
+    }
+)
 
 _MIME_RE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*$")
 

@@ -107,6 +107,7 @@ _DB_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     asyncio.TimeoutError,
 )
+_CONNECT_ERRORS: tuple[type[BaseException], ...] = (*_DB_ERRORS, ValueError)
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,7 @@ class Database:
                 command_timeout=COMMAND_TIMEOUT_S,
                 server_settings={"application_name": "archiver"},
             )
-        except (*_DB_ERRORS, ValueError) as exc:
+        except _CONNECT_ERRORS as exc:
             detail = str(exc).replace(dsn, redact_dsn(dsn)) or exc.__class__.__name__
             raise DatabaseUnavailable(
                 f"cannot connect to the database {redact_dsn(dsn)}: {detail}"
@@ -147,7 +148,7 @@ class Database:
         """Close the pool, waiting briefly for connections to be released."""
         try:
             await asyncio.wait_for(self._pool.close(), timeout=10)
-        except (*_DB_ERRORS,):
+        except _DB_ERRORS:
             self._pool.terminate()
 
     async def _fetch(self, doing: str, sql: str, *args: Any) -> list[asyncpg.Record]:

@@ -112,8 +112,18 @@ class LocalPostgres:
             self.base.chmod(0o700)
             try:
                 self._cmd(
-                    str(self.bindir / "initdb"), "-D", str(self.datadir), "-U", "postgres",
-                    "-A", "trust", "-E", "UTF8", "--no-locale", "--no-sync", "--no-instructions",
+                    str(self.bindir / "initdb"),
+                    "-D",
+                    str(self.datadir),
+                    "-U",
+                    "postgres",
+                    "-A",
+                    "trust",
+                    "-E",
+                    "UTF8",
+                    "--no-locale",
+                    "--no-sync",
+                    "--no-instructions",
                 )
             except subprocess.CalledProcessError as exc:
                 raise ConfigError(f"initdb failed: {exc.stderr.strip()[-500:]}") from exc
@@ -123,8 +133,16 @@ class LocalPostgres:
         )
         try:
             self._cmd(
-                str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-l",
-                str(self.base / "server.log"), "-o", options, "-w", "-t", str(START_TIMEOUT_S),
+                str(self.bindir / "pg_ctl"),
+                "-D",
+                str(self.datadir),
+                "-l",
+                str(self.base / "server.log"),
+                "-o",
+                options,
+                "-w",
+                "-t",
+                str(START_TIMEOUT_S),
                 "start",
             )
         except subprocess.CalledProcessError as exc:
@@ -135,8 +153,16 @@ class LocalPostgres:
     def stop_server(self, mode: str = "fast") -> None:
         """Stop the server but keep its data (see `start` to bring it back)."""
         if self.base is not None:
-            self._cmd(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", mode,
-                      "-w", "stop", check=False)
+            self._cmd(
+                str(self.bindir / "pg_ctl"),
+                "-D",
+                str(self.datadir),
+                "-m",
+                mode,
+                "-w",
+                "stop",
+                check=False,
+            )
 
     def stop(self) -> None:
         """Stop the server and remove the cluster."""

@@ -49,7 +49,7 @@ class RetryPolicy:
 
     def delay(self, attempt: int, started_at: float, now: float) -> float | None:
         """Seconds to wait before retry number `attempt` (1-based), or None to give up."""
-        wait = min(self.max_delay_s, self.first_delay_s * 2 ** (attempt - 1))
+        wait = min(self.max_delay_s, self.first_delay_s * 2.0 ** (attempt - 1))
         if now - started_at + wait > self.deadline_s:
             return None
         return wait

@@ -79,7 +79,11 @@ class Reporter:
         self._started = self._last_log = self.clock()
         if self.mode == "bar":
             self._bar = tqdm(
-                total=total, unit="file", file=self.err, dynamic_ncols=True, smoothing=0.1,
+                total=total,
+                unit="file",
+                file=self.err,
+                dynamic_ncols=True,
+                smoothing=0.1,
                 desc="dry run" if self.dry_run else "upload",
             )
 

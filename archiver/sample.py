@@ -64,9 +64,16 @@ class SampleRow:
 
     def args(self) -> tuple[object, ...]:
         return (
-            self.media_id, self.post_id, self.media_type,
-            f"https://example.invalid/{self.media_id}", self.local_file_path, self.md5_sum,
-            self.file_size, self.mime_type, self.archive_url, self.created_at,
+            self.media_id,
+            self.post_id,
+            self.media_type,
+            f"https://example.invalid/{self.media_id}",
+            self.local_file_path,
+            self.md5_sum,
+            self.file_size,
+            self.mime_type,
+            self.archive_url,
+            self.created_at,
         )
 
 
@@ -76,8 +83,9 @@ def file_bytes(ext: str, size: int, rng: random.Random) -> bytes:
     return magic + rng.randbytes(size - len(magic))
 
 
-def write_media(directory: Path, ext: str, size: int, rng: random.Random,
-                name_ext: str | None = None) -> tuple[Path, str]:
+def write_media(
+    directory: Path, ext: str, size: int, rng: random.Random, name_ext: str | None = None
+) -> tuple[Path, str]:
     """Write a media file named `{md5}{name_ext or ext}`; (path, md5)."""
     data = file_bytes(ext, size, rng)
     md5 = hashlib.md5(data).hexdigest()

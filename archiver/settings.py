@@ -57,9 +57,7 @@ def redact_dsn(dsn: str | None) -> str:
 def validate_bucket(name: str) -> str:
     """Return the bucket name or raise ConfigError if S3 would reject it."""
     if not _BUCKET_RE.match(name) or ".." in name:
-        raise ConfigError(
-            f"invalid bucket name {name!r}: 3-63 characters of a-z, 0-9, '.' and '-'"
-        )
+        raise ConfigError(f"invalid bucket name {name!r}: 3-63 characters of a-z, 0-9, '.' and '-'")
     return name
 
 

@@ -9,6 +9,7 @@ on); failures that doom every request (no bucket, no credentials, access denied)
 from __future__ import annotations
 
 import base64
+import contextlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -198,7 +199,9 @@ class Storage:
             storage_class=response.get("StorageClass"),
         )
 
-    async def create_multipart(self, key: str, content_type: str, metadata: Mapping[str, str]) -> str:
+    async def create_multipart(
+        self, key: str, content_type: str, metadata: Mapping[str, str]
+    ) -> str:
         """Start a multipart upload; its UploadId."""
         response = await self._call(
             f"starting multipart upload of {key}",
@@ -227,7 +230,7 @@ class Storage:
     async def complete_multipart(
         self, key: str, upload_id: str, parts: Sequence[StoredPart], *, if_absent: bool
     ) -> str | None:
-        """Complete a multipart upload; the object's ETag, or None when `if_absent` and it exists."""
+        """Complete a multipart upload; its ETag, or None when `if_absent` and the key exists."""
         params: dict[str, Any] = {
             "Key": key,
             "UploadId": upload_id,
@@ -249,7 +252,6 @@ class Storage:
 
     async def abort_multipart(self, key: str, upload_id: str) -> None:
         """Abort a multipart upload so that no parts are left behind (best effort)."""
-        try:
+        # The bucket's AbortIncompleteMultipartUpload lifecycle rule is the backstop.
+        with contextlib.suppress(ClientError, BotoCoreError):
             await self._s3.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
-        except (ClientError, BotoCoreError):
-            pass  # the bucket's AbortIncompleteMultipartUpload lifecycle rule is the backstop

@@ -177,7 +177,9 @@ class Uploader:
         md5 = normalize_md5(row.md5_sum)
         if md5 is None:
             return RowResult(
-                row.media_id, Outcome.INVALID, reason=f"md5_sum {row.md5_sum!r} is not 32 hex digits"
+                row.media_id,
+                Outcome.INVALID,
+                reason=f"md5_sum {row.md5_sum!r} is not 32 hex digits",
             )
         prepared = await asyncio.to_thread(self.prepare, row, md5)
         if isinstance(prepared, RowResult):
@@ -322,7 +324,9 @@ class Uploader:
                         await self.budget.release(taken)
                         break
                     try:
-                        data, digest = await asyncio.to_thread(_read_part, fd, offset, length, whole)
+                        data, digest = await asyncio.to_thread(
+                            _read_part, fd, offset, length, whole
+                        )
                     except (ArchiverError, OSError) as exc:
                         await self.budget.release(taken)
                         errors.append(exc)

@@ -26,9 +26,17 @@ from archiver.sample import POST_MEDIA_DDL
 from archiver.settings import Settings
 
 # Never let the suite reach a real AWS account.
-for _var in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
-             "AWS_ENDPOINT_URL_S3", "DATABASE_URL", "ARCHIVER_BUCKET", "ARCHIVER_KEY_PREFIX",
-             "ARCHIVER_CACHE_ROOT"):
+for _var in (
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_SESSION_TOKEN",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "DATABASE_URL",
+    "ARCHIVER_BUCKET",
+    "ARCHIVER_KEY_PREFIX",
+    "ARCHIVER_CACHE_ROOT",
+):
     os.environ.pop(_var, None)
 os.environ["AWS_ACCESS_KEY_ID"] = "testing"
 os.environ["AWS_SECRET_ACCESS_KEY"] = "testing"

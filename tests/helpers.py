@@ -46,24 +46,31 @@ def media_file(directory: Path, name: str, data: bytes) -> Path:
 
 
 def quiet_reporter(*, dry_run: bool = False) -> Reporter:
-    return Reporter(mode="off", verbose=False, dry_run=dry_run, out=io.StringIO(),
-                    err=io.StringIO())
+    return Reporter(
+        mode="off", verbose=False, dry_run=dry_run, out=io.StringIO(), err=io.StringIO()
+    )
 
 
 async def upload(env: Any, **options: Any) -> Summary:
     """Run `archiver upload` in-process against the rig, from the test's work dir."""
     opts = UploadOptions(**options)
-    return await run_upload(env.settings(), opts, quiet_reporter(dry_run=opts.dry_run),
-                            cwd=env.workdir)
+    return await run_upload(
+        env.settings(), opts, quiet_reporter(dry_run=opts.dry_run), cwd=env.workdir
+    )
 
 
-def run_cli(env: Any, *args: str, timeout: float = 120, **extra_env: str
-            ) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    env: Any, *args: str, timeout: float = 120, **extra_env: str
+) -> subprocess.CompletedProcess[str]:
     """Run the real command (`python -m archiver`) in the test's work dir."""
     return subprocess.run(
         [sys.executable, "-m", "archiver", *args],
-        cwd=env.workdir, env=env.environ(**extra_env), capture_output=True, text=True,
-        timeout=timeout, check=False,
+        cwd=env.workdir,
+        env=env.environ(**extra_env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
 
 
@@ -80,14 +87,15 @@ def all_objects(s3: Any, bucket: str) -> dict[str, int]:
     return out
 
 
-async def assert_archive_invariant(conn: asyncpg.Connection, s3: Any, bucket: str,
-                                   cache_bytes: dict[str, bytes] | None = None) -> int:
+async def assert_archive_invariant(
+    conn: asyncpg.Connection, s3: Any, bucket: str, cache_bytes: dict[str, bytes] | None = None
+) -> int:
     """Every row with an archive_url has its object, whose bytes hash to md5_sum."""
     checked = 0
     for r in await conn.fetch("SELECT * FROM post_media WHERE archive_url IS NOT NULL"):
         url = r["archive_url"]
         assert url.startswith(f"s3://{bucket}/"), url
-        key = url[len(f"s3://{bucket}/"):]
+        key = url[len(f"s3://{bucket}/") :]
         body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
         assert md5(body) == r["md5_sum"].lower(), f"{r['media_id']}: object bytes differ"
         checked += 1
@@ -107,57 +115,121 @@ def build_contract_cases(env: Any, rng: random.Random) -> list[Case]:
     # normal row
     data = file_bytes(".jpg", 5000, rng)
     p = media_file(images, f"{md5(data)}.jpg", data)
-    cases.append(Case(SampleRow("m01-normal", "image", md5(data), "image/jpeg", rel(p), dec),
-                      data, f"cache/2025/12/{md5(data)}.jpg", "image/jpeg"))
+    cases.append(
+        Case(
+            SampleRow("m01-normal", "image", md5(data), "image/jpeg", rel(p), dec),
+            data,
+            f"cache/2025/12/{md5(data)}.jpg",
+            "image/jpeg",
+        )
+    )
     # local_file_path names {md5}.bin, the file was renamed to {md5}.jpg
     data = file_bytes(".jpg", 7000, rng)
     media_file(images, f"{md5(data)}.jpg", data)
-    cases.append(Case(SampleRow("m02-renamed", "image", md5(data), "image/jpeg",
-                                rel(images / f"{md5(data)}.bin"), dec),
-                      data, f"cache/2025/12/{md5(data)}.jpg", "image/jpeg"))
+    cases.append(
+        Case(
+            SampleRow(
+                "m02-renamed",
+                "image",
+                md5(data),
+                "image/jpeg",
+                rel(images / f"{md5(data)}.bin"),
+                dec,
+            ),
+            data,
+            f"cache/2025/12/{md5(data)}.jpg",
+            "image/jpeg",
+        )
+    )
     # NULL local_file_path, found by md5 + mime type; md5_sum in upper case
     data = file_bytes(".png", 3000, rng)
     media_file(images, f"{md5(data)}.png", data)
-    cases.append(Case(SampleRow("m03-by-mime", "image", md5(data).upper(), "image/png", None,
-                                datetime(2025, 11, 30, 23, 59, 59)),
-                      data, f"cache/2025/11/{md5(data)}.png", "image/png"))
+    cases.append(
+        Case(
+            SampleRow(
+                "m03-by-mime",
+                "image",
+                md5(data).upper(),
+                "image/png",
+                None,
+                datetime(2025, 11, 30, 23, 59, 59),
+            ),
+            data,
+            f"cache/2025/11/{md5(data)}.png",
+            "image/png",
+        )
+    )
     # unknown mime, found by {md5}.*
     data = file_bytes(".gif", 2000, rng)
     media_file(images, f"{md5(data)}.gif", data)
-    cases.append(Case(SampleRow("m04-glob", "image", md5(data), None, None, dec),
-                      data, f"cache/2025/12/{md5(data)}.gif", "image/gif"))
+    cases.append(
+        Case(
+            SampleRow("m04-glob", "image", md5(data), None, None, dec),
+            data,
+            f"cache/2025/12/{md5(data)}.gif",
+            "image/gif",
+        )
+    )
     # a .bin file whose bytes are PNG
     data = file_bytes(".png", 4000, rng)
     p = media_file(images, f"{md5(data)}.bin", data)
-    cases.append(Case(SampleRow("m05-sniffed", "image", md5(data), "application/octet-stream",
-                                rel(p), dec),
-                      data, f"cache/2025/12/{md5(data)}.png", "image/png"))
+    cases.append(
+        Case(
+            SampleRow("m05-sniffed", "image", md5(data), "application/octet-stream", rel(p), dec),
+            data,
+            f"cache/2025/12/{md5(data)}.png",
+            "image/png",
+        )
+    )
     # missing file
     data = file_bytes(".mp4", 1000, rng)
-    cases.append(Case(SampleRow("m06-missing", "video", md5(data), "video/mp4", None, dec),
-                      None, None))
+    cases.append(
+        Case(SampleRow("m06-missing", "video", md5(data), "video/mp4", None, dec), None, None)
+    )
     # two rows with the same md5 in the same month: one object, both recorded
     data = file_bytes(".mp4", 60_000, rng)
     p = media_file(videos, f"{md5(data)}.mp4", data)
     key = f"cache/2025/12/{md5(data)}.mp4"
-    cases.append(Case(SampleRow("m07-dup-a", "video", md5(data), "video/mp4", rel(p), dec),
-                      data, key, "video/mp4"))
-    cases.append(Case(SampleRow("m08-dup-b", "video", md5(data), "video/mp4", None,
-                                datetime(2025, 12, 28)), data, key, "video/mp4"))
+    cases.append(
+        Case(
+            SampleRow("m07-dup-a", "video", md5(data), "video/mp4", rel(p), dec),
+            data,
+            key,
+            "video/mp4",
+        )
+    )
+    cases.append(
+        Case(
+            SampleRow("m08-dup-b", "video", md5(data), "video/mp4", None, datetime(2025, 12, 28)),
+            data,
+            key,
+            "video/mp4",
+        )
+    )
     # NULL created_at: the file's modification time (UTC) gives the partition
     data = file_bytes(".pdf", 1500, rng)
     p = media_file(documents, f"{md5(data)}.pdf", data)
     mtime = datetime(2024, 2, 10, 12, 0, 0).timestamp()
     os.utime(p, (mtime, mtime))
-    cases.append(Case(SampleRow("m09-null-date", "document", md5(data), "application/pdf",
-                                rel(p), None),
-                      data, f"cache/2024/02/{md5(data)}.pdf", "application/pdf"))
+    cases.append(
+        Case(
+            SampleRow("m09-null-date", "document", md5(data), "application/pdf", rel(p), None),
+            data,
+            f"cache/2024/02/{md5(data)}.pdf",
+            "application/pdf",
+        )
+    )
     # a zero-byte file
     data = b""
     p = media_file(documents, f"{md5(data)}.pdf", data)
-    cases.append(Case(SampleRow("m10-empty", "document", md5(data), "application/pdf",
-                                rel(p), dec), data, f"cache/2025/12/{md5(data)}.pdf",
-                      "application/pdf"))
+    cases.append(
+        Case(
+            SampleRow("m10-empty", "document", md5(data), "application/pdf", rel(p), dec),
+            data,
+            f"cache/2025/12/{md5(data)}.pdf",
+            "application/pdf",
+        )
+    )
     return cases
 
 
@@ -170,24 +242,33 @@ def build_bad_cases(env: Any, rng: random.Random) -> list[Case]:
     cases: list[Case] = []
     data = file_bytes(".jpg", 1000, rng)
     media_file(images, f"{md5(data)}.jpg", data)
-    cases.append(Case(SampleRow("b01-bad-md5", "image", "not-an-md5", "image/jpeg", None, dec),
-                      data, None))
+    cases.append(
+        Case(SampleRow("b01-bad-md5", "image", "not-an-md5", "image/jpeg", None, dec), data, None)
+    )
     data = file_bytes(".jpg", 1000, rng)
     p = media_file(outside_dir, f"{md5(data)}.jpg", data)
-    cases.append(Case(SampleRow("b02-outside", "image", md5(data), "image/jpeg", str(p), dec),
-                      data, None))
+    cases.append(
+        Case(SampleRow("b02-outside", "image", md5(data), "image/jpeg", str(p), dec), data, None)
+    )
     data = file_bytes(".jpg", 1000, rng)
     target = media_file(outside_dir, f"secret-{md5(data)}.jpg", data)
     (images / f"{md5(data)}.jpg").symlink_to(target)
-    cases.append(Case(SampleRow("b03-symlink-out", "image", md5(data), "image/jpeg", None, dec),
-                      data, None))
+    cases.append(
+        Case(SampleRow("b03-symlink-out", "image", md5(data), "image/jpeg", None, dec), data, None)
+    )
     data = file_bytes(".jpg", 1000, rng)
     wrong = md5(data + b"x")
     media_file(images, f"{wrong}.jpg", data)
-    cases.append(Case(SampleRow("b04-corrupt", "image", wrong, "image/jpeg", None, dec),
-                      data, None))
-    cases.append(Case(SampleRow("b05-traversal", "../../outside", md5(data), "image/jpeg",
-                                None, dec), data, None))
+    cases.append(
+        Case(SampleRow("b04-corrupt", "image", wrong, "image/jpeg", None, dec), data, None)
+    )
+    cases.append(
+        Case(
+            SampleRow("b05-traversal", "../../outside", md5(data), "image/jpeg", None, dec),
+            data,
+            None,
+        )
+    )
     return cases
 
 

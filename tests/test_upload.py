@@ -81,8 +81,15 @@ async def test_already_archived_rows_untouched_without_force_rewritten_with_it(e
     data = file_bytes(".jpg", 2048, rng)
     media_file(env.cache_root / "images", f"{md5(data)}.jpg", data)
     old = datetime(2020, 1, 1)
-    row = SampleRow("a1", "image", md5(data), "image/jpeg", None, datetime(2025, 6, 1),
-                    archive_url="s3://elsewhere/old/key.jpg")
+    row = SampleRow(
+        "a1",
+        "image",
+        md5(data),
+        "image/jpeg",
+        None,
+        datetime(2025, 6, 1),
+        archive_url="s3://elsewhere/old/key.jpg",
+    )
     await insert_rows(db, [row])
     await db.execute("UPDATE post_media SET updated_at = $1", old)
 
@@ -122,8 +129,9 @@ async def test_limit_archives_exactly_that_many_and_a_second_run_uploads_nothing
     for i in range(12):
         data = file_bytes(".jpg", 1000 + i, rng)
         media_file(env.cache_root / "images", f"{md5(data)}.jpg", data)
-        rows.append(SampleRow(f"r{i:02d}", "image", md5(data), "image/jpeg", None,
-                              datetime(2025, 1, 1)))
+        rows.append(
+            SampleRow(f"r{i:02d}", "image", md5(data), "image/jpeg", None, datetime(2025, 1, 1))
+        )
     await insert_rows(db, rows)
 
     first = await upload(env, limit=5, batch_size=2)
@@ -153,8 +161,11 @@ async def test_missing_bucket_stops_the_run(env, db) -> None:
     cases = build_contract_cases(env, random.Random(7))[:2]
     await insert_cases(db, cases)
     with pytest.raises(BucketMissing):
-        await upload(env.__class__(env.database_url, env.endpoint, "no-such-bucket-here",
-                                   env.workdir, env.cache_root))
+        await upload(
+            env.__class__(
+                env.database_url, env.endpoint, "no-such-bucket-here", env.workdir, env.cache_root
+            )
+        )
     assert await db.fetchval("SELECT count(archive_url) FROM post_media") == 0
 
 
@@ -172,8 +183,11 @@ async def test_many_rows_with_small_batches_all_recorded(env, db, s3) -> None:
     for i in range(150):
         data = rng.randbytes(200 + i)
         media_file(env.cache_root / "images", f"{md5(data)}.jpg", data)
-        rows.append(SampleRow(f"n{i:04d}", "image", md5(data), "image/jpeg", None,
-                              datetime(2025, 3, 1 + i % 28)))
+        rows.append(
+            SampleRow(
+                f"n{i:04d}", "image", md5(data), "image/jpeg", None, datetime(2025, 3, 1 + i % 28)
+            )
+        )
     await insert_rows(db, rows)
     summary = await upload(env, concurrency=16, batch_size=7)
     assert summary.counts[Outcome.UPLOADED] == 150

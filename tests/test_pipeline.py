@@ -1,0 +1,208 @@
+"""The pipeline's mechanics and policies, with plain fakes (no database, no S3)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+
+import pytest
+
+from archiver.budget import ByteBudget
+from archiver.errors import BucketMissing, DatabaseError
+from archiver.models import MediaRow, Outcome, RowResult
+from archiver.pipeline import BatchPolicy, Interrupt, Pipeline, RetryPolicy
+
+
+@pytest.mark.parametrize(
+    ("pending", "oldest", "now", "due"),
+    [
+        (0, None, 100.0, False),
+        (49, 99.5, 100.0, False),
+        (50, 99.9, 100.0, True),  # full
+        (51, 100.0, 100.0, True),
+        (1, 99.0, 100.0, True),  # old enough
+        (1, 99.01, 100.0, False),
+        (0, 0.0, 100.0, False),  # nothing to flush, however old
+    ],
+)
+def test_batch_policy(pending: int, oldest: float | None, now: float, due: bool) -> None:
+    assert BatchPolicy(max_rows=50, max_age_s=1.0).due(pending, oldest, now) is due
+
+
+@pytest.mark.parametrize(
+    ("attempt", "elapsed", "delay"),
+    [
+        (1, 0.0, 0.5),
+        (2, 0.0, 1.0),
+        (3, 0.0, 2.0),
+        (5, 0.0, 5.0),  # capped
+        (9, 0.0, 5.0),
+        (1, 59.6, None),  # past the deadline
+        (3, 58.5, None),
+    ],
+)
+def test_retry_policy(attempt: int, elapsed: float, delay: float | None) -> None:
+    assert RetryPolicy(0.5, 5.0, 60.0).delay(attempt, 100.0, 100.0 + elapsed) == delay
+
+
+def rows(n: int) -> list[MediaRow]:
+    return [MediaRow(f"m{i:05d}", "image", None, None, None, None) for i in range(n)]
+
+
+async def aiter(items: list[MediaRow]) -> AsyncIterator[MediaRow]:
+    for item in items:
+        yield item
+
+
+class FakeDb:
+    def __init__(self, fail_times: int = 0) -> None:
+        self.batches: list[list[tuple[str, str]]] = []
+        self.fail_times = fail_times
+
+    async def record(self, pairs: Sequence[tuple[str, str]]) -> int:
+        if self.fail_times:
+            self.fail_times -= 1
+            raise DatabaseError("connection reset")
+        self.batches.append(list(pairs))
+        return len(pairs)
+
+
+def uploaded(row: MediaRow) -> RowResult:
+    return RowResult(row.media_id, Outcome.UPLOADED, url=f"s3://b/{row.media_id}")
+
+
+def make(handle, db: FakeDb, *, concurrency: int = 4, max_rows: int = 10,
+         max_age: float = 1.0, **kw) -> tuple[Pipeline, list[RowResult]]:
+    seen: list[RowResult] = []
+    pipeline = Pipeline(handle=handle, record=db.record, concurrency=concurrency,
+                        batch=BatchPolicy(max_rows, max_age), on_result=seen.append, **kw)
+    return pipeline, seen
+
+
+async def test_every_row_handled_once_and_recorded_in_bounded_batches() -> None:
+    async def handle(row: MediaRow) -> RowResult:
+        await asyncio.sleep(0)
+        return uploaded(row)
+
+    db = FakeDb()
+    pipeline, seen = make(handle, db, concurrency=8, max_rows=7)
+    stats = await pipeline.run(aiter(rows(100)))
+    assert sorted(r.media_id for r in seen) == [r.media_id for r in rows(100)]
+    recorded = [p[0] for b in db.batches for p in b]
+    assert sorted(recorded) == [r.media_id for r in rows(100)]
+    assert max(len(b) for b in db.batches) <= 7
+    assert stats.db_updated == 100 and stats.unrecorded == 0
+
+
+async def test_only_confirmed_rows_are_recorded() -> None:
+    async def handle(row: MediaRow) -> RowResult:
+        n = int(row.media_id[1:])
+        outcome = [Outcome.UPLOADED, Outcome.FAILED, Outcome.MISSING_LOCAL,
+                   Outcome.SKIPPED_EXISTING, Outcome.CORRUPT][n % 5]
+        return RowResult(row.media_id, outcome, url=f"s3://b/{row.media_id}")
+
+    db = FakeDb()
+    pipeline, _ = make(handle, db)
+    await pipeline.run(aiter(rows(50)))
+    assert len([p for b in db.batches for p in b]) == 20
+
+
+async def test_a_small_batch_is_flushed_by_age_while_work_goes_on() -> None:
+    release = asyncio.Event()
+
+    async def handle(row: MediaRow) -> RowResult:
+        if row.media_id != "m00000":
+            await release.wait()
+        return uploaded(row)
+
+    db = FakeDb()
+    pipeline, _ = make(handle, db, concurrency=2, max_rows=100, max_age=0.2)
+    task = asyncio.create_task(pipeline.run(aiter(rows(2))))
+    await asyncio.sleep(0.6)
+    assert db.batches == [[("m00000", "s3://b/m00000")]]  # flushed before the run ended
+    release.set()
+    await task
+    assert len(db.batches) == 2
+
+
+async def test_stop_drops_rows_not_started_and_records_those_finished() -> None:
+    interrupt = Interrupt()
+    started: list[str] = []
+
+    async def handle(row: MediaRow) -> RowResult:
+        started.append(row.media_id)
+        if len(started) == 5:
+            interrupt.trigger()
+        await asyncio.sleep(0.01)
+        return uploaded(row)
+
+    db = FakeDb()
+    pipeline, seen = make(handle, db, concurrency=2, stop=interrupt.stop)
+    await pipeline.run(aiter(rows(1000)))
+    assert len(started) < 10
+    assert {p[0] for b in db.batches for p in b} == set(started) == {r.media_id for r in seen}
+
+
+async def test_abandon_cancels_in_flight_work_and_still_records_finished_rows() -> None:
+    interrupt = Interrupt()
+    hang = asyncio.Event()
+
+    async def handle(row: MediaRow) -> RowResult:
+        if row.media_id >= "m00003":
+            await hang.wait()  # never set: only abandoning ends these
+        return uploaded(row)
+
+    db = FakeDb()
+    pipeline, seen = make(handle, db, concurrency=4, max_rows=100, stop=interrupt.stop)
+    interrupt.on_abandon(pipeline.abandon)
+    task = asyncio.create_task(pipeline.run(aiter(rows(50))))
+    await asyncio.sleep(0.1)
+    interrupt.trigger()
+    interrupt.trigger()
+    await asyncio.wait_for(task, 5)
+    assert {p[0] for b in db.batches for p in b} == {"m00000", "m00001", "m00002"}
+    assert len(seen) == 3
+
+
+async def test_an_infrastructure_error_stops_the_run_after_recording_what_finished() -> None:
+    async def handle(row: MediaRow) -> RowResult:
+        if row.media_id == "m00020":
+            raise BucketMissing("bucket gone")
+        return uploaded(row)
+
+    db = FakeDb()
+    pipeline, seen = make(handle, db, concurrency=1)
+    with pytest.raises(BucketMissing):
+        await pipeline.run(aiter(rows(100)))
+    assert len([p for b in db.batches for p in b]) == len(seen) == 20
+
+
+async def test_database_retries_then_gives_up_and_counts_unrecorded() -> None:
+    async def handle(row: MediaRow) -> RowResult:
+        return uploaded(row)
+
+    db = FakeDb(fail_times=2)
+    pipeline, _ = make(handle, db, concurrency=1, max_rows=5,
+                       db_retry=RetryPolicy(0.01, 0.01, 1.0))
+    stats = await pipeline.run(aiter(rows(10)))
+    assert stats.db_updated == 10 and stats.unrecorded == 0  # two failures were retried
+
+    db = FakeDb(fail_times=10**6)
+    pipeline, _ = make(handle, db, concurrency=1, max_rows=5,
+                       db_retry=RetryPolicy(0.01, 0.01, 0.05))
+    with pytest.raises(DatabaseError):
+        await pipeline.run(aiter(rows(100)))
+    assert pipeline.stats.db_updated == 0
+    assert pipeline.stats.unrecorded >= 5
+
+
+async def test_byte_budget_bounds_what_is_held_at_once() -> None:
+    budget = ByteBudget(100)
+
+    async def use(n: int) -> None:
+        async with budget.hold(n):
+            assert budget.used <= 100
+            await asyncio.sleep(0.001)
+
+    await asyncio.gather(*(use(n) for n in [30, 60, 90, 10, 500, 40] * 5))
+    assert budget.peak <= 100 and budget.used == 0
