@@ -36,8 +36,11 @@ def test_normalize_md5(raw: str | None, expected: str | None) -> None:
     [
         (datetime(2025, 12, 31, 23, 30), 0.0, datetime(2025, 12, 31, 23, 30, tzinfo=UTC)),
         # an aware timestamp is converted: 00:30 at +02:00 is still December in UTC
-        (datetime(2026, 1, 1, 0, 30, tzinfo=timezone(timedelta(hours=2))), 0.0,
-         datetime(2025, 12, 31, 22, 30, tzinfo=UTC)),
+        (
+            datetime(2026, 1, 1, 0, 30, tzinfo=timezone(timedelta(hours=2))),
+            0.0,
+            datetime(2025, 12, 31, 22, 30, tzinfo=UTC),
+        ),
         (None, 1707566400.0, datetime(2024, 2, 10, 12, 0, tzinfo=UTC)),
     ],
 )

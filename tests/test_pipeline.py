@@ -71,11 +71,18 @@ def uploaded(row: MediaRow) -> RowResult:
     return RowResult(row.media_id, Outcome.UPLOADED, url=f"s3://b/{row.media_id}")
 
 
-def make(handle, db: FakeDb, *, concurrency: int = 4, max_rows: int = 10,
-         max_age: float = 1.0, **kw) -> tuple[Pipeline, list[RowResult]]:
+def make(
+    handle, db: FakeDb, *, concurrency: int = 4, max_rows: int = 10, max_age: float = 1.0, **kw
+) -> tuple[Pipeline, list[RowResult]]:
     seen: list[RowResult] = []
-    pipeline = Pipeline(handle=handle, record=db.record, concurrency=concurrency,
-                        batch=BatchPolicy(max_rows, max_age), on_result=seen.append, **kw)
+    pipeline = Pipeline(
+        handle=handle,
+        record=db.record,
+        concurrency=concurrency,
+        batch=BatchPolicy(max_rows, max_age),
+        on_result=seen.append,
+        **kw,
+    )
     return pipeline, seen
 
 
@@ -97,8 +104,13 @@ async def test_every_row_handled_once_and_recorded_in_bounded_batches() -> None:
 async def test_only_confirmed_rows_are_recorded() -> None:
     async def handle(row: MediaRow) -> RowResult:
         n = int(row.media_id[1:])
-        outcome = [Outcome.UPLOADED, Outcome.FAILED, Outcome.MISSING_LOCAL,
-                   Outcome.SKIPPED_EXISTING, Outcome.CORRUPT][n % 5]
+        outcome = [
+            Outcome.UPLOADED,
+            Outcome.FAILED,
+            Outcome.MISSING_LOCAL,
+            Outcome.SKIPPED_EXISTING,
+            Outcome.CORRUPT,
+        ][n % 5]
         return RowResult(row.media_id, outcome, url=f"s3://b/{row.media_id}")
 
     db = FakeDb()
@@ -182,14 +194,14 @@ async def test_database_retries_then_gives_up_and_counts_unrecorded() -> None:
         return uploaded(row)
 
     db = FakeDb(fail_times=2)
-    pipeline, _ = make(handle, db, concurrency=1, max_rows=5,
-                       db_retry=RetryPolicy(0.01, 0.01, 1.0))
+    pipeline, _ = make(handle, db, concurrency=1, max_rows=5, db_retry=RetryPolicy(0.01, 0.01, 1.0))
     stats = await pipeline.run(aiter(rows(10)))
     assert stats.db_updated == 10 and stats.unrecorded == 0  # two failures were retried
 
     db = FakeDb(fail_times=10**6)
-    pipeline, _ = make(handle, db, concurrency=1, max_rows=5,
-                       db_retry=RetryPolicy(0.01, 0.01, 0.05))
+    pipeline, _ = make(
+        handle, db, concurrency=1, max_rows=5, db_retry=RetryPolicy(0.01, 0.01, 0.05)
+    )
     with pytest.raises(DatabaseError):
         await pipeline.run(aiter(rows(100)))
     assert pipeline.stats.db_updated == 0

@@ -13,8 +13,9 @@ from archiver.resolve import Found, NotFound, Refused, resolve_file
 MD5 = "0123456789abcdef0123456789abcdef"
 
 
-def row(local: str | None = None, mime: str | None = "image/jpeg",
-        media_type: str = "image") -> MediaRow:
+def row(
+    local: str | None = None, mime: str | None = "image/jpeg", media_type: str = "image"
+) -> MediaRow:
     return MediaRow("m1", media_type, local, MD5, mime, datetime(2025, 1, 1))
 
 
@@ -25,8 +26,7 @@ def layout(tmp_path: Path) -> dict[str, Path]:
     (root / "videos").mkdir()
     outside = tmp_path / "outside"
     outside.mkdir()
-    return {"cwd": tmp_path, "root": root.resolve(), "images": root / "images",
-            "outside": outside}
+    return {"cwd": tmp_path, "root": root.resolve(), "images": root / "images", "outside": outside}
 
 
 def touch(p: Path, data: bytes = b"x") -> Path:
@@ -51,14 +51,20 @@ CASES = [
 
 
 @pytest.mark.parametrize(("files", "the_row", "kind", "expect"), CASES)
-def test_lookup_order(layout: dict[str, Path], files: list[str], the_row: MediaRow,
-                      kind: type, expect: str) -> None:
+def test_lookup_order(
+    layout: dict[str, Path], files: list[str], the_row: MediaRow, kind: type, expect: str
+) -> None:
     for name in files:
         touch(layout["images"] / name.format(md5=MD5))
     if the_row.local_file_path:
-        the_row = MediaRow(the_row.media_id, the_row.media_type,
-                           the_row.local_file_path.format(md5=MD5), the_row.md5_sum,
-                           the_row.mime_type, the_row.created_at)
+        the_row = MediaRow(
+            the_row.media_id,
+            the_row.media_type,
+            the_row.local_file_path.format(md5=MD5),
+            the_row.md5_sum,
+            the_row.mime_type,
+            the_row.created_at,
+        )
     result = resolve_file(the_row, MD5, layout["root"], layout["cwd"])
     assert isinstance(result, kind), result
     if isinstance(result, Found):

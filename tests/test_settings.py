@@ -11,15 +11,27 @@ from archiver.settings import Settings, UploadOptions, redact_dsn
 @pytest.mark.parametrize(
     ("dsn", "shown", "hidden"),
     [
-        ("postgresql://postgres.abc:hunter2@aws-0-eu.pooler.supabase.com:6543/postgres",
-         "postgresql://postgres.abc:***@aws-0-eu.pooler.supabase.com:6543/postgres", "hunter2"),
-        ("postgres://u:p%40ss@h/db?sslmode=require", "postgres://u:***@h/db?sslmode=require",
-         "p%40ss"),
+        (
+            "postgresql://postgres.abc:hunter2@aws-0-eu.pooler.supabase.com:6543/postgres",
+            "postgresql://postgres.abc:***@aws-0-eu.pooler.supabase.com:6543/postgres",
+            "hunter2",
+        ),
+        (
+            "postgres://u:p%40ss@h/db?sslmode=require",
+            "postgres://u:***@h/db?sslmode=require",
+            "p%40ss",
+        ),
         ("postgresql://u@h/db", "postgresql://u@h/db", None),
-        ("postgresql://h/db?password=topsecret&x=1", "postgresql://h/db?password=***&x=1",
-         "topsecret"),
-        ("host=h user=u password=topsecret dbname=d", "host=h user=u password=*** dbname=d",
-         "topsecret"),
+        (
+            "postgresql://h/db?password=topsecret&x=1",
+            "postgresql://h/db?password=***&x=1",
+            "topsecret",
+        ),
+        (
+            "host=h user=u password=topsecret dbname=d",
+            "host=h user=u password=*** dbname=d",
+            "topsecret",
+        ),
         (None, "(unset)", None),
     ],
 )
@@ -62,16 +74,32 @@ def test_key_prefix_slashes_are_trimmed() -> None:
 def test_defaults_match_the_contract() -> None:
     s = Settings()
     assert (s.bucket, s.key_prefix, str(s.cache_root), s.region) == (
-        "social-tui", "cache", "cache/media", "us-east-1")
+        "social-tui",
+        "cache",
+        "cache/media",
+        "us-east-1",
+    )
     o = UploadOptions()
-    assert (o.concurrency, o.batch_size, o.limit, o.dry_run, o.force) == (32, 50, None, False,
-                                                                          False)
+    assert (o.concurrency, o.batch_size, o.limit, o.dry_run, o.force) == (
+        32,
+        50,
+        None,
+        False,
+        False,
+    )
 
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"concurrency": 0}, {"concurrency": 1025}, {"batch_size": 0}, {"limit": -1},
-     {"part_size": 1024}, {"multipart_threshold": 10}, {"media_types": ("audio",)}],
+    [
+        {"concurrency": 0},
+        {"concurrency": 1025},
+        {"batch_size": 0},
+        {"limit": -1},
+        {"part_size": 1024},
+        {"multipart_threshold": 10},
+        {"media_types": ("audio",)},
+    ],
 )
 def test_bad_upload_options(kwargs: dict[str, object]) -> None:
     with pytest.raises(ConfigError):
