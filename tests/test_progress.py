@@ -1,0 +1,94 @@
+"""What the user sees: per-file lines, warnings, the periodic log line, the summary."""
+
+from __future__ import annotations
+
+import io
+
+from archiver.models import Outcome, RowResult, Summary
+from archiver.progress import MAX_WARNINGS, Reporter, describe, format_summary
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def reporter(mode: str = "log", **kw: object) -> tuple[Reporter, io.StringIO, io.StringIO, Clock]:
+    out, err, clock = io.StringIO(), io.StringIO(), Clock()
+    r = Reporter(mode=mode, verbose=bool(kw.get("verbose")), dry_run=bool(kw.get("dry_run")),
+                 out=out, err=err, clock=clock)
+    return r, out, err, clock
+
+
+def ok(i: int) -> RowResult:
+    return RowResult(f"m{i}", Outcome.UPLOADED, key=f"cache/2025/12/{i:032x}.jpg",
+                     url="s3://b/k", bytes_sent=1_000_000, path=f"/c/images/{i:032x}.jpg")
+
+
+def test_describe_matches_the_design_notes() -> None:
+    line = describe(ok(7))
+    assert line == f"  ✓ m7: {7:032x}.jpg → cache/2025/12/{7:032x}.jpg"
+    bad = RowResult("m8", Outcome.CORRUPT, reason="content MD5 x differs")
+    assert describe(bad) == "  ✗ m8: corrupt: content MD5 x differs"
+
+
+def test_log_mode_prints_a_progress_line_every_interval() -> None:
+    r, out, err, clock = reporter()
+    r.start(100)
+    for i in range(10):
+        clock.now += 1.5
+        r.result(ok(i))
+    r.close()
+    lines = err.getvalue().splitlines()
+    assert len(lines) == 1  # 15 s of work, one line per 10 s
+    assert lines[0].startswith("archiver: 7/100 files (7.0%), 7.0 MB, ")
+    assert "ETA" in lines[0]
+    assert out.getvalue() == ""
+
+
+def test_off_mode_is_silent_but_warnings_are_capped_and_counted() -> None:
+    r, out, err, _ = reporter("off")
+    r.start(100)
+    for i in range(MAX_WARNINGS + 5):
+        r.result(RowResult(f"x{i}", Outcome.MISSING_LOCAL, reason="no local file"))
+    r.close()
+    lines = err.getvalue().splitlines()
+    assert len(lines) == MAX_WARNINGS + 1
+    assert lines[0] == "warning: x0: missing_local: no local file"
+    assert "and 5 more" in lines[-1]
+
+
+def test_verbose_lists_every_row_on_out() -> None:
+    r, out, err, _ = reporter("off", verbose=True)
+    r.start(3)
+    for i in range(3):
+        r.result(ok(i))
+    r.close()
+    assert out.getvalue().count("✓") == 3 and err.getvalue() == ""
+
+
+def test_bar_mode_draws_on_err_only() -> None:
+    r, out, err, _ = reporter("bar")
+    r.start(2)
+    r.result(ok(1))
+    r.result(ok(2))
+    r.close()
+    assert "2/2" in err.getvalue() and out.getvalue() == ""
+
+
+def test_summary_table() -> None:
+    s = Summary()
+    for i in range(3):
+        s.add(ok(i))
+    s.add(RowResult("m", Outcome.MISSING_LOCAL))
+    s.db_updated = 3
+    s.elapsed_s = 2.0
+    text = format_summary(s, bucket="social-tui")
+    assert "Upload Summary" in text and "s3://social-tui" in text
+    assert "Uploaded:                 3" in text
+    assert "Missing local:            1" in text
+    assert "(1.5 files/s)" in text
+    assert s.as_json()["selected"] == 4 and s.exit_code == 0
