@@ -18,14 +18,26 @@ class Clock:
 
 def reporter(mode: str = "log", **kw: object) -> tuple[Reporter, io.StringIO, io.StringIO, Clock]:
     out, err, clock = io.StringIO(), io.StringIO(), Clock()
-    r = Reporter(mode=mode, verbose=bool(kw.get("verbose")), dry_run=bool(kw.get("dry_run")),
-                 out=out, err=err, clock=clock)
+    r = Reporter(
+        mode=mode,
+        verbose=bool(kw.get("verbose")),
+        dry_run=bool(kw.get("dry_run")),
+        out=out,
+        err=err,
+        clock=clock,
+    )
     return r, out, err, clock
 
 
 def ok(i: int) -> RowResult:
-    return RowResult(f"m{i}", Outcome.UPLOADED, key=f"cache/2025/12/{i:032x}.jpg",
-                     url="s3://b/k", bytes_sent=1_000_000, path=f"/c/images/{i:032x}.jpg")
+    return RowResult(
+        f"m{i}",
+        Outcome.UPLOADED,
+        key=f"cache/2025/12/{i:032x}.jpg",
+        url="s3://b/k",
+        bytes_sent=1_000_000,
+        path=f"/c/images/{i:032x}.jpg",
+    )
 
 
 def test_describe_matches_the_design_notes() -> None:
@@ -59,6 +71,7 @@ def test_off_mode_is_silent_but_warnings_are_capped_and_counted() -> None:
     assert len(lines) == MAX_WARNINGS + 1
     assert lines[0] == "warning: x0: missing_local: no local file"
     assert "and 5 more" in lines[-1]
+    assert out.getvalue() == ""
 
 
 def test_verbose_lists_every_row_on_out() -> None:
