@@ -282,6 +282,75 @@ def upload(**params: Any) -> int:
     return summary.exit_code
 
 
+@cli.command("setup-bucket")
+@config_options
+@click.option(
+    "--check-only",
+    is_flag=True,
+    help="Change nothing: exit 0 if the bucket exists and is reachable, 1 if not.",
+)
+@click.option("--enable-versioning", is_flag=True, help="Turn on object versioning.")
+@click.option("--skip-lifecycle", is_flag=True, help="Leave lifecycle rules alone.")
+@click.option(
+    "--glacier-days",
+    type=click.IntRange(1, 36_500),
+    default=90,
+    show_default=True,
+    help="Days before objects over 128 KiB move to GLACIER_IR.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def setup_bucket(**params: Any) -> int:
+    """Create the bucket if absent and lock it down (idempotent)."""
+    from archiver.bucket import SetupOptions, format_setup, setup_bucket
+    from archiver.storage import Storage
+
+    settings = build_settings(params)
+    options = SetupOptions(
+        region=settings.region,
+        check_only=params["check_only"],
+        enable_versioning=params["enable_versioning"],
+        skip_lifecycle=params["skip_lifecycle"],
+        glacier_days=params["glacier_days"],
+    )
+
+    async def job(_interrupt: Interrupt) -> Any:
+        async with Storage.open(settings, max_connections=2) as store:
+            return await setup_bucket(store, settings, options)
+
+    report = run_async(job)
+    click.echo(json.dumps(report.as_json()) if params["as_json"] else format_setup(report))
+    return 0 if report.exists else 1
+
+
+@cli.command()
+@config_options
+@click.option("--verify-s3", is_flag=True, help="Check every archived row's object in S3.")
+@click.option("--check-local", is_flag=True, help="List rows whose local file is missing.")
+@click.option("--limit", type=click.IntRange(0), help="Check at most N rows.")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, MAX_CONCURRENCY),
+    default=DEFAULT_CONCURRENCY,
+    show_default=True,
+    help="Checks in flight at once.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def verify(**params: Any) -> int:
+    """Archive statistics; with --verify-s3 / --check-local, check objects and files."""
+    from archiver.verify import VerifyOptions, format_report, run_verify
+
+    settings = build_settings(params)
+    options = VerifyOptions(
+        verify_s3=params["verify_s3"],
+        check_local=params["check_local"],
+        limit=params["limit"],
+        concurrency=params["concurrency"],
+    )
+    report = run_async(lambda interrupt: run_verify(settings, options, stop=interrupt.stop))
+    click.echo(json.dumps(report.as_json()) if params["as_json"] else format_report(report))
+    return report.exit_code
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: one readable line and exit 2 for usage errors, no tracebacks."""
     try:

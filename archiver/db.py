@@ -8,8 +8,9 @@ Statements are sent without asyncpg's named prepared-statement cache
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -26,26 +27,47 @@ _ROW_COLUMNS = (
 )
 
 
-def page_query(*, force: bool, after: bool, media_types: bool) -> str:
-    """Keyset paging over `post_media` by `media_id` (never OFFSET, which skips rows)."""
-    conditions: list[str] = []
-    args = 1
-    if not force:
-        conditions.append("archive_url IS NULL")
+@dataclass(frozen=True)
+class RowFilter:
+    """Which rows a job pages over."""
+
+    archived: bool | None = False  # False: archive_url IS NULL; True: IS NOT NULL; None: all
+    media_types: tuple[str, ...] = ()
+    created_before: datetime | None = None
+    media_ids: tuple[str, ...] = ()
+
+    def where(self, first_arg: int) -> tuple[list[str], list[Any]]:
+        """SQL conditions numbered from `$first_arg`, and their arguments."""
+        conditions: list[str] = []
+        args: list[Any] = []
+        if self.archived is False:
+            conditions.append("archive_url IS NULL")
+        elif self.archived is True:
+            conditions.append("archive_url IS NOT NULL")
+        for column, value, op in (
+            ("media_type", list(self.media_types), "= ANY(${}::text[])"),
+            ("created_at", self.created_before, "< ${}"),
+            ("media_id", list(self.media_ids), "= ANY(${}::text[])"),
+        ):
+            if value:
+                args.append(value)
+                conditions.append(f"{column} {op.format(first_arg + len(args) - 1)}")
+        return conditions, args
+
+
+def page_query(row_filter: RowFilter, *, after: bool) -> tuple[str, int]:
+    """Keyset paging by `media_id` (never OFFSET, which skips rows while others change);
+    the SQL and the number of its filter arguments. `$1` is the page size, `$2` the last
+    media_id seen (when `after`), then the filter's arguments."""
+    conditions, args = row_filter.where(3 if after else 2)
     if after:
-        args += 1
-        conditions.append(f"media_id > ${args}")
-    if media_types:
-        args += 1
-        conditions.append(f"media_type = ANY(${args}::text[])")
+        conditions.insert(0, "media_id > $2")
     where = f"WHERE {' AND '.join(conditions)} " if conditions else ""
-    return f"SELECT {_ROW_COLUMNS} FROM post_media {where}ORDER BY media_id LIMIT $1"
+    return f"SELECT {_ROW_COLUMNS} FROM post_media {where}ORDER BY media_id LIMIT $1", len(args)
 
 
-def count_query(*, force: bool, media_types: bool) -> str:
-    conditions = [] if force else ["archive_url IS NULL"]
-    if media_types:
-        conditions.append("media_type = ANY($1::text[])")
+def count_query(row_filter: RowFilter) -> str:
+    conditions, _ = row_filter.where(1)
     where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
     return f"SELECT count(*) FROM post_media{where}"
 
@@ -161,24 +183,37 @@ class Database:
         """Fail early, with a clear error, when post_media is absent or lacks columns."""
         await self._fetch("checking post_media", f"SELECT {_ROW_COLUMNS} FROM post_media LIMIT 0")
 
-    async def count_rows(self, *, force: bool, media_types: Sequence[str]) -> int:
-        """How many rows a run would select (before --limit)."""
-        sql = count_query(force=force, media_types=bool(media_types))
-        args: list[Any] = [list(media_types)] if media_types else []
-        rows = await self._fetch("counting rows", sql, *args)
+    async def count_rows(self, row_filter: RowFilter) -> int:
+        """How many rows match (before any --limit)."""
+        _, args = row_filter.where(1)
+        rows = await self._fetch("counting rows", count_query(row_filter), *args)
         return int(rows[0][0])
 
     async def fetch_page(
-        self, *, after: str | None, limit: int, force: bool, media_types: Sequence[str]
+        self, row_filter: RowFilter, *, after: str | None, limit: int
     ) -> list[MediaRow]:
-        """The next `limit` rows after `after` in media_id order."""
-        sql = page_query(force=force, after=after is not None, media_types=bool(media_types))
-        args: list[Any] = [limit]
-        if after is not None:
-            args.append(after)
-        if media_types:
-            args.append(list(media_types))
+        """The next `limit` matching rows after `after` in media_id order."""
+        sql, _ = page_query(row_filter, after=after is not None)
+        _, filter_args = row_filter.where(0)
+        args: list[Any] = [limit, *([after] if after is not None else []), *filter_args]
         return [_row(r) for r in await self._fetch("reading rows", sql, *args)]
+
+    async def rows(
+        self, row_filter: RowFilter, *, limit: int | None = None, page_rows: int = 500
+    ) -> AsyncIterator[MediaRow]:
+        """Every matching row in media_id order, at most `limit`, a page at a time."""
+        remaining = limit
+        after: str | None = None
+        while remaining is None or remaining > 0:
+            size = page_rows if remaining is None else min(page_rows, remaining)
+            page = await self.fetch_page(row_filter, after=after, limit=size)
+            for row in page:
+                yield row
+            if remaining is not None:
+                remaining -= len(page)
+            if len(page) < size:
+                return
+            after = page[-1].media_id
 
     async def record(self, pairs: Sequence[tuple[str, str]], *, force: bool) -> int:
         """Write `archive_url` for (media_id, url) pairs in one UPDATE; rows updated."""

@@ -15,6 +15,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from archiver.errors import ArchiverError, ConfigError, DatabaseError
 from archiver.models import MediaRow, RowResult
@@ -227,3 +228,53 @@ class Pipeline:
                 if wait is None:
                     raise
                 await self.sleep(wait)
+
+
+T = TypeVar("T")
+
+
+async def for_each(
+    items: AsyncIterator[T],
+    work: Callable[[T], Awaitable[None]],
+    *,
+    concurrency: int,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Call `work` on every item with at most `concurrency` calls in flight, reading
+    `items` only as fast as they are consumed (a bounded queue). Items not started when
+    `stop` is set are dropped."""
+    stop = stop or asyncio.Event()
+    queue: asyncio.Queue[T | object] = asyncio.Queue(maxsize=QUEUE_ROWS_PER_WORKER * concurrency)
+
+    async def produce() -> None:
+        # No `finally`: if anything fails, the TaskGroup cancels every task anyway.
+        async for item in items:
+            if stop.is_set():
+                break
+            await queue.put(item)
+        for _ in range(concurrency):
+            await queue.put(_STOP)
+
+    async def consume() -> None:
+        while (item := await queue.get()) is not _STOP:
+            if not stop.is_set():
+                await work(item)  # type: ignore[arg-type]
+
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(produce(), name="for-each-producer")
+            for i in range(concurrency):
+                tg.create_task(consume(), name=f"for-each-worker-{i}")
+    except BaseExceptionGroup as group:
+        raise first_archiver_error(group) from None
+
+
+def first_archiver_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first ArchiverError in a TaskGroup's exception group (else the group itself), so
+    that callers see one clear error, as if the work had run in one task."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            exc = first_archiver_error(exc)
+        if isinstance(exc, ArchiverError):
+            return exc
+    return group

@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from archiver.content_types import FALLBACK_EXT, ext_for_mime
+from archiver.errors import ConfigError
 from archiver.models import MediaRow
+from archiver.settings import Settings
 
 _MEDIA_TYPE_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
@@ -94,3 +96,14 @@ def resolve_file(row: MediaRow, md5: str, cache_root: Path, cwd: Path) -> Resolu
         if candidate.exists():
             return _confine(candidate, cache_root, "glob")
     return NotFound(f"no local file for {md5} under {directory}")
+
+
+def resolve_cache_root(settings: Settings) -> Path:
+    """The cache root as a real path, or ConfigError when it is not a directory."""
+    root = settings.cache_root.resolve()
+    if not root.is_dir():
+        raise ConfigError(
+            f"cache root {str(settings.cache_root)!r} is not a directory "
+            "(set ARCHIVER_CACHE_ROOT or --cache-root)"
+        )
+    return root

@@ -179,15 +179,20 @@ class Storage:
             raise translate(exc, self.bucket, f"PUT {key}") from exc
         return str(response.get("ETag", "")).strip('"')
 
-    async def head_object(self, key: str) -> ObjectInfo | None:
+    async def head_object(self, key: str, *, bucket: str | None = None) -> ObjectInfo | None:
         """The object's size, ETag and metadata, or None when it does not exist."""
         try:
             response = await self._s3.head_object(
-                Bucket=self.bucket, Key=key, ChecksumMode="ENABLED"
+                Bucket=bucket or self.bucket, Key=key, ChecksumMode="ENABLED"
             )
         except ClientError as exc:
             if _status(exc) == 404 or _code(exc) in ("404", "NoSuchKey", "NotFound"):
                 return None
+            if _status(exc) == 403:
+                raise StorageUnavailable(
+                    f"S3 denied HEAD {key}: HEAD needs s3:GetObject (and s3:ListBucket to "
+                    "tell a missing object from a forbidden one)"
+                ) from exc
             raise translate(exc, self.bucket, f"HEAD {key}") from exc
         except BotoCoreError as exc:
             raise translate(exc, self.bucket, f"HEAD {key}") from exc
@@ -255,3 +260,88 @@ class Storage:
         # The bucket's AbortIncompleteMultipartUpload lifecycle rule is the backstop.
         with contextlib.suppress(ClientError, BotoCoreError):
             await self._s3.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+
+    # -- bucket set-up ----------------------------------------------------------------------
+
+    async def bucket_region(self) -> str | None:
+        """The bucket's region when it exists and is ours to use, None when it does not exist;
+        StorageUnavailable when it exists but is not accessible (someone else's, or denied)."""
+        try:
+            await self._s3.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            if _status(exc) == 404 or _code(exc) in ("404", "NoSuchBucket", "NotFound"):
+                return None
+            if _status(exc) == 403 or _code(exc) in ("403", *_FATAL_CODES):
+                raise StorageUnavailable(
+                    f"bucket {self.bucket!r} exists but is not accessible: it belongs to "
+                    "another account or these credentials are denied"
+                ) from exc
+            raise translate(exc, self.bucket, "HEAD bucket") from exc
+        except BotoCoreError as exc:
+            raise StorageUnavailable(f"S3 is not reachable: {exc}") from exc
+        response = await self._call("reading the bucket location", "get_bucket_location")
+        return str(response.get("LocationConstraint") or "us-east-1")
+
+    async def create_bucket(self, region: str) -> bool:
+        """Create the bucket in `region`; False when it already existed and is ours."""
+        params: dict[str, Any] = {}
+        if region != "us-east-1":
+            params["CreateBucketConfiguration"] = {"LocationConstraint": region}
+        try:
+            await self._s3.create_bucket(Bucket=self.bucket, **params)
+        except ClientError as exc:
+            code = _code(exc)
+            if code == "BucketAlreadyOwnedByYou":
+                return False
+            if code == "BucketAlreadyExists":
+                raise StorageUnavailable(
+                    f"bucket name {self.bucket!r} belongs to another account: choose another"
+                ) from exc
+            raise translate(exc, self.bucket, "creating the bucket") from exc
+        except BotoCoreError as exc:
+            raise StorageUnavailable(f"S3 is not reachable: {exc}") from exc
+        return True
+
+    async def get_setting(self, method: str, missing_codes: tuple[str, ...]) -> Any:
+        """A bucket-level GET (e.g. `get_bucket_lifecycle_configuration`); None when the
+        setting is absent (one of `missing_codes`). NotImplemented servers raise
+        `Unsupported`."""
+        try:
+            return await getattr(self._s3, method)(Bucket=self.bucket)
+        except ClientError as exc:
+            if _code(exc) in missing_codes:
+                return None
+            if _code(exc) in ("NotImplemented", "XNotImplemented") or _status(exc) == 501:
+                raise Unsupported(method) from exc
+            raise translate(exc, self.bucket, method) from exc
+        except BotoCoreError as exc:
+            raise translate(exc, self.bucket, method) from exc
+
+    async def put_setting(self, method: str, **params: Any) -> None:
+        """A bucket-level PUT (e.g. `put_bucket_versioning`)."""
+        try:
+            await getattr(self._s3, method)(Bucket=self.bucket, **params)
+        except ClientError as exc:
+            if _code(exc) in ("NotImplemented", "XNotImplemented") or _status(exc) == 501:
+                raise Unsupported(method) from exc
+            if _code(exc) in ("MalformedPolicy", "MalformedXML", "InvalidRequest"):
+                raise StorageUnavailable(f"S3 rejected {method}: {exc}") from exc
+            raise translate(exc, self.bucket, method) from exc
+        except BotoCoreError as exc:
+            raise translate(exc, self.bucket, method) from exc
+
+    async def probe_write(self, key: str) -> None:
+        """Put and delete one small object (the version too, on a versioned bucket)."""
+        try:
+            response = await self._s3.put_object(Bucket=self.bucket, Key=key, Body=b"archiver")
+            params: dict[str, Any] = {"Key": key}
+            if response.get("VersionId"):
+                params["VersionId"] = response["VersionId"]
+            await self._s3.delete_object(Bucket=self.bucket, **params)
+        except (ClientError, BotoCoreError) as exc:
+            err = translate(exc, self.bucket, "the write probe")
+            raise StorageUnavailable(str(err)) from exc
+
+
+class Unsupported(Exception):
+    """The S3-compatible server does not implement a bucket setting."""

@@ -14,7 +14,7 @@ import hashlib
 import os
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +22,12 @@ from typing import Protocol
 
 from archiver.budget import ByteBudget
 from archiver.content_types import SNIFF_BYTES, choose_ext, content_type_for, ext_for_mime
-from archiver.db import Database
-from archiver.errors import ArchiverError, ConfigError, StorageError
+from archiver.db import Database, RowFilter
+from archiver.errors import ArchiverError, StorageError
 from archiver.keys import archive_url, as_utc, normalize_md5, object_key
 from archiver.models import MediaRow, Outcome, RowResult, Summary
 from archiver.pipeline import BatchPolicy, Interrupt, Pipeline
-from archiver.resolve import Found, NotFound, resolve_file
+from archiver.resolve import Found, NotFound, resolve_cache_root, resolve_file
 from archiver.settings import MAX_PARTS, MIB, Settings, UploadOptions
 from archiver.storage import ObjectInfo, Storage, StoredPart
 
@@ -361,26 +361,6 @@ class Uploader:
         )
 
 
-async def pending_rows(
-    db: Database, options: UploadOptions, page_rows: int
-) -> AsyncIterator[MediaRow]:
-    """Rows to archive, in media_id order, at most `options.limit`."""
-    remaining = options.limit
-    after: str | None = None
-    while remaining is None or remaining > 0:
-        size = page_rows if remaining is None else min(page_rows, remaining)
-        page = await db.fetch_page(
-            after=after, limit=size, force=options.force, media_types=options.media_types
-        )
-        for row in page:
-            yield row
-        if remaining is not None:
-            remaining -= len(page)
-        if len(page) < size:
-            return
-        after = page[-1].media_id
-
-
 class Reporter(Protocol):
     """Where progress goes (see progress.py)."""
 
@@ -389,17 +369,6 @@ class Reporter(Protocol):
     def result(self, result: RowResult) -> None: ...
 
     def close(self) -> None: ...
-
-
-def resolve_cache_root(settings: Settings) -> Path:
-    """The cache root as a real path, or ConfigError when it is not a directory."""
-    root = settings.cache_root.resolve()
-    if not root.is_dir():
-        raise ConfigError(
-            f"cache root {str(settings.cache_root)!r} is not a directory "
-            "(set ARCHIVER_CACHE_ROOT or --cache-root)"
-        )
-    return root
 
 
 async def run_upload(
@@ -434,7 +403,10 @@ async def run_upload(
                 )
             )
             await store.check_bucket()
-        total = await db.count_rows(force=options.force, media_types=options.media_types)
+        row_filter = RowFilter(
+            archived=None if options.force else False, media_types=options.media_types
+        )
+        total = await db.count_rows(row_filter)
         if options.limit is not None:
             total = min(total, options.limit)
         uploader = Uploader(settings, options, store, cache_root=root, cwd=cwd or Path.cwd())
@@ -460,7 +432,9 @@ async def run_upload(
         reporter.start(total)
         page_rows = min(PAGE_ROWS_MAX, max(options.batch_size, 4 * options.concurrency))
         try:
-            stats = await pipeline.run(pending_rows(db, options, page_rows))
+            stats = await pipeline.run(
+                db.rows(row_filter, limit=options.limit, page_rows=page_rows)
+            )
         finally:
             reporter.close()
             summary.db_updated = pipeline.stats.db_updated
