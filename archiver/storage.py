@@ -71,6 +71,10 @@ def translate(exc: Exception, bucket: str, doing: str) -> Exception:
             return BucketMissing(
                 f"bucket {bucket!r} does not exist (create it with: archiver setup-bucket)"
             )
+        if code == "BucketAlreadyExists":
+            return StorageUnavailable(
+                f"bucket name {bucket!r} belongs to another account: choose another"
+            )
         if code in _FATAL_CODES:
             return StorageUnavailable(f"S3 refused {doing} in bucket {bucket!r}: {code}")
         return StorageError(f"{doing} failed: {code or _status(exc)} {exc}")
@@ -293,10 +297,6 @@ class Storage:
             code = _code(exc)
             if code == "BucketAlreadyOwnedByYou":
                 return False
-            if code == "BucketAlreadyExists":
-                raise StorageUnavailable(
-                    f"bucket name {self.bucket!r} belongs to another account: choose another"
-                ) from exc
             raise translate(exc, self.bucket, "creating the bucket") from exc
         except BotoCoreError as exc:
             raise StorageUnavailable(f"S3 is not reachable: {exc}") from exc
