@@ -7,12 +7,10 @@ overrides a variable that is already set.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import signal
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -38,9 +36,9 @@ from archiver.settings import (
     Settings,
     UploadOptions,
 )
+from archiver.signals import run_async
 
 F = TypeVar("F", bound=Callable[..., Any])
-T = TypeVar("T")
 
 
 def _load_env_file(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
@@ -137,36 +135,6 @@ def _env_int(name: str) -> int | None:
         return int(value)
     except ValueError:
         raise ConfigError(f"{name} must be a whole number, not {value!r}") from None
-
-
-def run_async(factory: Callable[[Interrupt], Coroutine[Any, Any, T]]) -> T:
-    """Run a job with SIGINT/SIGTERM turned into `Interrupt.trigger` calls."""
-
-    async def main() -> T:
-        interrupt = Interrupt()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, _on_signal, interrupt)
-        try:
-            return await factory(interrupt)
-        finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
-
-    return asyncio.run(main())
-
-
-def _on_signal(interrupt: Interrupt) -> None:
-    if interrupt.count == 0:
-        print(
-            "\narchiver: stopping: finishing uploads in flight and recording them "
-            "(press Ctrl-C again to abandon them)",
-            file=sys.stderr,
-            flush=True,
-        )
-    else:
-        print("\narchiver: abandoning uploads in flight", file=sys.stderr, flush=True)
-    interrupt.trigger()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -349,6 +317,43 @@ def verify(**params: Any) -> int:
     report = run_async(lambda interrupt: run_verify(settings, options, stop=interrupt.stop))
     click.echo(json.dumps(report.as_json()) if params["as_json"] else format_report(report))
     return report.exit_code
+
+
+@cli.command()
+@click.option(
+    "--files",
+    type=click.IntRange(1, 100_000),
+    default=300,
+    show_default=True,
+    help="Rows (and files) to make.",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, MAX_CONCURRENCY),
+    default=DEFAULT_CONCURRENCY,
+    show_default=True,
+    help="Uploads in flight at once.",
+)
+@click.option("--keep", is_flag=True, help="Keep the demo's media cache and say where.")
+@click.option("--no-progress", is_flag=True, help="No progress bar or progress lines.")
+def demo(files: int, concurrency: int, keep: bool, no_progress: bool) -> int:
+    """A tour on an embedded PostgreSQL and a loopback S3 server; nothing to configure."""
+    from archiver.demo import DemoOptions, run_demo
+
+    # The demo talks to its own throwaway servers only: no profile, no real credentials.
+    for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_CA_BUNDLE"):
+        os.environ.pop(name, None)
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="demo",
+        AWS_SECRET_ACCESS_KEY="demo",
+        AWS_CONFIG_FILE=os.devnull,
+        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+    )
+    progress = "off" if no_progress else ("bar" if sys.stderr.isatty() else "log")
+    summary = run_demo(
+        DemoOptions(files=files, concurrency=concurrency, keep=keep, progress=progress)
+    )
+    return 130 if summary.interrupted else 0
 
 
 def main(argv: list[str] | None = None) -> None:

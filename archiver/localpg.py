@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import importlib.util
 import os
 import pwd
 import shutil
@@ -40,10 +41,43 @@ def find_bindir() -> Path | None:
     initdb = shutil.which("initdb")
     if initdb:
         candidates.append(str(Path(initdb).parent))
+    candidates += bundled_bindirs()
     for directory in candidates:
         if (Path(directory) / "initdb").is_file() and (Path(directory) / "pg_ctl").is_file():
             return Path(directory)
     return None
+
+
+def bundled_bindirs() -> list[str]:
+    """The server binaries bundled by the `pgserver` wheel, when it is installed."""
+    spec = importlib.util.find_spec("pgserver")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    return [str(Path(p) / "pginstall" / "bin") for p in spec.submodule_search_locations]
+
+
+def _world_traversable(path: Path) -> bool:
+    return all(os.stat(p).st_mode & 0o001 for p in [path, *path.parents])
+
+
+def usable_by(bindir: Path, user: pwd.struct_passwd | None, scratch: Path) -> Path:
+    """`bindir`, or a copy of its installation under `scratch` when another user must run
+    it and cannot reach it (a virtualenv under /root, say). The copy keeps the wheel's
+    layout: its binaries find their libraries at `$ORIGIN/../../../pgserver.libs`."""
+    if user is None or _world_traversable(bindir):
+        return bindir
+    install = bindir.parent  # .../site-packages/pgserver/pginstall
+    site = install.parent.parent
+    target = scratch / "pg"
+    copies = [(install, target / install.relative_to(site))]
+    libs = site / f"{install.parent.name}.libs"
+    if libs.is_dir():
+        copies.append((libs, target / libs.name))
+    for source, dest in copies:
+        shutil.copytree(source, dest, symlinks=True, ignore=shutil.ignore_patterns("include"))
+    for path in [target, *target.rglob("*")]:
+        os.chown(path, user.pw_uid, user.pw_gid, follow_symlinks=False)
+    return target / install.relative_to(site) / bindir.name
 
 
 def free_port() -> int:
@@ -76,7 +110,8 @@ class LocalPostgres:
         bindir = find_bindir()
         if bindir is None:
             raise ConfigError(
-                "no PostgreSQL server binaries found (install Debian's 'postgresql' package)"
+                "no PostgreSQL server binaries found: install Debian's 'postgresql' package "
+                "or the 'pgserver' Python package"
             )
         return cls(bindir=bindir)
 
@@ -110,6 +145,7 @@ class LocalPostgres:
             if self._user is not None:
                 os.chown(self.base, self._user.pw_uid, self._user.pw_gid)
             self.base.chmod(0o700)
+            self.bindir = usable_by(self.bindir, self._user, self.base)
             try:
                 self._cmd(
                     str(self.bindir / "initdb"),

@@ -120,3 +120,157 @@ def relpath(path: Path, start: Path) -> str:
         return os.path.relpath(path, start) if path.is_relative_to(start) else str(path)
     except ValueError:
         return str(path)
+
+
+# The awkward cases the demo makes (one row each, a pair for the duplicate), and what
+# `archiver upload` must make of each.
+DEMO_CASES = {
+    "renamed_bin": "local_file_path says {md5}.bin, the file was renamed to {md5}.jpg",
+    "sniffed_png": "a .bin file with mime application/octet-stream whose bytes are PNG",
+    "by_mime": "no local_file_path: found by md5 + mime type",
+    "by_glob": "no mime type: found as {md5}.*",
+    "missing": "no file at all (missing_local)",
+    "duplicate": "a second row with the same md5 in the same month (one upload)",
+    "null_created_at": "created_at is NULL: the file's mtime gives YYYY/MM",
+    "corrupt": "the file's bytes do not match md5_sum (never uploaded)",
+    "large": "a video above the multipart threshold (uploaded in parts)",
+}
+
+
+@dataclass
+class SampleSet:
+    """Rows and files made for a demo or a benchmark, and what was made."""
+
+    rows: list[SampleRow]
+    made: dict[str, int]
+    total_bytes: int
+
+    def expected_outcomes(self) -> dict[str, int]:
+        """What `archiver upload` must report for this set (see DEMO_CASES)."""
+        missing = self.made.get("missing", 0)
+        corrupt = self.made.get("corrupt", 0)
+        duplicate = self.made.get("duplicate", 0)
+        return {
+            "uploaded": len(self.rows) - missing - corrupt - duplicate,
+            "skipped_existing": duplicate,
+            "missing_local": missing,
+            "invalid": 0,
+            "corrupt": corrupt,
+            "failed": 0,
+        }
+
+
+def _size(rng: random.Random, kind: str, small: bool) -> int:
+    if small:
+        return {
+            "image": rng.randint(20_000, 300_000),
+            "video": rng.randint(500_000, 3_000_000),
+            "document": rng.randint(30_000, 200_000),
+        }[kind]
+    return {
+        "image": rng.randint(30_000, 1_500_000),
+        "video": rng.randint(2_000_000, 40_000_000),
+        "document": rng.randint(50_000, 2_000_000),
+    }[kind]
+
+
+_KINDS = {
+    "image": (".jpg", "image/jpeg", "images"),
+    "video": (".mp4", "video/mp4", "videos"),
+    "document": (".pdf", "application/pdf", "documents"),
+}
+
+
+def make_sample_set(
+    workdir: Path,
+    cache_root: Path,
+    n: int,
+    *,
+    seed: int = 7,
+    awkward: bool = True,
+    small: bool = True,
+    large_bytes: int = 12 * 1024 * 1024,
+) -> SampleSet:
+    """`n` rows under `cache_root` (paths stored relative to `workdir`): mostly images, some
+    videos and documents of realistic sizes, plus one of each DEMO_CASES when `awkward`."""
+    rng = random.Random(seed)
+    rows: list[SampleRow] = []
+    made: dict[str, int] = {}
+    total = 0
+
+    def when() -> datetime:
+        return datetime(
+            rng.choice([2024, 2025]),
+            rng.randint(1, 12),
+            rng.randint(1, 28),
+            rng.randint(0, 23),
+            rng.randint(0, 59),
+        )
+
+    def add(
+        case: str,
+        kind: str,
+        *,
+        size: int | None = None,
+        ext: str | None = None,
+        name_ext: str | None = None,
+        mime: str | None = "",
+        local: bool = True,
+        created: datetime | None = None,
+        write: bool = True,
+    ) -> SampleRow:
+        nonlocal total
+        default_ext, default_mime, folder = _KINDS[kind]
+        ext = ext or default_ext
+        data_size = size if size is not None else _size(rng, kind, small)
+        if write:
+            path, md5 = write_media(cache_root / folder, ext, data_size, rng, name_ext)
+            total += data_size
+        else:
+            md5 = hashlib.md5(rng.randbytes(16)).hexdigest()
+            path = cache_root / folder / f"{md5}{ext}"
+        row = SampleRow(
+            media_id=f"med-{len(rows):06d}",
+            media_type=kind,
+            md5_sum=md5,
+            mime_type=default_mime if mime == "" else mime,
+            local_file_path=relpath(path, workdir) if local else None,
+            created_at=created if created is not None else when(),
+            file_size=data_size,
+            post_id=f"post-{rng.randint(1, max(1, n // 3)):05d}",
+        )
+        rows.append(row)
+        made[case] = made.get(case, 0) + 1
+        return row
+
+    if awkward and n >= len(DEMO_CASES) + 1:
+        row = add("renamed_bin", "image")
+        row.local_file_path = str(Path(row.local_file_path or "").with_suffix(".bin"))
+        add("sniffed_png", "image", ext=".png", name_ext=".bin", mime="application/octet-stream")
+        add("by_mime", "image", local=False)
+        add("by_glob", "image", ext=".webp", mime=None, local=False)
+        add("missing", "video", write=False)
+        first = add("duplicate_first", "video")
+        assert first.created_at is not None
+        twin = SampleRow(
+            f"med-{len(rows):06d}",
+            "video",
+            first.md5_sum,
+            "video/mp4",
+            None,
+            first.created_at.replace(day=min(28, first.created_at.day + 1)),
+            first.file_size,
+            post_id="post-dup",
+        )
+        rows.append(twin)
+        made["duplicate"] = 1
+        made["normal"] = made.pop("duplicate_first")
+        row = add("null_created_at", "document")
+        row.created_at = None
+        bad = add("corrupt", "image")
+        bad.md5_sum = hashlib.md5((bad.md5_sum or "").encode()).hexdigest()
+        add("large", "video", size=large_bytes)
+    while len(rows) < n:
+        kind = rng.choices(["image", "video", "document"], weights=[85, 10, 5])[0]
+        add("normal", kind, local=rng.random() < 0.7)
+    return SampleSet(rows, made, total)

@@ -1,0 +1,44 @@
+"""Ctrl-C and SIGTERM for async jobs: the first stops a job gracefully, the second abandons
+the work in flight (see `pipeline.Interrupt`)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+from archiver.pipeline import Interrupt
+
+T = TypeVar("T")
+
+
+def run_async(factory: Callable[[Interrupt], Coroutine[Any, Any, T]]) -> T:
+    """Run a job with SIGINT/SIGTERM turned into `Interrupt.trigger` calls."""
+
+    async def main() -> T:
+        interrupt = Interrupt()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, _on_signal, interrupt)
+        try:
+            return await factory(interrupt)
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+    return asyncio.run(main())
+
+
+def _on_signal(interrupt: Interrupt) -> None:
+    if interrupt.count == 0:
+        print(
+            "\narchiver: stopping: finishing uploads in flight and recording them "
+            "(press Ctrl-C again to abandon them)",
+            file=sys.stderr,
+            flush=True,
+        )
+    else:
+        print("\narchiver: abandoning uploads in flight", file=sys.stderr, flush=True)
+    interrupt.trigger()
