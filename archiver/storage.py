@@ -178,6 +178,8 @@ class Storage:
         except ClientError as exc:
             if if_absent and (_status(exc) == 412 or _code(exc) == "PreconditionFailed"):
                 return None
+            if if_absent and (_status(exc) == 501 or _code(exc) == "NotImplemented"):
+                raise ConditionalWritesUnsupported(key) from exc
             raise translate(exc, self.bucket, f"PUT {key}") from exc
         except BotoCoreError as exc:
             raise translate(exc, self.bucket, f"PUT {key}") from exc
@@ -341,6 +343,10 @@ class Storage:
         except (ClientError, BotoCoreError) as exc:
             err = translate(exc, self.bucket, "the write probe")
             raise StorageUnavailable(str(err)) from exc
+
+
+class ConditionalWritesUnsupported(Exception):
+    """The server refused `If-None-Match: *` on PUT as not implemented."""
 
 
 class Unsupported(Exception):

@@ -29,7 +29,7 @@ from archiver.models import MediaRow, Outcome, RowResult, Summary
 from archiver.pipeline import BatchPolicy, Interrupt, Pipeline
 from archiver.resolve import Found, NotFound, resolve_cache_root, resolve_file
 from archiver.settings import MAX_PARTS, MIB, Settings, UploadOptions
-from archiver.storage import ObjectInfo, Storage, StoredPart
+from archiver.storage import ConditionalWritesUnsupported, ObjectInfo, Storage, StoredPart
 
 INLINE_READ_MAX_BYTES = 1 * MIB  # read with the lookup, in the same thread hop
 DONE_KEYS_REMEMBERED = 100_000  # keys stored this run, to skip later rows sharing them
@@ -58,6 +58,41 @@ class ObjectStore(Protocol):
     ) -> str | None: ...
 
     async def abort_multipart(self, key: str, upload_id: str) -> None: ...
+
+
+class ExistencePolicy:
+    """Whether to HEAD before a PUT: a pure policy the uploader consults per file.
+
+    A conditional PUT (`If-None-Match: *`) is one request for a new object, but for an
+    object already stored it sends the whole body only to be refused. So archiver starts by
+    HEADing first, which is what catches the rows a crashed or interrupted run uploaded but
+    never recorded (they are the first ones the next run pages), switches to conditional
+    PUTs once `misses_to_switch` HEADs in a row found nothing, and goes back to HEADing
+    first whenever an object turns out to exist. A server that rejects conditional writes
+    keeps it HEADing first.
+    """
+
+    def __init__(self, misses_to_switch: int, *, conditional_writes: bool = True) -> None:
+        self.misses_to_switch = misses_to_switch
+        self.conditional_writes = conditional_writes
+        self.head_first = True
+        self._misses = 0
+
+    def absent(self) -> None:
+        """A HEAD found no object."""
+        self._misses += 1
+        if self.conditional_writes and self._misses >= self.misses_to_switch:
+            self.head_first = False
+
+    def present(self) -> None:
+        """An object was already there (HEAD hit, or a conditional PUT was refused)."""
+        self._misses = 0
+        self.head_first = True
+
+    def no_conditional_writes(self) -> None:
+        """The server does not implement If-None-Match on PUT."""
+        self.conditional_writes = False
+        self.head_first = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +164,7 @@ class Uploader:
         self.cache_root = cache_root
         self.cwd = cwd
         self.budget = ByteBudget(options.memory_budget)
+        self.existence = ExistencePolicy(misses_to_switch=2 * options.concurrency)
         self.inline_max = min(INLINE_READ_MAX_BYTES, options.memory_budget // options.concurrency)
         self._inflight: dict[str, asyncio.Future[RowResult]] = {}
         self._done: OrderedDict[str, None] = OrderedDict()
@@ -232,13 +268,37 @@ class Uploader:
         except OSError as exc:
             return self._result(prep, Outcome.FAILED, reason=f"cannot read {prep.path}: {exc}")
 
+    async def _existing_intact(self, prep: Prepared) -> bool | None:
+        """HEAD the key: True when the object is there and intact, False when something
+        else is there, None when nothing is."""
+        assert self.store is not None
+        existing = await self.store.head_object(prep.key)
+        if existing is None:
+            self.existence.absent()
+            return None
+        self.existence.present()
+        return object_intact(existing, prep.md5, prep.size)
+
     async def _store_single(self, prep: Prepared, body: bytes, body_md5: str) -> RowResult:
         assert self.store is not None
-        force = self.options.force
-        etag = await self.store.put_object(
-            prep.key, body, prep.md5, prep.content_type, if_absent=not force
-        )
-        if etag is None:  # 412: something is stored under the key already
+        conditional = not self.options.force
+        if conditional and self.existence.head_first:
+            intact = await self._existing_intact(prep)
+            if intact:
+                return self._result(prep, Outcome.SKIPPED_EXISTING)
+            conditional = intact is None  # a damaged object is replaced
+        conditional = conditional and self.existence.conditional_writes
+        try:
+            etag = await self.store.put_object(
+                prep.key, body, prep.md5, prep.content_type, if_absent=conditional
+            )
+        except ConditionalWritesUnsupported:
+            self.existence.no_conditional_writes()
+            etag = await self.store.put_object(
+                prep.key, body, prep.md5, prep.content_type, if_absent=False
+            )
+        if etag is None:  # 412: stored meanwhile, by another row or process
+            self.existence.present()
             existing = await self.store.head_object(prep.key)
             if existing is not None and object_intact(existing, prep.md5, prep.size):
                 return self._result(prep, Outcome.SKIPPED_EXISTING)
@@ -256,11 +316,11 @@ class Uploader:
         assert self.store is not None
         force = self.options.force
         if not force:
-            # One HEAD before sending hundreds of megabytes again.
-            existing = await self.store.head_object(prep.key)
-            if existing is not None and object_intact(existing, prep.md5, prep.size):
+            # Always one HEAD before sending hundreds of megabytes again.
+            intact = await self._existing_intact(prep)
+            if intact:
                 return self._result(prep, Outcome.SKIPPED_EXISTING)
-            force = existing is not None  # damaged object: replace it
+            force = intact is False or not self.existence.conditional_writes
         upload_id = await self.store.create_multipart(
             prep.key, prep.content_type, {"md5": prep.md5}
         )

@@ -243,3 +243,21 @@ def s3_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]
     finally:
         server.shutdown()
         thread.join()
+
+
+@pytest.fixture
+def proxy(s3_endpoint: str) -> Iterator[object]:
+    """A fault-injecting proxy in front of the moto server (see tests/proxy.py)."""
+    from tests.proxy import S3Proxy
+
+    p = S3Proxy(upstream=s3_endpoint).start()
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+@pytest.fixture
+def penv(env: Env, proxy: object) -> Env:
+    """`env`, with archiver talking to S3 through `proxy`."""
+    return Env(env.database_url, proxy.url, env.bucket, env.workdir, env.cache_root)  # type: ignore[attr-defined]

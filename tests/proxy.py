@@ -1,0 +1,204 @@
+"""A small fault-injecting HTTP proxy in front of the moto server (the tests' own, no mocks).
+
+It runs its own event loop in a thread, handles one request per client connection (it
+answers `Connection: close`, as moto does), records every request, and lets a test decide,
+request by request, to forward it, answer with an S3 error, drop the connection in the
+middle of the body, or corrupt the body in transit. `stop()`/`start()` take it off the
+network and back on the same port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from urllib.parse import parse_qs, urlsplit
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    body_length: int
+
+    @property
+    def is_object_put(self) -> bool:
+        """A PutObject carrying object data (not a part, not a bucket setting)."""
+        return self.method == "PUT" and not self.query and self.path.count("/") >= 2
+
+    @property
+    def is_part_put(self) -> bool:
+        return self.method == "PUT" and "partNumber" in self.query
+
+
+@dataclass(frozen=True)
+class Respond:
+    status: int
+    code: str = "InternalError"
+    message: str = "injected by the test proxy"
+
+
+@dataclass(frozen=True)
+class Drop:
+    """Close the connection after part of the body was read, without answering."""
+
+
+@dataclass(frozen=True)
+class Corrupt:
+    """Flip one byte of the body and forward it."""
+
+
+Action = Respond | Drop | Corrupt | None
+Rule = Callable[[Request], Action]
+
+REASONS = {412: "Precondition Failed", 500: "Internal Server Error", 503: "Slow Down"}
+
+
+@dataclass
+class S3Proxy:
+    upstream: str  # http://host:port
+    rule: Rule = field(default=lambda request: None)
+    requests: list[tuple[Request, str]] = field(default_factory=list)  # (request, what happened)
+    port: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _loop: asyncio.AbstractEventLoop | None = None
+    _server: asyncio.Server | None = None
+    _thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    def start(self) -> S3Proxy:
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+            self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+            self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._listen(), self._loop).result(10)
+        return self
+
+    async def _listen(self) -> None:
+        self._server = await asyncio.start_server(
+            self._handle, "127.0.0.1", self.port, reuse_address=True
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def stop(self) -> None:
+        """Refuse new connections (the port stays ours to start again)."""
+        if self._loop is not None and self._server is not None:
+            server = self._server
+
+            async def close() -> None:
+                server.close()
+                await server.wait_closed()
+
+            asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
+            self._server = None
+
+    def close(self) -> None:
+        self.stop()
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            assert self._thread is not None
+            self._thread.join(10)
+            self._loop = None
+
+    # -- what happened ----------------------------------------------------------------------
+
+    def count(self, predicate: Callable[[Request], bool], outcome: str | None = None) -> int:
+        with self._lock:
+            return sum(
+                1
+                for r, what in self.requests
+                if predicate(r) and (outcome is None or what == outcome)
+            )
+
+    def reset(self) -> None:
+        with self._lock:
+            self.requests.clear()
+
+    # -- one request ------------------------------------------------------------------------
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            writer.close()
+            return
+        lines = head.decode("latin-1").split("\r\n")
+        method, target, _ = lines[0].split(" ", 2)
+        headers = {}
+        for line in lines[1:]:
+            if ":" in line:
+                name, value = line.split(":", 1)
+                headers[name.strip().lower()] = value.strip()
+        parts = urlsplit(target)
+        length = int(headers.get("content-length", "0") or 0)
+        request = Request(
+            method, parts.path, parse_qs(parts.query, keep_blank_values=True), headers, length
+        )
+        action = self.rule(request)
+        what = "forwarded"
+        expects_continue = headers.get("expect", "").lower() == "100-continue"
+        try:
+            if expects_continue and not isinstance(action, Respond):
+                # As S3 does: errors are answered before the body, otherwise "go on".
+                writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                await writer.drain()
+            if isinstance(action, Drop):
+                what = "dropped"
+                if length:
+                    await reader.readexactly(max(0, length // 2))
+                return
+            if isinstance(action, Respond) and expects_continue:
+                body = b""  # the client is waiting for our word before sending it
+            else:
+                body = await reader.readexactly(length) if length else b""
+            if isinstance(action, Respond):
+                what = f"answered {action.status}"
+                xml = (
+                    f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{action.code}</Code>"
+                    f"<Message>{action.message}</Message></Error>"
+                ).encode()
+                writer.write(
+                    f"HTTP/1.1 {action.status} {REASONS.get(action.status, 'Error')}\r\n"
+                    f"Content-Type: application/xml\r\nContent-Length: {len(xml)}\r\n"
+                    "Connection: close\r\n\r\n".encode()
+                    + xml
+                )
+                await writer.drain()
+                return
+            if isinstance(action, Corrupt) and body:
+                what = "corrupted"
+                body = body[:-1] + bytes([body[-1] ^ 0xFF])
+            await self._forward(head, body, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            what = "client went away"
+        finally:
+            with self._lock:
+                self.requests.append((request, what))
+            writer.close()
+
+    async def _forward(self, head: bytes, body: bytes, writer: asyncio.StreamWriter) -> None:
+        host, port = urlsplit(self.upstream).hostname, urlsplit(self.upstream).port
+        up_reader, up_writer = await asyncio.open_connection(host, port)
+        try:
+            lines = head.decode("latin-1").split("\r\n")
+            kept = [
+                line
+                for line in lines[1:]
+                if line and not line.lower().startswith(("connection:", "keep-alive:", "expect:"))
+            ]
+            request_head = "\r\n".join([lines[0], *kept, "Connection: close", "", ""])
+            up_writer.write(request_head.encode("latin-1") + body)
+            await up_writer.drain()
+            response = await up_reader.read()  # the upstream closes after one response
+            writer.write(response)
+            await writer.drain()
+        finally:
+            up_writer.close()

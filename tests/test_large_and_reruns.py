@@ -1,0 +1,169 @@
+"""Multipart uploads, skipping what is stored, one upload per key (issue: large files,
+idempotent re-runs, de-duplication). Requests are counted through the test proxy."""
+
+from __future__ import annotations
+
+import random
+from datetime import datetime
+
+import pytest
+
+from archiver.models import Outcome
+from archiver.sample import SampleRow, file_bytes, insert_rows
+from archiver.settings import MIB, UploadOptions
+from archiver.upload import ExistencePolicy, run_upload
+from tests.helpers import assert_archive_invariant, md5, media_file, quiet_reporter, upload
+from tests.proxy import Corrupt, Request, Respond
+
+
+def test_existence_policy() -> None:
+    p = ExistencePolicy(misses_to_switch=3)
+    assert p.head_first  # a re-run's first rows are the likeliest to be stored already
+    p.absent(), p.absent()
+    assert p.head_first
+    p.absent()
+    assert not p.head_first  # three misses in a row: conditional PUTs from now on
+    p.present()
+    assert p.head_first  # something was there: HEAD first again
+    p.absent(), p.absent(), p.absent()
+    assert not p.head_first
+    p.no_conditional_writes()
+    for _ in range(10):
+        p.absent()
+    assert p.head_first  # without conditional writes HEAD is the only check
+
+
+def key_of(r: Request) -> str:
+    return r.path.split("/", 2)[2]
+
+
+async def add_files(
+    env, db, n: int, size: int, *, rng: random.Random, prefix: str = "f", month: int = 1
+) -> list[SampleRow]:
+    rows = []
+    for i in range(n):
+        data = file_bytes(".mp4", size, rng)
+        media_file(env.cache_root / "videos", f"{md5(data)}.mp4", data)
+        rows.append(
+            SampleRow(
+                f"{prefix}{i:04d}", "video", md5(data), "video/mp4", None, datetime(2025, month, 1)
+            )
+        )
+    await insert_rows(db, rows)
+    return rows
+
+
+async def test_a_large_file_goes_up_in_parts_and_round_trips(penv, db, s3, proxy) -> None:
+    rng = random.Random(31)
+    data = file_bytes(".mp4", 17 * MIB + 123, rng)
+    media_file(penv.cache_root / "videos", f"{md5(data)}.mp4", data)
+    await insert_rows(
+        db, [SampleRow("big", "video", md5(data), "video/mp4", None, datetime(2025, 7, 4))]
+    )
+
+    summary = await upload(
+        penv, multipart_threshold=8 * MIB, part_size=5 * MIB, memory_budget=10 * MIB
+    )
+
+    key = f"cache/2025/07/{md5(data)}.mp4"
+    assert summary.counts[Outcome.UPLOADED] == 1 and summary.bytes_uploaded == len(data)
+    obj = s3.get_object(Bucket=penv.bucket, Key=key)
+    assert obj["Body"].read() == data
+    assert obj["ETag"].strip('"').endswith("-4")  # 5+5+5+2 MiB
+    assert obj["Metadata"] == {"md5": md5(data)}
+    assert proxy.count(lambda r: r.is_part_put) == 4
+    assert proxy.count(lambda r: r.is_object_put) == 0
+    assert await db.fetchval("SELECT archive_url FROM post_media") == f"s3://{penv.bucket}/{key}"
+
+
+@pytest.mark.parametrize("fault", [Respond(500), Corrupt()], ids=["500", "corrupted"])
+async def test_a_failed_part_leaves_no_row_and_no_upload(penv, db, s3, proxy, fault) -> None:
+    rng = random.Random(32)
+    await add_files(penv, db, 1, 12 * MIB, rng=rng)
+    proxy.rule = lambda r: fault if r.is_part_put and r.query["partNumber"] == ["2"] else None
+
+    summary = await run_upload(
+        penv.settings(),
+        UploadOptions(multipart_threshold=5 * MIB, part_size=5 * MIB),
+        quiet_reporter(),
+        cwd=penv.workdir,
+        max_attempts=2,
+    )
+
+    assert summary.counts[Outcome.FAILED] == 1 and summary.exit_code == 1
+    assert await db.fetchval("SELECT count(archive_url) FROM post_media") == 0
+    assert s3.list_multipart_uploads(Bucket=penv.bucket).get("Uploads", []) == []
+    assert s3.list_objects_v2(Bucket=penv.bucket)["KeyCount"] == 0
+
+
+async def test_a_rerun_records_stored_objects_without_sending_them_again(penv, db, s3, proxy):
+    rng = random.Random(33)
+    await add_files(penv, db, 40, 3000, rng=rng)
+    await add_files(penv, db, 2, 6 * MIB, rng=rng, prefix="big")
+    options = {"multipart_threshold": 5 * MIB, "part_size": 5 * MIB, "concurrency": 8}
+    first = await upload(penv, **options)
+    assert first.counts[Outcome.UPLOADED] == 42
+    # Every object is stored but no row recorded (a crash between upload and write-back):
+    await db.execute("UPDATE post_media SET archive_url = NULL")
+    proxy.reset()
+
+    again = await upload(penv, **options)
+
+    assert again.counts[Outcome.SKIPPED_EXISTING] == 42 and again.counts[Outcome.UPLOADED] == 0
+    assert again.bytes_uploaded == 0
+    assert proxy.count(lambda r: r.is_object_put or r.is_part_put) == 0  # zero data PUTs
+    assert proxy.count(lambda r: r.method == "HEAD" and r.path.count("/") >= 2) == 42
+    assert await assert_archive_invariant(db, s3, penv.bucket) == 42
+
+
+async def test_after_enough_new_objects_it_stops_heading_first(penv, db, s3, proxy) -> None:
+    rng = random.Random(34)
+    await add_files(penv, db, 60, 1000, rng=rng)
+    summary = await upload(penv, concurrency=2)  # switches after 2 x 2 misses in a row
+    assert summary.counts[Outcome.UPLOADED] == 60
+    heads = proxy.count(lambda r: r.method == "HEAD" and r.path.count("/") >= 2)
+    assert 4 <= heads <= 8  # the first few only: then one request per new file
+    assert proxy.count(lambda r: r.is_object_put) == 60
+
+
+@pytest.mark.parametrize("concurrency", [1, 2, 16])
+async def test_rows_sharing_a_key_cause_one_put(penv, db, s3, proxy, concurrency) -> None:
+    rng = random.Random(35)
+    data = file_bytes(".jpg", 4000, rng)
+    media_file(penv.cache_root / "images", f"{md5(data)}.jpg", data)
+    filler = await add_files(penv, db, 30, 500, rng=rng, prefix="m")  # between the twins
+    twins = [
+        SampleRow(f"{name}", "image", md5(data), "image/jpeg", None, datetime(2025, 9, day))
+        for name, day in (("a-twin", 2), ("z-twin", 20))
+    ]
+    await insert_rows(db, twins)
+
+    summary = await upload(penv, concurrency=concurrency)
+
+    key = f"cache/2025/09/{md5(data)}.jpg"
+    assert proxy.count(lambda r: r.is_object_put and key_of(r) == key) == 1
+    urls = await db.fetch("SELECT archive_url FROM post_media WHERE media_id LIKE '%twin'")
+    assert [r["archive_url"] for r in urls] == [f"s3://{penv.bucket}/{key}"] * 2
+    assert summary.counts[Outcome.UPLOADED] == len(filler) + 1
+    assert summary.counts[Outcome.SKIPPED_EXISTING] == 1
+
+
+async def test_force_uploads_again_even_when_stored(penv, db, s3, proxy) -> None:
+    rng = random.Random(36)
+    await add_files(penv, db, 5, 800, rng=rng)
+    await upload(penv)
+    proxy.reset()
+    summary = await upload(penv, force=True)
+    assert summary.counts[Outcome.UPLOADED] == 5
+    assert proxy.count(lambda r: r.is_object_put) == 5
+    assert all("if-none-match" not in r.headers for r, _ in proxy.requests if r.is_object_put)
+
+
+async def test_a_damaged_object_under_the_key_is_replaced(penv, db, s3, proxy) -> None:
+    rng = random.Random(37)
+    rows = await add_files(penv, db, 1, 2000, rng=rng)
+    key = f"cache/2025/01/{rows[0].md5_sum}.mp4"
+    s3.put_object(Bucket=penv.bucket, Key=key, Body=b"truncated")
+    summary = await upload(penv)
+    assert summary.counts[Outcome.UPLOADED] == 1
+    assert md5(s3.get_object(Bucket=penv.bucket, Key=key)["Body"].read()) == rows[0].md5_sum
