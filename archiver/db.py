@@ -8,6 +8,7 @@ Statements are sent without asyncpg's named prepared-statement cache
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,6 +18,7 @@ import asyncpg
 
 from archiver.errors import ConfigError, DatabaseError, DatabaseUnavailable
 from archiver.models import MediaRow
+from archiver.policies import RetryPolicy
 from archiver.settings import redact_dsn
 
 CONNECT_TIMEOUT_S = 15.0
@@ -198,15 +200,37 @@ class Database:
         args: list[Any] = [limit, *([after] if after is not None else []), *filter_args]
         return [_row(r) for r in await self._fetch("reading rows", sql, *args)]
 
+    async def _fetch_page_retrying(
+        self, row_filter: RowFilter, after: str | None, size: int, retry: RetryPolicy
+    ) -> list[MediaRow]:
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            try:
+                return await self.fetch_page(row_filter, after=after, limit=size)
+            except DatabaseError:  # connection lost, server restarting: try again a while
+                attempt += 1
+                wait = retry.delay(attempt, started, time.monotonic())
+                if wait is None:
+                    raise
+                await asyncio.sleep(wait)
+
     async def rows(
-        self, row_filter: RowFilter, *, limit: int | None = None, page_rows: int = 500
+        self,
+        row_filter: RowFilter,
+        *,
+        limit: int | None = None,
+        page_rows: int = 500,
+        retry: RetryPolicy | None = None,
     ) -> AsyncIterator[MediaRow]:
-        """Every matching row in media_id order, at most `limit`, a page at a time."""
+        """Every matching row in media_id order, at most `limit`, a page at a time; a page
+        that fails for a transient reason is asked for again under `retry`."""
+        retry = retry or RetryPolicy()
         remaining = limit
         after: str | None = None
         while remaining is None or remaining > 0:
             size = page_rows if remaining is None else min(page_rows, remaining)
-            page = await self.fetch_page(row_filter, after=after, limit=size)
+            page = await self._fetch_page_retrying(row_filter, after, size, retry)
             for row in page:
                 yield row
             if remaining is not None:

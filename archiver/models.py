@@ -80,6 +80,8 @@ class Summary:
     bytes_uploaded: int = 0
     elapsed_s: float = 0.0
     interrupted: bool = False
+    error: str | None = None  # what stopped the run early (database gone, bucket gone)
+    error_exit_code: int = 0
 
     def add(self, result: RowResult) -> None:
         """Count one row's outcome."""
@@ -103,6 +105,8 @@ class Summary:
         """0, 1 when a row failed, was corrupt or invalid or went unrecorded, 130 if interrupted."""
         if self.interrupted:
             return 130
+        if self.error:
+            return self.error_exit_code or 1
         problems = sum(self.counts[o] for o in Outcome if o.is_problem)
         return 1 if problems or self.unrecorded else 0
 
@@ -124,4 +128,6 @@ class Summary:
             data["unrecorded"] = self.unrecorded
         if self.interrupted:
             data["interrupted"] = True
+        if self.error:
+            data["error"] = self.error
         return data

@@ -19,6 +19,7 @@ from typing import TypeVar
 
 from archiver.errors import ArchiverError, ConfigError, DatabaseError
 from archiver.models import MediaRow, RowResult
+from archiver.policies import BatchPolicy, RetryPolicy
 
 Handler = Callable[[MediaRow], Awaitable[RowResult]]
 Recorder = Callable[[Sequence[tuple[str, str]]], Awaitable[int]]
@@ -27,42 +28,19 @@ Clock = Callable[[], float]
 QUEUE_ROWS_PER_WORKER = 2  # the row queue holds about 2 x concurrency rows
 
 
-@dataclass(frozen=True)
-class BatchPolicy:
-    """When the writer flushes: at `max_rows` pending rows, or `max_age_s` after the oldest."""
-
-    max_rows: int
-    max_age_s: float
-
-    def due(self, pending: int, oldest_at: float | None, now: float) -> bool:
-        if pending >= self.max_rows:
-            return True
-        return pending > 0 and oldest_at is not None and now - oldest_at >= self.max_age_s
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential backoff, capped, for at most `deadline_s` in all (injected clock)."""
-
-    first_delay_s: float = 0.5
-    max_delay_s: float = 5.0
-    deadline_s: float = 60.0
-
-    def delay(self, attempt: int, started_at: float, now: float) -> float | None:
-        """Seconds to wait before retry number `attempt` (1-based), or None to give up."""
-        wait = min(self.max_delay_s, self.first_delay_s * 2.0 ** (attempt - 1))
-        if now - started_at + wait > self.deadline_s:
-            return None
-        return wait
+GRACE_S = 30.0  # after a first Ctrl-C, how long uploads in flight may take to finish
 
 
 class Interrupt:
-    """Ctrl-C / SIGTERM as a value: the first stops paging, the second abandons uploads."""
+    """Ctrl-C / SIGTERM as a value: the first stops paging and lets the work in flight finish
+    for up to `grace_s`; the second (or the end of the grace period) abandons it."""
 
-    def __init__(self) -> None:
+    def __init__(self, grace_s: float = GRACE_S) -> None:
         self.stop = asyncio.Event()
         self.count = 0
+        self.grace_s = grace_s
         self._abandon: list[Callable[[], None]] = []
+        self._timer: asyncio.TimerHandle | None = None
 
     @property
     def triggered(self) -> bool:
@@ -74,9 +52,16 @@ class Interrupt:
     def trigger(self) -> None:
         self.count += 1
         self.stop.set()
-        if self.count >= 2:
-            for callback in self._abandon:
-                callback()
+        if self.count == 1:
+            self._timer = asyncio.get_running_loop().call_later(self.grace_s, self.abandon)
+        else:
+            self.abandon()
+
+    def abandon(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        for callback in self._abandon:
+            callback()
 
 
 @dataclass

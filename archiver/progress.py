@@ -173,7 +173,12 @@ def format_summary(summary: Summary, *, bucket: str) -> str:
     )
     if summary.interrupted:
         lines.append("  Interrupted: completed uploads were recorded; run again to finish.")
+    if summary.error:
+        lines.append(f"  Stopped early: {summary.error}")
     if summary.unrecorded:
-        lines.append("  Some uploads were not recorded: run again to record them (no re-upload).")
+        lines.append(
+            f"  {summary.unrecorded:,} uploads were not recorded: the next run records them "
+            "without uploading them again."
+        )
     lines.append(RULE)
     return "\n".join(lines)

@@ -83,15 +83,30 @@ def file_bytes(ext: str, size: int, rng: random.Random) -> bytes:
     return magic + rng.randbytes(size - len(magic))
 
 
+CHUNK_BYTES = 8 * 1024 * 1024
+
+
 def write_media(
     directory: Path, ext: str, size: int, rng: random.Random, name_ext: str | None = None
 ) -> tuple[Path, str]:
-    """Write a media file named `{md5}{name_ext or ext}`; (path, md5)."""
-    data = file_bytes(ext, size, rng)
-    md5 = hashlib.md5(data).hexdigest()
+    """Write a media file named `{md5}{name_ext or ext}` in chunks; (path, md5)."""
     directory.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.md5()
+    tmp = directory / f".writing-{rng.getrandbits(64):016x}"
+    with tmp.open("wb") as f:
+        first = file_bytes(ext, min(size, CHUNK_BYTES), rng)
+        for chunk in (
+            first,
+            *(
+                rng.randbytes(min(CHUNK_BYTES, size - done))
+                for done in range(len(first), size, CHUNK_BYTES)
+            ),
+        ):
+            digest.update(chunk)
+            f.write(chunk)
+    md5 = digest.hexdigest()
     path = directory / f"{md5}{name_ext if name_ext is not None else ext}"
-    path.write_bytes(data)
+    tmp.rename(path)
     return path, md5
 
 

@@ -34,8 +34,8 @@ def run_async(factory: Callable[[Interrupt], Coroutine[Any, Any, T]]) -> T:
 def _on_signal(interrupt: Interrupt) -> None:
     if interrupt.count == 0:
         print(
-            "\narchiver: stopping: finishing uploads in flight and recording them "
-            "(press Ctrl-C again to abandon them)",
+            f"\narchiver: stopping: finishing the work in flight (up to {interrupt.grace_s:.0f} s)"
+            " and recording it; press Ctrl-C again to abandon it",
             file=sys.stderr,
             flush=True,
         )

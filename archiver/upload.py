@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import time
 from collections import OrderedDict
@@ -26,12 +27,19 @@ from archiver.db import Database, RowFilter
 from archiver.errors import ArchiverError, StorageError
 from archiver.keys import archive_url, as_utc, normalize_md5, object_key
 from archiver.models import MediaRow, Outcome, RowResult, Summary
-from archiver.pipeline import BatchPolicy, Interrupt, Pipeline
+from archiver.pipeline import Interrupt, Pipeline
+from archiver.policies import BatchPolicy, ExistencePolicy
 from archiver.resolve import Found, NotFound, resolve_cache_root, resolve_file
 from archiver.settings import MAX_PARTS, MIB, Settings, UploadOptions
 from archiver.storage import ConditionalWritesUnsupported, ObjectInfo, Storage, StoredPart
 
+log = logging.getLogger(__name__)
+
 INLINE_READ_MAX_BYTES = 1 * MIB  # read with the lookup, in the same thread hop
+INTEGRITY_ATTEMPTS = 3  # sends of one body whose stored ETag came back wrong
+# Per-upload deadline: a base plus the time the file takes at a slow 256 KiB/s.
+DEADLINE_BASE_S = 120.0
+DEADLINE_SLOWEST_BYTES_PER_S = 256 * 1024
 DONE_KEYS_REMEMBERED = 100_000  # keys stored this run, to skip later rows sharing them
 PAGE_ROWS_MAX = 1000
 
@@ -58,41 +66,6 @@ class ObjectStore(Protocol):
     ) -> str | None: ...
 
     async def abort_multipart(self, key: str, upload_id: str) -> None: ...
-
-
-class ExistencePolicy:
-    """Whether to HEAD before a PUT: a pure policy the uploader consults per file.
-
-    A conditional PUT (`If-None-Match: *`) is one request for a new object, but for an
-    object already stored it sends the whole body only to be refused. So archiver starts by
-    HEADing first, which is what catches the rows a crashed or interrupted run uploaded but
-    never recorded (they are the first ones the next run pages), switches to conditional
-    PUTs once `misses_to_switch` HEADs in a row found nothing, and goes back to HEADing
-    first whenever an object turns out to exist. A server that rejects conditional writes
-    keeps it HEADing first.
-    """
-
-    def __init__(self, misses_to_switch: int, *, conditional_writes: bool = True) -> None:
-        self.misses_to_switch = misses_to_switch
-        self.conditional_writes = conditional_writes
-        self.head_first = True
-        self._misses = 0
-
-    def absent(self) -> None:
-        """A HEAD found no object."""
-        self._misses += 1
-        if self.conditional_writes and self._misses >= self.misses_to_switch:
-            self.head_first = False
-
-    def present(self) -> None:
-        """An object was already there (HEAD hit, or a conditional PUT was refused)."""
-        self._misses = 0
-        self.head_first = True
-
-    def no_conditional_writes(self) -> None:
-        """The server does not implement If-None-Match on PUT."""
-        self.conditional_writes = False
-        self.head_first = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,6 +226,16 @@ class Uploader:
         return result
 
     async def _store(self, prep: Prepared) -> RowResult:
+        deadline_s = DEADLINE_BASE_S + prep.size / DEADLINE_SLOWEST_BYTES_PER_S
+        try:
+            async with asyncio.timeout(deadline_s):
+                return await self._store_in_time(prep)
+        except TimeoutError:
+            return self._result(
+                prep, Outcome.FAILED, reason=f"not stored within {deadline_s:.0f} s"
+            )
+
+    async def _store_in_time(self, prep: Prepared) -> RowResult:
         try:
             if prep.size > self.options.multipart_threshold:
                 return await self._store_multipart(prep)
@@ -302,15 +285,20 @@ class Uploader:
             existing = await self.store.head_object(prep.key)
             if existing is not None and object_intact(existing, prep.md5, prep.size):
                 return self._result(prep, Outcome.SKIPPED_EXISTING)
-            # A different object under an MD5-named key is damaged: replace it.
+            etag = ""  # a different object under an MD5-named key is damaged: replace it
+        for _ in range(INTEGRITY_ATTEMPTS):
+            if etag == body_md5:
+                return self._result(prep, Outcome.UPLOADED, sent=len(body))
+            if etag:  # stored, but not what was sent (damaged in transit): send it again
+                log.warning("%s: S3 returned ETag %s, expected %s", prep.key, etag, body_md5)
             etag = await self.store.put_object(
                 prep.key, body, prep.md5, prep.content_type, if_absent=False
             )
-        if etag != body_md5:
-            return self._result(
-                prep, Outcome.FAILED, reason=f"S3 returned ETag {etag!r}, expected {body_md5}"
-            )
-        return self._result(prep, Outcome.UPLOADED, sent=len(body))
+        if etag == body_md5:
+            return self._result(prep, Outcome.UPLOADED, sent=len(body))
+        return self._result(
+            prep, Outcome.FAILED, reason=f"S3 returned ETag {etag!r}, expected {body_md5}"
+        )
 
     async def _store_multipart(self, prep: Prepared) -> RowResult:
         assert self.store is not None
@@ -363,7 +351,10 @@ class Uploader:
 
         async def send(number: int, data: bytes, digest: bytes, taken: int) -> None:
             try:
-                etag = await store.upload_part(prep.key, upload_id, number, data, digest.hex())
+                for _ in range(INTEGRITY_ATTEMPTS):
+                    etag = await store.upload_part(prep.key, upload_id, number, data, digest.hex())
+                    if etag == digest.hex():
+                        break
                 if etag != digest.hex():
                     raise StorageError(
                         f"part {number}: S3 returned ETag {etag!r}, expected {digest.hex()}"

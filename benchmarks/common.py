@@ -58,7 +58,9 @@ def moto_process() -> Iterator[str]:
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **AWS_ENV},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **AWS_ENV},
     )
     try:
         wait_port(port)
@@ -78,8 +80,13 @@ def postgres() -> Iterator[LocalPostgres]:
 
 
 def s3_client(endpoint: str) -> Any:
-    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                        aws_access_key_id="bench", aws_secret_access_key="bench")
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="bench",
+        aws_secret_access_key="bench",
+    )
 
 
 def new_bucket(endpoint: str) -> str:
@@ -160,8 +167,9 @@ def measure(cmd: list[str], *, env: dict[str, str], cwd: Path | None = None) -> 
     it): wait4's ru_maxrss would also count the memory of this benchmark process, which the
     kernel carries across the fork/exec that started the command."""
     started = time.monotonic()
-    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     out_chunks: list[str] = []
     err_chunks: list[str] = []
     peak_kib = 0
@@ -173,8 +181,10 @@ def measure(cmd: list[str], *, env: dict[str, str], cwd: Path | None = None) -> 
             peak_kib = max(peak_kib, _vm_hwm_kib(proc.pid) or 0)
             done.wait(0.02)
 
-    threads = [threading.Thread(target=lambda s=s, c=c: c.append(s.read()))
-               for s, c in ((proc.stdout, out_chunks), (proc.stderr, err_chunks))]
+    threads = [
+        threading.Thread(target=lambda s=s, c=c: c.append(s.read()))
+        for s, c in ((proc.stdout, out_chunks), (proc.stderr, err_chunks))
+    ]
     threads.append(threading.Thread(target=poll))
     for t in threads:
         t.start()
@@ -197,11 +207,18 @@ def archiver_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "archiver", *args]
 
 
-def archiver_env(dsn: str, endpoint: str, bucket: str, cache_root: Path, **extra: str
-                 ) -> dict[str, str]:
+def archiver_env(
+    dsn: str, endpoint: str, bucket: str, cache_root: Path, **extra: str
+) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "ARCHIVER_"))}
-    env.update(AWS_ENV, DATABASE_URL=dsn, AWS_ENDPOINT_URL_S3=endpoint,
-               ARCHIVER_BUCKET=bucket, ARCHIVER_CACHE_ROOT=str(cache_root), **extra)
+    env.update(
+        AWS_ENV,
+        DATABASE_URL=dsn,
+        AWS_ENDPOINT_URL_S3=endpoint,
+        ARCHIVER_BUCKET=bucket,
+        ARCHIVER_CACHE_ROOT=str(cache_root),
+        **extra,
+    )
     return env
 
 
@@ -225,8 +242,10 @@ def machine() -> str:
     except OSError:
         pass
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return (f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB, Python "
-            f"{platform.python_version()}, {platform.system()} {platform.release()}")
+    return (
+        f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB, Python "
+        f"{platform.python_version()}, {platform.system()} {platform.release()}"
+    )
 
 
 def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:

@@ -40,8 +40,9 @@ def large_set(root: Path, rng: random.Random, big_mb: int, n: int, each_mb: int)
     sizes = [big_mb * MB] + [each_mb * MB] * n
     for i, size in enumerate(sizes):
         _, md5 = write_media(root / "videos", ".mp4", size, rng)
-        rows.append(SampleRow(f"v{i:05d}", "video", md5, "video/mp4", None,
-                              datetime(2025, 1 + i % 12, 1)))
+        rows.append(
+            SampleRow(f"v{i:05d}", "video", md5, "video/mp4", None, datetime(2025, 1 + i % 12, 1))
+        )
     return rows
 
 
@@ -49,8 +50,16 @@ def small_set(root: Path, rng: random.Random, n: int) -> list[SampleRow]:
     rows = []
     for i in range(n):
         _, md5 = write_media(root / "images", ".jpg", rng.randint(2_000, 12_000), rng)
-        rows.append(SampleRow(f"i{i:06d}", "image", md5, "image/jpeg", None,
-                              datetime(2025, 1 + i % 12, 1 + i % 28)))
+        rows.append(
+            SampleRow(
+                f"i{i:06d}",
+                "image",
+                md5,
+                "image/jpeg",
+                None,
+                datetime(2025, 1 + i % 12, 1 + i % 28),
+            )
+        )
     return rows
 
 
@@ -64,10 +73,17 @@ def main() -> None:
     results = []
     with scratch("archiver-bench-mem-") as work, postgres() as pg, moto_process() as endpoint:
         rng = random.Random(42)
-        scenarios = [(f"(a) 1 x {big_mb} MB + {n_large} x {each_mb} MB", "large",
-                      lambda root: large_set(root, rng, big_mb, n_large, each_mb))]
-        scenarios += [(f"(b) {n:,} small files", f"small{n}",
-                       lambda root, n=n: small_set(root, rng, n)) for n in small_counts]
+        scenarios = [
+            (
+                f"(a) 1 x {big_mb} MB + {n_large} x {each_mb} MB",
+                "large",
+                lambda root: large_set(root, rng, big_mb, n_large, each_mb),
+            )
+        ]
+        scenarios += [
+            (f"(b) {n:,} small files", f"small{n}", lambda root, n=n: small_set(root, rng, n))
+            for n in small_counts
+        ]
         for label, name, make in scenarios:
             root = work / name / "cache" / "media"
             rows = make(root)
@@ -76,18 +92,25 @@ def main() -> None:
             bucket = new_bucket(endpoint)
             run = measure(
                 archiver_cmd("upload", "--concurrency", "32", "--no-progress", "--json"),
-                env=archiver_env(dsn, endpoint, bucket, root), cwd=work / name,
+                env=archiver_env(dsn, endpoint, bucket, root),
+                cwd=work / name,
             )
             if run.returncode != 0:
                 raise SystemExit(f"{label}: archiver exited {run.returncode}: {run.stderr}")
             summary = run.json()
-            ok = (archived_rows(dsn) == len(rows) and count_objects(endpoint, bucket) == len(rows))
-            results.append({
-                "scenario": label, "files": len(rows), "mb": round(total_mb, 1),
-                "wall_s": round(run.wall_s, 1), "cpu_s": round(run.cpu_s, 1),
-                "peak_rss_mb": round(run.peak_rss_mb, 1),
-                "uploaded": summary["uploaded"], "check": "ok" if ok else "FAILED",
-            })
+            ok = archived_rows(dsn) == len(rows) and count_objects(endpoint, bucket) == len(rows)
+            results.append(
+                {
+                    "scenario": label,
+                    "files": len(rows),
+                    "mb": round(total_mb, 1),
+                    "wall_s": round(run.wall_s, 1),
+                    "cpu_s": round(run.cpu_s, 1),
+                    "peak_rss_mb": round(run.peak_rss_mb, 1),
+                    "uploaded": summary["uploaded"],
+                    "check": "ok" if ok else "FAILED",
+                }
+            )
             print(f"{label}: peak RSS {run.peak_rss_mb:.0f} MB, {run.wall_s:.1f} s", flush=True)
             import shutil
 
@@ -100,16 +123,35 @@ def main() -> None:
         "(b) growth at most 30 MB": f"{growth:+.0f} MB: {'met' if growth <= 30 else 'NOT met'}",
     }
     print(f"\nMachine: {machine()}\n")
-    print(markdown_table(
-        ["scenario", "files", "MB", "wall s", "CPU s", "peak RSS MB", "check"],
-        [[r["scenario"], f"{r['files']:,}", r["mb"], r["wall_s"], r["cpu_s"], r["peak_rss_mb"],
-          r["check"]] for r in results],
-    ))
+    print(
+        markdown_table(
+            ["scenario", "files", "MB", "wall s", "CPU s", "peak RSS MB", "check"],
+            [
+                [
+                    r["scenario"],
+                    f"{r['files']:,}",
+                    r["mb"],
+                    r["wall_s"],
+                    r["cpu_s"],
+                    r["peak_rss_mb"],
+                    r["check"],
+                ]
+                for r in results
+            ],
+        )
+    )
     print()
     for target, verdict in verdicts.items():
         print(f"- target {target}: {verdict}")
-    path = write_json("memory.json", {"machine": machine(), "when": datetime.now().isoformat(),
-                                      "results": results, "targets": verdicts})
+    path = write_json(
+        "memory.json",
+        {
+            "machine": machine(),
+            "when": datetime.now().isoformat(),
+            "results": results,
+            "targets": verdicts,
+        },
+    )
     print(f"\n(JSON: {path})")
 
 

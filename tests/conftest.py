@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -45,6 +46,7 @@ os.environ["AWS_CONFIG_FILE"] = os.devnull
 os.environ["AWS_SHARED_CREDENTIALS_FILE"] = os.devnull
 
 TEMPLATE_DB = "archiver_template"
+logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto: no line per request
 
 
 def _with_db(dsn: str, dbname: str) -> str:

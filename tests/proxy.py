@@ -63,6 +63,7 @@ class S3Proxy:
     rule: Rule = field(default=lambda request: None)
     requests: list[tuple[Request, str]] = field(default_factory=list)  # (request, what happened)
     port: int = 0
+    delay_s: float = 0.0  # added before forwarding each request (slows a run down)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _loop: asyncio.AbstractEventLoop | None = None
     _server: asyncio.Server | None = None
@@ -176,6 +177,8 @@ class S3Proxy:
             if isinstance(action, Corrupt) and body:
                 what = "corrupted"
                 body = body[:-1] + bytes([body[-1] ^ 0xFF])
+            if self.delay_s:
+                await asyncio.sleep(self.delay_s)
             await self._forward(head, body, writer)
         except (ConnectionError, asyncio.IncompleteReadError):
             what = "client went away"

@@ -9,9 +9,10 @@ from datetime import datetime
 import pytest
 
 from archiver.models import Outcome
+from archiver.policies import ExistencePolicy
 from archiver.sample import SampleRow, file_bytes, insert_rows
 from archiver.settings import MIB, UploadOptions
-from archiver.upload import ExistencePolicy, run_upload
+from archiver.upload import run_upload
 from tests.helpers import assert_archive_invariant, md5, media_file, quiet_reporter, upload
 from tests.proxy import Corrupt, Request, Respond
 

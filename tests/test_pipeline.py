@@ -10,7 +10,8 @@ import pytest
 from archiver.budget import ByteBudget
 from archiver.errors import BucketMissing, DatabaseError
 from archiver.models import MediaRow, Outcome, RowResult
-from archiver.pipeline import BatchPolicy, Interrupt, Pipeline, RetryPolicy
+from archiver.pipeline import Interrupt, Pipeline
+from archiver.policies import BatchPolicy, RetryPolicy
 
 
 @pytest.mark.parametrize(

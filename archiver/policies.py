@@ -1,0 +1,70 @@
+"""Small pure policies with an injected clock: when to flush, when to retry, when to HEAD.
+The pipeline and the adapters only apply them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """When the writer flushes: at `max_rows` pending rows, or `max_age_s` after the oldest."""
+
+    max_rows: int
+    max_age_s: float
+
+    def due(self, pending: int, oldest_at: float | None, now: float) -> bool:
+        if pending >= self.max_rows:
+            return True
+        return pending > 0 and oldest_at is not None and now - oldest_at >= self.max_age_s
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff, capped, for at most `deadline_s` in all (injected clock)."""
+
+    first_delay_s: float = 0.5
+    max_delay_s: float = 5.0
+    deadline_s: float = 60.0
+
+    def delay(self, attempt: int, started_at: float, now: float) -> float | None:
+        """Seconds to wait before retry number `attempt` (1-based), or None to give up."""
+        wait = min(self.max_delay_s, self.first_delay_s * 2.0 ** (attempt - 1))
+        if now - started_at + wait > self.deadline_s:
+            return None
+        return wait
+
+
+class ExistencePolicy:
+    """Whether to HEAD before a PUT: a pure policy the uploader consults per file.
+
+    A conditional PUT (`If-None-Match: *`) is one request for a new object, but for an
+    object already stored it sends the whole body only to be refused. So archiver starts by
+    HEADing first, which is what catches the rows a crashed or interrupted run uploaded but
+    never recorded (they are the first ones the next run pages), switches to conditional
+    PUTs once `misses_to_switch` HEADs in a row found nothing, and goes back to HEADing
+    first whenever an object turns out to exist. A server that rejects conditional writes
+    keeps it HEADing first.
+    """
+
+    def __init__(self, misses_to_switch: int, *, conditional_writes: bool = True) -> None:
+        self.misses_to_switch = misses_to_switch
+        self.conditional_writes = conditional_writes
+        self.head_first = True
+        self._misses = 0
+
+    def absent(self) -> None:
+        """A HEAD found no object."""
+        self._misses += 1
+        if self.conditional_writes and self._misses >= self.misses_to_switch:
+            self.head_first = False
+
+    def present(self) -> None:
+        """An object was already there (HEAD hit, or a conditional PUT was refused)."""
+        self._misses = 0
+        self.head_first = True
+
+    def no_conditional_writes(self) -> None:
+        """The server does not implement If-None-Match on PUT."""
+        self.conditional_writes = False
+        self.head_first = True
