@@ -6,6 +6,7 @@ object, with the right bytes.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
@@ -206,7 +207,7 @@ async def test_postgres_restarted_mid_run(penv, db, s3, proxy, pg_server) -> Non
     run = start_cli(penv, "upload", "--json", "--concurrency", "8", "--batch-size", "10")
     wait_for(lambda: proxy.count(lambda r: r.is_object_put) >= 30)
     pg_server.stop_server("fast")
-    time.sleep(2)
+    await asyncio.sleep(2)
     pg_server.start()
     stdout, stderr = run.communicate(timeout=120)
     assert run.returncode in (0, 1), stderr
