@@ -32,6 +32,7 @@ DEFAULT_RETRY_MODE = "standard"  # retries 503 SlowDown, 500s, throttling, dropp
 DEFAULT_MAX_ATTEMPTS = 6  # first try included
 CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 60.0
+PREFLIGHT_ATTEMPTS = 2  # a dead endpoint at start is reported in seconds
 EXTRA_CONNECTIONS = 8  # HEADs and multipart control calls beside the uploads
 
 _FATAL_CODES = frozenset(
@@ -105,9 +106,11 @@ class StoredPart:
 class Storage:
     """The S3 operations archiver uses, on one client."""
 
-    def __init__(self, client: Any, bucket: str) -> None:
+    def __init__(self, client: Any, bucket: str, preflight: Any = None) -> None:
         self._s3 = client
         self.bucket = bucket
+        # Makes a client for start-up checks: fails in seconds, not after every retry.
+        self._preflight = preflight
 
     @classmethod
     @asynccontextmanager
@@ -133,10 +136,17 @@ class Storage:
                 "max_attempts": max_attempts or DEFAULT_MAX_ATTEMPTS,
             },
         )
+        quick = config.merge(
+            AioConfig(retries={"mode": "standard", "max_attempts": PREFLIGHT_ATTEMPTS})
+        )
+
+        def preflight() -> Any:
+            return session.client("s3", endpoint_url=settings.endpoint_url, config=quick)
+
         async with session.client(
             "s3", endpoint_url=settings.endpoint_url, config=config
         ) as client:
-            yield cls(client, settings.bucket)
+            yield cls(client, settings.bucket, preflight)
 
     async def _call(self, doing: str, method: str, **params: Any) -> Any:
         try:
@@ -145,9 +155,16 @@ class Storage:
             raise translate(exc, self.bucket, doing) from exc
 
     async def check_bucket(self) -> None:
-        """Raise BucketMissing / StorageUnavailable unless the bucket is usable."""
+        """Raise BucketMissing / StorageUnavailable unless the bucket is usable (quickly)."""
+        if self._preflight is not None:
+            async with self._preflight() as quick:
+                await self._check_bucket(quick)
+        else:
+            await self._check_bucket(self._s3)
+
+    async def _check_bucket(self, client: Any) -> None:
         try:
-            await self._s3.head_bucket(Bucket=self.bucket)
+            await client.head_bucket(Bucket=self.bucket)
         except ClientError as exc:
             if _status(exc) == 404 or _code(exc) in ("404", "NoSuchBucket", "NotFound"):
                 raise BucketMissing(

@@ -192,3 +192,25 @@ async def test_env_file_option_before_or_after_the_command(env, db, s3) -> None:
     out = run_cli(env, "upload", "--env-file", str(env.workdir / "nope.env"))
     assert out.returncode == 2
     assert "nope.env" in one_line_error(out.stderr)
+
+
+async def test_dead_s3_endpoint_at_start_exits_2_with_one_line(env, db) -> None:
+    from archiver.localpg import free_port
+
+    await insert_cases(db, build_contract_cases(env, random.Random(16))[:2])
+    import time
+
+    started = time.monotonic()
+    out = run_cli(env, "upload", AWS_ENDPOINT_URL_S3=f"http://127.0.0.1:{free_port()}")
+    elapsed = time.monotonic() - started
+    assert out.returncode == 2, out.stderr
+    assert "not reachable" in one_line_error(out.stderr)
+    assert elapsed < 10, elapsed  # a short preflight, not every retry of the run
+    assert await db.fetchval("SELECT count(archive_url) FROM post_media") == 0
+
+
+async def test_bad_credentials_exit_2(env, db, s3) -> None:
+    await insert_cases(db, build_contract_cases(env, random.Random(17))[:1])
+    out = run_cli(env, "upload", AWS_PROFILE="no-such-profile")
+    assert out.returncode == 2
+    assert "no-such-profile" in one_line_error(out.stderr)
