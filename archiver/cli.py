@@ -199,6 +199,15 @@ def _mib(_ctx: click.Context, _param: click.Parameter, value: float | None) -> i
     help="Files larger than this many MiB are uploaded in parts.",
 )
 @click.option(
+    "--lease",
+    "lease_s",
+    type=click.FloatRange(1),
+    default=300,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long a claim on a row lasts unless renewed.",
+)
+@click.option(
     "--part-size",
     type=click.FloatRange(5, 5120),
     callback=_mib,
@@ -227,6 +236,7 @@ def upload(**params: Any) -> int:
         media_types=tuple(params["media_types"]),
         multipart_threshold=params["multipart_threshold"],
         part_size=params["part_size"],
+        lease_s=params["lease_s"],
     )
     mode = "off" if no_progress else ("bar" if sys.stderr.isatty() else "log")
     reporter = Reporter(
@@ -323,6 +333,32 @@ def verify(**params: Any) -> int:
     report = run_async(lambda interrupt: run_verify(settings, options, stop=interrupt.stop))
     click.echo(json.dumps(report.as_json()) if params["as_json"] else format_report(report))
     return report.exit_code
+
+
+@cli.group("db")
+def db_group() -> None:
+    """Database set-up for archiver."""
+
+
+@db_group.command("init")
+@config_options
+def db_init(**params: Any) -> int:
+    """Create what makes upload fast and safe at scale (idempotent; upload works without)."""
+    from archiver.db import Database
+
+    settings = build_settings(params)
+
+    async def job(_interrupt: Interrupt) -> list[tuple[str, bool]]:
+        db = await Database.connect(settings.require_database())
+        try:
+            await db.check_schema()
+            return await db.init()
+        finally:
+            await db.close()
+
+    for what, created in run_async(job):
+        click.echo(f"{'created' if created else 'already there'}: {what}")
+    return 0
 
 
 @cli.command()

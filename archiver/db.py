@@ -8,11 +8,12 @@ Statements are sent without asyncpg's named prepared-statement cache
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -20,6 +21,8 @@ from archiver.errors import ConfigError, DatabaseError, DatabaseUnavailable
 from archiver.models import MediaRow
 from archiver.policies import RetryPolicy
 from archiver.settings import redact_dsn
+
+T = TypeVar("T")
 
 CONNECT_TIMEOUT_S = 15.0
 COMMAND_TIMEOUT_S = 60.0
@@ -83,6 +86,89 @@ UPDATE post_media AS m
  WHERE m.media_id = v.id
 """
 RECORD_GUARD = " AND (m.archive_url IS NULL OR m.archive_url = v.url)"
+
+# -- claims: leases on rows, so that several processes share one backlog --------------------
+# Every statement is one implicit transaction (no session state), so this works through a
+# transaction-mode pooler. Privileges: SELECT, UPDATE on post_media; SELECT, INSERT, UPDATE,
+# DELETE on archiver_claims; CREATE on the schema the first time (or run `archiver db init`).
+
+CLAIMS_DDL = """
+CREATE TABLE IF NOT EXISTS archiver_claims (
+    media_id   TEXT PRIMARY KEY,
+    owner      TEXT NOT NULL,
+    expires_at TIMESTAMPTZ NOT NULL
+)
+"""
+PAGING_INDEX_DDL = """
+CREATE INDEX IF NOT EXISTS idx_post_media_unarchived
+    ON post_media (media_id) WHERE archive_url IS NULL
+"""
+
+
+def claim_query(row_filter: RowFilter, *, after: bool) -> str:
+    """Claim up to $1 rows for owner $2 for $3 seconds, after media_id $4 (when `after`).
+
+    Candidates are locked FOR UPDATE SKIP LOCKED, so processes claiming at once take
+    different rows; ON CONFLICT decides races with claims committed meanwhile (a claim is
+    taken over only when it expired or is already ours). Returns the claimed rows, plus on
+    every row (and on a lone row of NULLs when nothing was claimed) the last candidate id
+    and the candidate count, so that paging goes on past rows lost to other processes."""
+    first = 5 if after else 4
+    conditions, _ = row_filter.where(first)
+    if after:
+        conditions.insert(0, "m.media_id > $4")
+    conditions = [c if c.startswith("m.") else f"m.{c}" for c in conditions]
+    where = " AND ".join(conditions) if conditions else "TRUE"
+    columns = ", ".join(f"p.{c.strip()}" for c in _ROW_COLUMNS.split(","))
+    return f"""
+WITH candidates AS (
+    SELECT m.media_id FROM post_media m
+     WHERE {where}
+       AND NOT EXISTS (SELECT 1 FROM archiver_claims c
+                        WHERE c.media_id = m.media_id AND c.expires_at > now()
+                          AND c.owner <> $2)
+     ORDER BY m.media_id
+     LIMIT $1
+       FOR UPDATE OF m SKIP LOCKED
+), claimed AS (
+    INSERT INTO archiver_claims AS c (media_id, owner, expires_at)
+    SELECT media_id, $2, now() + make_interval(secs => $3) FROM candidates
+    ON CONFLICT (media_id) DO UPDATE SET owner = EXCLUDED.owner, expires_at = EXCLUDED.expires_at
+     WHERE c.expires_at <= now() OR c.owner = EXCLUDED.owner
+    RETURNING c.media_id
+), seen AS (
+    SELECT max(media_id) AS last_seen, count(*) AS candidates FROM candidates
+)
+SELECT {columns}, seen.last_seen, seen.candidates
+  FROM seen LEFT JOIN post_media p ON p.media_id IN (SELECT media_id FROM claimed)
+ ORDER BY p.media_id
+"""
+
+
+RECORD_AND_RELEASE_SQL = """
+WITH updated AS (
+    {update} RETURNING m.media_id
+), released AS (
+    DELETE FROM archiver_claims c WHERE c.media_id = ANY($1::text[]) AND c.owner = $3
+)
+SELECT count(*) FROM updated
+"""
+RENEW_SQL = """
+UPDATE archiver_claims SET expires_at = now() + make_interval(secs => $3)
+ WHERE owner = $1 AND media_id = ANY($2::text[])
+"""
+# At the end of a run: this process's claims, and long-expired ones of processes that died.
+RELEASE_SQL = """
+DELETE FROM archiver_claims WHERE owner = $1 OR expires_at < now() - interval '1 hour'
+"""
+
+
+@dataclass(frozen=True)
+class ClaimedPage:
+    rows: list[MediaRow]
+    last_seen: str | None  # the last candidate, claimed by us or not
+    candidates: int
+
 
 STATS_SQL = """
 SELECT media_type,
@@ -200,15 +286,15 @@ class Database:
         args: list[Any] = [limit, *([after] if after is not None else []), *filter_args]
         return [_row(r) for r in await self._fetch("reading rows", sql, *args)]
 
-    async def _fetch_page_retrying(
-        self, row_filter: RowFilter, after: str | None, size: int, retry: RetryPolicy
-    ) -> list[MediaRow]:
+    async def retrying(self, retry: RetryPolicy, call: Callable[[], Awaitable[T]]) -> T:
+        """`call()`, asked again under `retry` while it fails for a transient reason
+        (connection lost, server restarting)."""
         started = time.monotonic()
         attempt = 0
         while True:
             try:
-                return await self.fetch_page(row_filter, after=after, limit=size)
-            except DatabaseError:  # connection lost, server restarting: try again a while
+                return await call()
+            except DatabaseError:
                 attempt += 1
                 wait = retry.delay(attempt, started, time.monotonic())
                 if wait is None:
@@ -230,7 +316,9 @@ class Database:
         after: str | None = None
         while remaining is None or remaining > 0:
             size = page_rows if remaining is None else min(page_rows, remaining)
-            page = await self._fetch_page_retrying(row_filter, after, size, retry)
+            page = await self.retrying(
+                retry, functools.partial(self.fetch_page, row_filter, after=after, limit=size)
+            )
             for row in page:
                 yield row
             if remaining is not None:
@@ -239,16 +327,86 @@ class Database:
                 return
             after = page[-1].media_id
 
-    async def record(self, pairs: Sequence[tuple[str, str]], *, force: bool) -> int:
-        """Write `archive_url` for (media_id, url) pairs in one UPDATE; rows updated."""
-        sql = RECORD_SQL if force else RECORD_SQL + RECORD_GUARD
+    async def record(
+        self, pairs: Sequence[tuple[str, str]], *, force: bool, owner: str | None = None
+    ) -> int:
+        """Write `archive_url` for (media_id, url) pairs in one statement, releasing
+        `owner`'s claims on them in the same one; the number of rows updated."""
+        update = RECORD_SQL if force else RECORD_SQL + RECORD_GUARD
         ids = [p[0] for p in pairs]
         urls = [p[1] for p in pairs]
         try:
-            status = await self._pool.execute(sql, ids, urls)
+            if owner is None:
+                return _updated_count(await self._pool.execute(update, ids, urls))
+            sql = RECORD_AND_RELEASE_SQL.format(update=update.strip())
+            return int(await self._pool.fetchval(sql, ids, urls, owner))
         except _DB_ERRORS as exc:
             raise _translate(exc, "recording archive URLs") from exc
-        return _updated_count(status)
+
+    async def _execute(self, doing: str, sql: str, *args: Any) -> str:
+        try:
+            return str(await self._pool.execute(sql, *args))
+        except _DB_ERRORS as exc:
+            raise _translate(exc, doing) from exc
+
+    async def ensure_claims(self) -> bool:
+        """Create the claims table when absent; False when we may not (then run unclaimed)."""
+        try:
+            await self._pool.execute(CLAIMS_DDL)
+        except asyncpg.InsufficientPrivilegeError:
+            return False
+        except _DB_ERRORS as exc:
+            raise _translate(exc, "creating archiver_claims") from exc
+        return True
+
+    async def init(self) -> list[tuple[str, bool]]:
+        """`archiver db init`: (what, created?) for the paging index and the claims table."""
+        made = []
+        for name, ddl in (
+            (
+                "index idx_post_media_unarchived (post_media rows not yet archived)",
+                PAGING_INDEX_DDL,
+            ),
+            ("table archiver_claims (leases of processes running at once)", CLAIMS_DDL),
+        ):
+            relation = name.split()[1]
+            existed = await self._fetch("checking", "SELECT to_regclass($1)", relation)
+            await self._execute(f"creating {relation}", ddl)
+            made.append((name, existed[0][0] is None))
+        return made
+
+    async def claim_page(
+        self,
+        row_filter: RowFilter,
+        *,
+        owner: str,
+        lease_s: float,
+        after: str | None,
+        limit: int,
+    ) -> ClaimedPage:
+        """Claim the next rows for `owner` (see `claim_query`)."""
+        sql = claim_query(row_filter, after=after is not None)
+        _, filter_args = row_filter.where(0)
+        args: list[Any] = [limit, owner, float(lease_s)]
+        if after is not None:
+            args.append(after)
+        args += filter_args
+        records = await self._fetch("claiming rows", sql, *args)
+        rows = [_row(r) for r in records if r["media_id"] is not None]
+        first = records[0] if records else None
+        return ClaimedPage(
+            rows=rows,
+            last_seen=first["last_seen"] if first else None,
+            candidates=int(first["candidates"]) if first else 0,
+        )
+
+    async def renew(self, owner: str, media_ids: Sequence[str], lease_s: float) -> None:
+        """Extend the leases of the rows `owner` still works on."""
+        await self._execute("renewing claims", RENEW_SQL, owner, list(media_ids), float(lease_s))
+
+    async def release(self, owner: str) -> None:
+        """Drop `owner`'s claims (and claims that expired long ago)."""
+        await self._execute("releasing claims", RELEASE_SQL, owner)
 
     async def stats(self) -> list[StatsRow]:
         """Totals and archived counts per media type, in one aggregate query."""

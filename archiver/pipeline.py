@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from archiver.errors import ArchiverError, ConfigError, DatabaseError
 from archiver.models import MediaRow, RowResult
@@ -91,6 +91,9 @@ class Pipeline:
     clock: Clock = time.monotonic
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     stats: WriteStats = field(default_factory=WriteStats)
+    # Background duties for the length of the run (e.g. renewing leases); each gets an
+    # Event set when the workers are done.
+    background: Sequence[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = ()
     fatal: BaseException | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _db_dead: bool = False
@@ -116,6 +119,8 @@ class Pipeline:
             ]
             self._tasks = [producer, *workers]
             tg.create_task(self._tick(results, workers_done), name="flush-ticker")
+            for i, duty in enumerate(self.background):
+                tg.create_task(duty(workers_done), name=f"background-{i}")
             writer = tg.create_task(self._write(results), name="writer")
             try:
                 await asyncio.gather(*self._tasks, return_exceptions=True)

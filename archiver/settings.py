@@ -125,6 +125,7 @@ class UploadOptions:
     part_size: int = DEFAULT_PART_SIZE_BYTES
     memory_budget: int = DEFAULT_MEMORY_BUDGET_BYTES
     flush_interval_s: float = 1.0
+    lease_s: float = 300.0  # how long a claim on a row lasts unless renewed
 
     def __post_init__(self) -> None:
         if not 1 <= self.concurrency <= MAX_CONCURRENCY:
@@ -137,6 +138,8 @@ class UploadOptions:
             raise ConfigError("--part-size must be between 5 MiB and 5 GiB")
         if self.multipart_threshold < MIN_PART_SIZE_BYTES:
             raise ConfigError("--multipart-threshold must be at least 5 MiB")
+        if self.lease_s < 1:
+            raise ConfigError("--lease must be at least 1 second")
         if self.memory_budget < self.part_size:
             # One part must fit, or a large file could never start.
             object.__setattr__(self, "memory_budget", self.part_size)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Protocol
 
 from archiver.budget import ByteBudget
+from archiver.claims import Claims
 from archiver.content_types import SNIFF_BYTES, choose_ext, content_type_for, ext_for_mime
 from archiver.db import Database, RowFilter
 from archiver.errors import ArchiverError, StorageError
@@ -461,15 +462,25 @@ async def run_upload(
         if options.limit is not None:
             total = min(total, options.limit)
         uploader = Uploader(settings, options, store, cache_root=root, cwd=cwd or Path.cwd())
+        page_rows = min(PAGE_ROWS_MAX, max(options.batch_size, 4 * options.concurrency))
+        claims: Claims | None = None
+        if not options.dry_run and await db.ensure_claims():
+            claims = Claims(db, row_filter, lease_s=options.lease_s)
+            rows = claims.rows(limit=options.limit, page_rows=page_rows)
+        else:  # a dry run, or no right to create the claims table: page without claiming
+            rows = db.rows(row_filter, limit=options.limit, page_rows=page_rows)
+        owner = claims.owner if claims else None
 
         def collect(result: RowResult) -> None:
             summary.add(result)
             reporter.result(result)
+            if claims is not None:
+                claims.finished(result.media_id)
             if on_result is not None:
                 on_result(result)
 
         async def record(pairs: Sequence[tuple[str, str]]) -> int:
-            return await db.record(pairs, force=options.force)
+            return await db.record(pairs, force=options.force, owner=owner)
 
         pipeline = Pipeline(
             handle=uploader.handle,
@@ -478,16 +489,16 @@ async def run_upload(
             batch=BatchPolicy(options.batch_size, options.flush_interval_s),
             on_result=collect,
             stop=interrupt.stop,
+            background=[claims.keep] if claims else [],
         )
         interrupt.on_abandon(pipeline.abandon)
         reporter.start(total)
-        page_rows = min(PAGE_ROWS_MAX, max(options.batch_size, 4 * options.concurrency))
         try:
-            stats = await pipeline.run(
-                db.rows(row_filter, limit=options.limit, page_rows=page_rows)
-            )
+            stats = await pipeline.run(rows)
         finally:
             reporter.close()
+            if claims is not None:
+                await asyncio.shield(claims.release())
             summary.db_updated = pipeline.stats.db_updated
             summary.unrecorded = pipeline.stats.unrecorded
             summary.interrupted = interrupt.triggered

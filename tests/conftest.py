@@ -263,3 +263,68 @@ def proxy(s3_endpoint: str) -> Iterator[object]:
 def penv(env: Env, proxy: object) -> Env:
     """`env`, with archiver talking to S3 through `proxy`."""
     return Env(env.database_url, proxy.url, env.bucket, env.workdir, env.cache_root)  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(pg_server: LocalPostgres | None) -> Iterator[int]:
+    """Debian's pgbouncer in pool_mode = transaction in front of the test cluster; its port.
+    Installed by .ci/run; outside CI a machine without it skips these tests, visibly."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    from archiver.localpg import _run_as, free_port
+
+    binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+    if pg_server is None:
+        pytest.skip("pgbouncer tests need the suite's own PostgreSQL cluster")
+    if not os.path.exists(binary):
+        if os.environ.get("CI"):
+            pytest.fail("pgbouncer is not installed (.ci/run installs Debian's pgbouncer)")
+        pytest.skip("pgbouncer is not installed (apt-get install pgbouncer)")
+    user = _run_as()
+    folder = Path(tempfile.mkdtemp(prefix="archiver-pgbouncer-"))
+    port = free_port()
+    (folder / "users.txt").write_text('"postgres" ""\n')
+    (folder / "pgbouncer.ini").write_text(f"""
+[databases]
+* = host=127.0.0.1 port={pg_server.port}
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {port}
+unix_socket_dir =
+auth_type = trust
+auth_file = {folder}/users.txt
+pool_mode = transaction
+max_client_conn = 500
+default_pool_size = 10
+logfile = {folder}/pgbouncer.log
+pidfile = {folder}/pgbouncer.pid
+""")
+    if user is not None:
+        for path in [folder, *folder.iterdir()]:
+            os.chown(path, user.pw_uid, user.pw_gid)
+    proc = subprocess.Popen(
+        [binary, str(folder / "pgbouncer.ini")],
+        user=user.pw_uid if user else None,
+        group=user.pw_gid if user else None,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        import socket
+        import time
+
+        deadline = time.monotonic() + 10
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, "pgbouncer did not start"
+            time.sleep(0.05)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(folder, ignore_errors=True)

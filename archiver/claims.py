@@ -1,0 +1,93 @@
+"""Claims: several `archiver upload` processes share one backlog through PostgreSQL.
+
+Each process claims the rows it pages (leases committed before any upload), renews the
+leases of the rows it still works on, and releases each claim in the statement that
+records its row. The rows of a process that died are taken by others once its leases
+expire. No session state is used, so this works through transaction-mode poolers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from archiver.db import Database, RowFilter
+from archiver.errors import DatabaseError
+from archiver.models import MediaRow
+from archiver.policies import RetryPolicy
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LEASE_S = 300.0
+RENEWALS_PER_LEASE = 3  # renew a third of the way through, so two renewals may fail
+
+
+def new_owner() -> str:
+    """An owner name that says where a claim comes from: host, pid and a random part."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class Claims:
+    db: Database
+    row_filter: RowFilter
+    lease_s: float = DEFAULT_LEASE_S
+    owner: str = field(default_factory=new_owner)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    held: set[str] = field(default_factory=set)
+
+    async def rows(self, *, limit: int | None, page_rows: int) -> AsyncIterator[MediaRow]:
+        """Claim and yield rows in media_id order, at most `limit`."""
+        remaining = limit
+        after: str | None = None
+        while remaining is None or remaining > 0:
+            size = page_rows if remaining is None else min(page_rows, remaining)
+            claim = functools.partial(
+                self.db.claim_page,
+                self.row_filter,
+                owner=self.owner,
+                lease_s=self.lease_s,
+                after=after,
+                limit=size,
+            )
+            page = await self.db.retrying(self.retry, claim)
+            for row in page.rows:
+                self.held.add(row.media_id)
+                yield row
+            if remaining is not None:
+                remaining -= len(page.rows)
+            if page.candidates < size or page.last_seen is None:
+                return
+            after = page.last_seen
+
+    def finished(self, media_id: str) -> None:
+        """The row's outcome is known: its lease need not be renewed any more."""
+        self.held.discard(media_id)
+
+    async def keep(self, done: asyncio.Event) -> None:
+        """Renew the leases of the rows still held until `done` is set."""
+        interval = self.lease_s / RENEWALS_PER_LEASE
+        while not done.is_set():
+            try:
+                await asyncio.wait_for(done.wait(), timeout=interval)
+                return
+            except TimeoutError:
+                pass
+            if self.held:
+                try:
+                    await self.db.renew(self.owner, sorted(self.held), self.lease_s)
+                except DatabaseError as exc:
+                    log.warning("could not renew claims (will try again): %s", exc)
+
+    async def release(self) -> None:
+        """Drop every claim of this process (rows that failed become free for others)."""
+        try:
+            await self.db.release(self.owner)
+        except DatabaseError as exc:
+            log.warning("could not release claims (they expire by themselves): %s", exc)
