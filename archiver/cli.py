@@ -335,6 +335,100 @@ def verify(**params: Any) -> int:
     return report.exit_code
 
 
+def _counter(desc: str, no_progress: bool) -> Any:
+    from archiver.progress import Counter
+
+    mode = "off" if no_progress else ("bar" if sys.stderr.isatty() else "log")
+    return Counter(mode=mode, desc=desc)
+
+
+@cli.command("prune-local")
+@config_options
+@click.option(
+    "--older-than",
+    type=click.FloatRange(0),
+    metavar="DAYS",
+    help="Only rows whose created_at is older than DAYS.",
+)
+@click.option(
+    "--media-type",
+    "media_types",
+    type=click.Choice(MEDIA_TYPES),
+    multiple=True,
+    help="Only rows of this media type (repeatable).",
+)
+@click.option("--limit", type=click.IntRange(0), help="Check at most N archived rows.")
+@click.option("--dry-run", is_flag=True, help="Delete nothing; list what would go.")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, MAX_CONCURRENCY),
+    default=DEFAULT_CONCURRENCY,
+    show_default=True,
+    help="Checks in flight at once.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@click.option("--no-progress", is_flag=True, help="No progress bar or progress lines.")
+def prune_local(**params: Any) -> int:
+    """Delete local files whose archived object was checked present and intact."""
+    from archiver.prune import PruneOptions, format_prune, run_prune
+
+    settings = build_settings(params)
+    options = PruneOptions(
+        older_than_days=params["older_than"],
+        media_types=tuple(params["media_types"]),
+        limit=params["limit"],
+        dry_run=params["dry_run"],
+        concurrency=params["concurrency"],
+    )
+    progress = _counter("prune-local", params["no_progress"])
+    report = run_async(
+        lambda interrupt: run_prune(settings, options, progress, stop=interrupt.stop)
+    )
+    click.echo(json.dumps(report.as_json()) if params["as_json"] else format_prune(report))
+    return report.exit_code
+
+
+@cli.command()
+@config_options
+@click.option(
+    "--media-id",
+    "media_ids",
+    multiple=True,
+    metavar="ID",
+    help="Restore this row's file (repeatable).",
+)
+@click.option(
+    "--all-missing", is_flag=True, help="Restore every archived row whose local file is missing."
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, MAX_CONCURRENCY),
+    default=8,
+    show_default=True,
+    help="Downloads in flight at once.",
+)
+@click.option("--dry-run", is_flag=True, help="Download nothing; list what would come back.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@click.option("--no-progress", is_flag=True, help="No progress bar or progress lines.")
+def restore(**params: Any) -> int:
+    """Download archived objects back into the local cache, verified."""
+    from archiver.restore import RestoreOptions, format_restore, run_restore
+
+    settings = build_settings(params)
+    options = RestoreOptions(
+        media_ids=tuple(params["media_ids"]),
+        all_missing=params["all_missing"],
+        concurrency=params["concurrency"],
+        dry_run=params["dry_run"],
+    )
+    progress = _counter("restore", params["no_progress"])
+    report = run_async(
+        lambda interrupt: run_restore(settings, options, progress, stop=interrupt.stop)
+    )
+    click.echo(json.dumps(report.as_json()) if params["as_json"] else format_restore(report))
+    return report.exit_code
+
+
 @cli.group("db")
 def db_group() -> None:
     """Database set-up for archiver."""

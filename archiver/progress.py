@@ -182,3 +182,57 @@ def format_summary(summary: Summary, *, bucket: str) -> str:
         )
     lines.append(RULE)
     return "\n".join(lines)
+
+
+class Counter:
+    """Progress of a job other than upload (prune-local, restore): items and bytes."""
+
+    def __init__(
+        self,
+        *,
+        mode: str,
+        desc: str,
+        err: TextIO | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.mode = mode
+        self.desc = desc
+        self.err = err or sys.stderr
+        self.clock = clock
+        self.done = 0
+        self.total = 0
+        self.bytes = 0
+        self._bar: tqdm | None = None
+        self._last_log = clock()
+
+    def start(self, total: int) -> None:
+        self.total = total
+        if self.mode == "bar":
+            self._bar = tqdm(
+                total=total, unit="file", file=self.err, dynamic_ncols=True, desc=self.desc
+            )
+
+    def step(self, nbytes: int = 0) -> None:
+        self.done += 1
+        self.bytes += nbytes
+        if self._bar is not None:
+            self._bar.update(1)
+        elif self.mode == "log" and self.clock() - self._last_log >= LOG_INTERVAL_S:
+            self._last_log = self.clock()
+            print(
+                f"archiver: {self.desc}: {self.done:,}/{self.total:,} files, "
+                f"{self.bytes / 1e6:,.1f} MB",
+                file=self.err,
+                flush=True,
+            )
+
+    def line(self, text: str, stream: TextIO) -> None:
+        if self._bar is not None:
+            self._bar.write(text, file=stream)
+        else:
+            print(text, file=stream, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

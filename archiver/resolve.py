@@ -31,6 +31,7 @@ class Found:
 
     path: Path
     via: str  # which lookup found it: "local_file_path", "mime_type" or "glob"
+    through_link: bool = False  # a symlink on the way (prune never deletes through one)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +65,7 @@ def _confine(candidate: Path, root: Path, via: str) -> Found | Refused:
         return Refused(f"{candidate} resolves outside the cache root")
     if not real.is_file():
         return Refused(f"{candidate} is not a regular file")
-    return Found(real, via)
+    return Found(real, via, through_link=Path(os.path.abspath(candidate)) != real)
 
 
 def _glob_candidates(directory: Path, md5: str) -> list[Path]:

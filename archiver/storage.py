@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import base64
 import contextlib
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import aioboto3
+import aiohttp
 from aiobotocore.config import AioConfig
 from botocore.exceptions import (
     BotoCoreError,
@@ -32,6 +33,7 @@ DEFAULT_RETRY_MODE = "standard"  # retries 503 SlowDown, 500s, throttling, dropp
 DEFAULT_MAX_ATTEMPTS = 6  # first try included
 CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 60.0
+DOWNLOAD_CHUNK_BYTES = 1024 * 1024
 PREFLIGHT_ATTEMPTS = 2  # a dead endpoint at start is reported in seconds
 EXTRA_CONNECTIONS = 8  # HEADs and multipart control calls beside the uploads
 
@@ -283,6 +285,34 @@ class Storage:
         # The bucket's AbortIncompleteMultipartUpload lifecycle rule is the backstop.
         with contextlib.suppress(ClientError, BotoCoreError):
             await self._s3.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+
+    async def download(
+        self,
+        key: str,
+        sink: Callable[[bytes], Awaitable[None]],
+        *,
+        bucket: str | None = None,
+        chunk_bytes: int = DOWNLOAD_CHUNK_BYTES,
+    ) -> int:
+        """Stream an object into `sink`, a chunk at a time (memory stays bounded); the
+        number of bytes. StorageError when it is missing or the transfer fails."""
+        try:
+            response = await self._s3.get_object(Bucket=bucket or self.bucket, Key=key)
+            body = response["Body"]  # aiobotocore StreamingBody: read(amt) checks the length
+            total = 0
+            try:
+                while chunk := await body.read(chunk_bytes):
+                    total += len(chunk)
+                    await sink(chunk)
+            finally:
+                body.close()
+            return total
+        except ClientError as exc:
+            if _code(exc) in ("NoSuchKey", "404") or _status(exc) == 404:
+                raise StorageError(f"no object at {key}") from exc
+            raise translate(exc, self.bucket, f"GET {key}") from exc
+        except (BotoCoreError, OSError, aiohttp.ClientError) as exc:  # cut off mid-body
+            raise translate(exc, self.bucket, f"GET {key}") from exc
 
     # -- bucket set-up ----------------------------------------------------------------------
 

@@ -37,8 +37,9 @@ def backlog(root: Path, n: int, size: int) -> list[SampleRow]:
     rows = []
     for i in range(n):
         _, md5 = write_media(root / "images", ".jpg", size, rng)
-        rows.append(SampleRow(f"m{i:06d}", "image", md5, "image/jpeg", None,
-                              datetime(2025, 1 + i % 12, 1)))
+        rows.append(
+            SampleRow(f"m{i:06d}", "image", md5, "image/jpeg", None, datetime(2025, 1 + i % 12, 1))
+        )
     return rows
 
 
@@ -46,9 +47,17 @@ def run_processes(count: int, env: dict[str, str], cwd: Path) -> tuple[float, li
     import json
 
     started = time.monotonic()
-    procs = [subprocess.Popen(archiver_cmd("upload", "--no-progress", "--json"), env=env,
-                              cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for _ in range(count)]
+    procs = [
+        subprocess.Popen(
+            archiver_cmd("upload", "--no-progress", "--json"),
+            env=env,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(count)
+    ]
     results = []
     for proc in procs:
         out, err = proc.communicate()
@@ -74,21 +83,54 @@ def main() -> None:
             ok = archived_rows(dsn) == len(rows) == count_objects(endpoint, bucket)
             uploaded = sum(r["uploaded"] for r in results)
             each = ", ".join(f"{r['files_per_s']:.0f}" for r in results)
-            table.append({"processes": count, "wall_s": round(wall, 1),
-                          "files_per_s_total": round(len(rows) / wall, 1),
-                          "files_per_s_each": each, "uploaded": uploaded,
-                          "check": "ok" if ok and uploaded == len(rows) else "FAILED"})
+            table.append(
+                {
+                    "processes": count,
+                    "wall_s": round(wall, 1),
+                    "files_per_s_total": round(len(rows) / wall, 1),
+                    "files_per_s_each": each,
+                    "uploaded": uploaded,
+                    "check": "ok" if ok and uploaded == len(rows) else "FAILED",
+                }
+            )
             print(f"{count} process(es): {len(rows) / wall:.0f} files/s", flush=True)
-    print(f"\nMachine: {machine()}; {args.files:,} files of {args.size:,} bytes; moto in its "
-          "own process\n")
-    print(markdown_table(
-        ["processes", "wall s", "files/s (together)", "files/s (each, own timer)", "uploaded",
-         "check"],
-        [[t["processes"], t["wall_s"], t["files_per_s_total"], t["files_per_s_each"],
-          t["uploaded"], t["check"]] for t in table],
-    ))
-    write_json("scaleout.json", {"machine": machine(), "when": datetime.now().isoformat(),
-                                 "files": args.files, "size": args.size, "results": table})
+    print(
+        f"\nMachine: {machine()}; {args.files:,} files of {args.size:,} bytes; moto in its "
+        "own process\n"
+    )
+    print(
+        markdown_table(
+            [
+                "processes",
+                "wall s",
+                "files/s (together)",
+                "files/s (each, own timer)",
+                "uploaded",
+                "check",
+            ],
+            [
+                [
+                    t["processes"],
+                    t["wall_s"],
+                    t["files_per_s_total"],
+                    t["files_per_s_each"],
+                    t["uploaded"],
+                    t["check"],
+                ]
+                for t in table
+            ],
+        )
+    )
+    write_json(
+        "scaleout.json",
+        {
+            "machine": machine(),
+            "when": datetime.now().isoformat(),
+            "files": args.files,
+            "size": args.size,
+            "results": table,
+        },
+    )
 
 
 if __name__ == "__main__":

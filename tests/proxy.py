@@ -51,7 +51,12 @@ class Corrupt:
     """Flip one byte of the body and forward it."""
 
 
-Action = Respond | Drop | Corrupt | None
+@dataclass(frozen=True)
+class CorruptResponse:
+    """Forward the request, then flip the last byte of the response (its body's end)."""
+
+
+Action = Respond | Drop | Corrupt | CorruptResponse | None
 Rule = Callable[[Request], Action]
 
 REASONS = {412: "Precondition Failed", 500: "Internal Server Error", 503: "Slow Down"}
@@ -179,7 +184,9 @@ class S3Proxy:
                 body = body[:-1] + bytes([body[-1] ^ 0xFF])
             if self.delay_s:
                 await asyncio.sleep(self.delay_s)
-            await self._forward(head, body, writer)
+            if isinstance(action, CorruptResponse):
+                what = "response corrupted"
+            await self._forward(head, body, writer, corrupt=isinstance(action, CorruptResponse))
         except (ConnectionError, asyncio.IncompleteReadError):
             what = "client went away"
         finally:
@@ -187,7 +194,9 @@ class S3Proxy:
                 self.requests.append((request, what))
             writer.close()
 
-    async def _forward(self, head: bytes, body: bytes, writer: asyncio.StreamWriter) -> None:
+    async def _forward(
+        self, head: bytes, body: bytes, writer: asyncio.StreamWriter, *, corrupt: bool = False
+    ) -> None:
         host, port = urlsplit(self.upstream).hostname, urlsplit(self.upstream).port
         up_reader, up_writer = await asyncio.open_connection(host, port)
         try:
@@ -201,6 +210,8 @@ class S3Proxy:
             up_writer.write(request_head.encode("latin-1") + body)
             await up_writer.drain()
             response = await up_reader.read()  # the upstream closes after one response
+            if corrupt and response:
+                response = response[:-1] + bytes([response[-1] ^ 0xFF])
             writer.write(response)
             await writer.drain()
         finally:
