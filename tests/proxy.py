@@ -130,12 +130,12 @@ class S3Proxy:
 
     # -- one request ------------------------------------------------------------------------
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    @staticmethod
+    async def _read_head(reader: asyncio.StreamReader) -> tuple[bytes, Request] | None:
         try:
             head = await reader.readuntil(b"\r\n\r\n")
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
-            writer.close()
-            return
+            return None
         lines = head.decode("latin-1").split("\r\n")
         method, target, _ = lines[0].split(" ", 2)
         headers = {}
@@ -145,12 +145,33 @@ class S3Proxy:
                 headers[name.strip().lower()] = value.strip()
         parts = urlsplit(target)
         length = int(headers.get("content-length", "0") or 0)
-        request = Request(
-            method, parts.path, parse_qs(parts.query, keep_blank_values=True), headers, length
+        query = parse_qs(parts.query, keep_blank_values=True)
+        return head, Request(method, parts.path, query, headers, length)
+
+    @staticmethod
+    async def _respond(writer: asyncio.StreamWriter, action: Respond) -> None:
+        xml = (
+            f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{action.code}</Code>"
+            f"<Message>{action.message}</Message></Error>"
+        ).encode()
+        writer.write(
+            f"HTTP/1.1 {action.status} {REASONS.get(action.status, 'Error')}\r\n"
+            f"Content-Type: application/xml\r\nContent-Length: {len(xml)}\r\n"
+            "Connection: close\r\n\r\n".encode()
+            + xml
         )
+        await writer.drain()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        parsed = await self._read_head(reader)
+        if parsed is None:
+            writer.close()
+            return
+        head, request = parsed
+        length = request.body_length
         action = self.rule(request)
         what = "forwarded"
-        expects_continue = headers.get("expect", "").lower() == "100-continue"
+        expects_continue = request.headers.get("expect", "").lower() == "100-continue"
         try:
             if expects_continue and not isinstance(action, Respond):
                 # As S3 does: errors are answered before the body, otherwise "go on".
@@ -158,34 +179,21 @@ class S3Proxy:
                 await writer.drain()
             if isinstance(action, Drop):
                 what = "dropped"
-                if length:
-                    await reader.readexactly(max(0, length // 2))
+                await reader.readexactly(max(0, length // 2))
                 return
-            if isinstance(action, Respond) and expects_continue:
-                body = b""  # the client is waiting for our word before sending it
-            else:
-                body = await reader.readexactly(length) if length else b""
+            skip_body = isinstance(action, Respond) and expects_continue
+            body = await reader.readexactly(length) if length and not skip_body else b""
             if isinstance(action, Respond):
                 what = f"answered {action.status}"
-                xml = (
-                    f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{action.code}</Code>"
-                    f"<Message>{action.message}</Message></Error>"
-                ).encode()
-                writer.write(
-                    f"HTTP/1.1 {action.status} {REASONS.get(action.status, 'Error')}\r\n"
-                    f"Content-Type: application/xml\r\nContent-Length: {len(xml)}\r\n"
-                    "Connection: close\r\n\r\n".encode()
-                    + xml
-                )
-                await writer.drain()
+                await self._respond(writer, action)
                 return
             if isinstance(action, Corrupt) and body:
                 what = "corrupted"
                 body = body[:-1] + bytes([body[-1] ^ 0xFF])
-            if self.delay_s:
-                await asyncio.sleep(self.delay_s)
             if isinstance(action, CorruptResponse):
                 what = "response corrupted"
+            if self.delay_s:
+                await asyncio.sleep(self.delay_s)
             await self._forward(head, body, writer, corrupt=isinstance(action, CorruptResponse))
         except (ConnectionError, asyncio.IncompleteReadError):
             what = "client went away"
