@@ -33,6 +33,22 @@ def new_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
+def dead_here(owner: str) -> bool:
+    """Whether `owner` was a process on this host that no longer runs. Errs towards "alive":
+    a reused pid only makes us wait for the lease, as for a process on another machine."""
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # it exists, under another user
+    return False
+
+
 @dataclass
 class Claims:
     db: Database
@@ -42,8 +58,18 @@ class Claims:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     held: set[str] = field(default_factory=set)
 
+    async def take_over_the_dead(self) -> int:
+        """Expire the claims of processes on this host that died (a crash, kill -9), so that
+        a re-run finishes their rows at once; how many owners that was."""
+        dead = [o for o in await self.db.live_owners() if o != self.owner and dead_here(o)]
+        for owner in dead:
+            log.info("taking over the claims of %s, which is no longer running", owner)
+            await self.db.expire(owner)
+        return len(dead)
+
     async def rows(self, *, limit: int | None, page_rows: int) -> AsyncIterator[MediaRow]:
         """Claim and yield rows in media_id order, at most `limit`."""
+        await self.take_over_the_dead()
         remaining = limit
         after: str | None = None
         while remaining is None or remaining > 0:

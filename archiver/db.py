@@ -400,6 +400,22 @@ class Database:
             candidates=int(first["candidates"]) if first else 0,
         )
 
+    async def live_owners(self) -> list[str]:
+        """Owners holding claims that have not expired."""
+        rows = await self._fetch(
+            "reading claims",
+            "SELECT DISTINCT owner FROM archiver_claims WHERE expires_at > now()",
+        )
+        return [r["owner"] for r in rows]
+
+    async def expire(self, owner: str) -> None:
+        """End `owner`'s leases now (its process is known to be dead)."""
+        await self._execute(
+            "expiring claims",
+            "UPDATE archiver_claims SET expires_at = now() - interval '1 second' WHERE owner = $1",
+            owner,
+        )
+
     async def renew(self, owner: str, media_ids: Sequence[str], lease_s: float) -> None:
         """Extend the leases of the rows `owner` still works on."""
         await self._execute("renewing claims", RENEW_SQL, owner, list(media_ids), float(lease_s))

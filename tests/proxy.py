@@ -194,7 +194,11 @@ class S3Proxy:
                 what = "response corrupted"
             if self.delay_s:
                 await asyncio.sleep(self.delay_s)
-            await self._forward(head, body, writer, corrupt=isinstance(action, CorruptResponse))
+            status = await self._forward(
+                head, body, writer, corrupt=isinstance(action, CorruptResponse)
+            )
+            if what == "forwarded":
+                what = f"forwarded {status}"
         except (ConnectionError, asyncio.IncompleteReadError):
             what = "client went away"
         finally:
@@ -222,5 +226,6 @@ class S3Proxy:
                 response = response[:-1] + bytes([response[-1] ^ 0xFF])
             writer.write(response)
             await writer.drain()
+            return int(response.split(b" ", 2)[1]) if response.startswith(b"HTTP/") else 0
         finally:
             up_writer.close()

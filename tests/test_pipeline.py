@@ -219,3 +219,20 @@ async def test_byte_budget_bounds_what_is_held_at_once() -> None:
 
     await asyncio.gather(*(use(n) for n in [30, 60, 90, 10, 500, 40] * 5))
     assert budget.peak <= 100 and budget.used == 0
+
+
+def test_dead_here() -> None:
+    import os
+    import socket
+    import subprocess
+
+    from archiver.claims import dead_here, new_owner
+
+    host = socket.gethostname()
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    assert dead_here(f"{host}:{finished.pid}:abcd")  # ran here, gone
+    assert not dead_here(new_owner())  # this very process
+    assert not dead_here(f"{host}:{os.getppid()}:abcd")
+    assert not dead_here(f"other-host-{host}:{finished.pid}:abcd")  # elsewhere: the lease decides
+    assert not dead_here("garbage")
