@@ -247,6 +247,10 @@ def upload(**params: Any) -> int:
     )
     retry_mode = os.environ.get("AWS_RETRY_MODE") or None
     max_attempts = _env_int("AWS_MAX_ATTEMPTS")
+    # Every object already carries Content-MD5 and its ETag is checked, so botocore's extra
+    # CRC32 on each PUT (its default since 1.36) is CPU spent for nothing, and a header
+    # some S3-compatible servers reject; AWS_REQUEST_CHECKSUM_CALCULATION still decides.
+    checksums = None if os.environ.get("AWS_REQUEST_CHECKSUM_CALCULATION") else "when_required"
     summary = run_async(
         lambda interrupt: run_upload(
             settings,
@@ -255,6 +259,7 @@ def upload(**params: Any) -> int:
             interrupt=interrupt,
             retry_mode=retry_mode,
             max_attempts=max_attempts,
+            checksums=checksums,
         )
     )
     if as_json:

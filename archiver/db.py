@@ -220,6 +220,14 @@ _DB_ERRORS: tuple[type[BaseException], ...] = (
 _CONNECT_ERRORS: tuple[type[BaseException], ...] = (*_DB_ERRORS, ValueError)
 
 
+async def _keep_session(_connection: asyncpg.Connection) -> None:
+    """No reset query on release. By default asyncpg's pool sends `SELECT
+    pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;` each time a connection goes
+    back to the pool: a second round trip per statement. archiver keeps no session state
+    (the design that makes it work through transaction-mode poolers), so there is nothing
+    to reset; an open transaction would still be rolled back by asyncpg itself."""
+
+
 @dataclass(frozen=True)
 class StatsRow:
     media_type: str
@@ -245,6 +253,7 @@ class Database:
                 timeout=CONNECT_TIMEOUT_S,
                 command_timeout=COMMAND_TIMEOUT_S,
                 server_settings={"application_name": "archiver"},
+                reset=_keep_session,
             )
         except _CONNECT_ERRORS as exc:
             detail = str(exc).replace(dsn, redact_dsn(dsn)) or exc.__class__.__name__

@@ -123,8 +123,11 @@ class Storage:
         max_connections: int,
         retry_mode: str | None = None,
         max_attempts: int | None = None,
+        checksums: str | None = None,
     ) -> AsyncIterator[Storage]:
-        """A Storage whose client pools `max_connections` connections, closed on exit."""
+        """A Storage whose client pools `max_connections` connections, closed on exit.
+        `checksums` sets botocore's request_checksum_calculation (None: botocore decides,
+        from AWS_REQUEST_CHECKSUM_CALCULATION or its default)."""
         try:
             session = aioboto3.Session(profile_name=settings.profile, region_name=settings.region)
         except ProfileNotFound as exc:
@@ -138,6 +141,8 @@ class Storage:
                 "max_attempts": max_attempts or DEFAULT_MAX_ATTEMPTS,
             },
         )
+        if checksums:
+            config = config.merge(AioConfig(request_checksum_calculation=checksums))
         quick = config.merge(
             AioConfig(retries={"mode": "standard", "max_attempts": PREFLIGHT_ATTEMPTS})
         )

@@ -42,7 +42,7 @@ INTEGRITY_ATTEMPTS = 3  # sends of one body whose stored ETag came back wrong
 DEADLINE_BASE_S = 120.0
 DEADLINE_SLOWEST_BYTES_PER_S = 256 * 1024
 DONE_KEYS_REMEMBERED = 100_000  # keys stored this run, to skip later rows sharing them
-PAGE_ROWS_MAX = 1000
+PAGE_ROWS = 500  # rows read (and claimed) per statement
 
 
 class ObjectStore(Protocol):
@@ -432,6 +432,7 @@ async def run_upload(
     cwd: Path | None = None,
     retry_mode: str | None = None,
     max_attempts: int | None = None,
+    checksums: str | None = None,
     on_result: Callable[[RowResult], None] | None = None,
 ) -> Summary:
     """Archive the selected rows; the summary of what happened."""
@@ -443,7 +444,6 @@ async def run_upload(
     async with AsyncExitStack() as stack:
         db = await Database.connect(dsn)
         stack.push_async_callback(db.close)
-        await db.check_schema()
         store: Storage | None = None
         if not options.dry_run:
             store = await stack.enter_async_context(
@@ -452,6 +452,7 @@ async def run_upload(
                     max_connections=options.concurrency,
                     retry_mode=retry_mode,
                     max_attempts=max_attempts,
+                    checksums=checksums,
                 )
             )
             await store.check_bucket()
@@ -462,7 +463,7 @@ async def run_upload(
         if options.limit is not None:
             total = min(total, options.limit)
         uploader = Uploader(settings, options, store, cache_root=root, cwd=cwd or Path.cwd())
-        page_rows = min(PAGE_ROWS_MAX, max(options.batch_size, 4 * options.concurrency))
+        page_rows = PAGE_ROWS
         claims: Claims | None = None
         if not options.dry_run and await db.ensure_claims():
             claims = Claims(db, row_filter, lease_s=options.lease_s)

@@ -1,0 +1,379 @@
+"""Throughput side by side: archiver, the original sequential design, s5cmd and the AWS CLI.
+
+Scenarios: 2,000 x 100 KB with 0 ms and with 20 ms one-way delay on S3 and PostgreSQL
+(benchmarks/latency_proxy.py), and 500 files of a realistic size mix with 0 ms. Every run
+gets a fresh database and bucket, and is checked afterwards (objects present, rows
+recorded). Then a concurrency sweep of archiver in the 20 ms scenario, drawn as a PNG.
+Run: `uv run --group bench python -m benchmarks.throughput [--quick]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from archiver.localpg import free_port
+from archiver.sample import SampleRow, make_sample_set, write_media
+from benchmarks.common import (
+    AWS_ENV,
+    archived_rows,
+    archiver_cmd,
+    archiver_env,
+    count_objects,
+    machine,
+    markdown_table,
+    measure,
+    moto_process,
+    new_bucket,
+    new_database,
+    postgres,
+    scratch,
+    wait_port,
+    write_json,
+)
+
+HERE = Path(__file__).resolve().parent
+SWEEP = (1, 4, 16, 64, 256)
+
+
+@contextmanager
+def delayed(host: str, port: int, delay_ms: float) -> Iterator[tuple[str, int]]:
+    """(host, port) reaching host:port through a latency proxy, or directly at 0 ms."""
+    if not delay_ms:
+        yield host, port
+        return
+    listen = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.latency_proxy",
+            "--listen",
+            str(listen),
+            "--upstream",
+            f"{host}:{port}",
+            "--delay-ms",
+            str(delay_ms),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_port(listen)
+        yield "127.0.0.1", listen
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@dataclass
+class Dataset:
+    workdir: Path
+    root: Path
+    rows: list[SampleRow]
+    files: int
+    bytes: int
+
+
+def small_files(workdir: Path, n: int) -> Dataset:
+    rng = random.Random(11)
+    root = workdir / "cache" / "media"
+    rows = []
+    for i in range(n):
+        _, md5 = write_media(root / "images", ".jpg", rng.randint(98_000, 102_000), rng)
+        rows.append(
+            SampleRow(
+                f"m{i:06d}",
+                "image",
+                md5,
+                "image/jpeg",
+                None,
+                datetime(2025, 1 + i % 12, 1 + i % 28),
+            )
+        )
+    total = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+    return Dataset(workdir, root, rows, n, total)
+
+
+def realistic_mix(workdir: Path, n: int) -> Dataset:
+    root = workdir / "cache" / "media"
+    sample = make_sample_set(workdir, root, n, awkward=False, small=False)
+    return Dataset(workdir, root, sample.rows, n, sample.total_bytes)
+
+
+def xact_commits(admin_dsn: str, dsn: str) -> int:
+    async def read() -> int:
+        conn = await asyncpg.connect(admin_dsn)
+        try:
+            await asyncio.sleep(0.3)  # backends flush their statistics as they exit
+            return int(
+                await conn.fetchval(
+                    "SELECT xact_commit FROM pg_stat_database WHERE datname = $1",
+                    dsn.rsplit("/", 1)[1],
+                )
+            )
+        finally:
+            await conn.close()
+
+    return asyncio.run(read())
+
+
+@dataclass
+class Services:
+    admin_dsn: str
+    pg_port: int
+    s3_url: str
+    delay_ms: float
+
+
+def run_tool(
+    tool: str,
+    data: Dataset,
+    svc: Services,
+    *,
+    concurrency: int | None = None,
+    limit: int | None = None,
+) -> dict[str, Any]:
+    """One measured run of one tool on a fresh database and bucket."""
+    rows = data.rows[:limit] if limit else data.rows
+    dsn = new_database(svc.admin_dsn, rows)
+    bucket = new_bucket(svc.s3_url)
+    s3_host, s3_port = svc.s3_url.removeprefix("http://").split(":")
+    before = xact_commits(svc.admin_dsn, dsn)
+    with (
+        delayed(s3_host, int(s3_port), svc.delay_ms) as (sh, sp),
+        delayed("127.0.0.1", svc.pg_port, svc.delay_ms) as (ph, pp),
+    ):
+        endpoint = f"http://{sh}:{sp}"
+        dsn_via = dsn.replace(f"127.0.0.1:{svc.pg_port}", f"{ph}:{pp}")
+        env = archiver_env(dsn_via, endpoint, bucket, data.root)
+        if tool == "archiver":
+            args = ["upload", "--no-progress", "--json"]
+            if concurrency:
+                args += ["--concurrency", str(concurrency)]
+            cmd = archiver_cmd(*args)
+        elif tool == "baseline":
+            cmd = [
+                sys.executable,
+                "-m",
+                "benchmarks.baseline",
+                "--database-url",
+                dsn_via,
+                "--bucket",
+                bucket,
+                "--cache-root",
+                str(data.root),
+                "--endpoint-url",
+                endpoint,
+            ]
+        elif tool == "s5cmd":
+            cmd = [
+                shutil.which("s5cmd") or "s5cmd",
+                "--endpoint-url",
+                endpoint,
+                "cp",
+                f"{data.root}/*",
+                f"s3://{bucket}/raw/",
+            ]
+        else:  # aws
+            cmd = [
+                "aws",
+                "s3",
+                "cp",
+                str(data.root),
+                f"s3://{bucket}/raw/",
+                "--recursive",
+                "--endpoint-url",
+                endpoint,
+                "--only-show-errors",
+            ]
+        env = {**env, **AWS_ENV, "PYTHONPATH": str(HERE.parent)}
+        run = measure(cmd, env=env, cwd=data.workdir)
+    if run.returncode != 0:
+        raise SystemExit(f"{tool} exited {run.returncode}: {run.stderr[-2000:]}")
+    files = len(rows)
+    objects = count_objects(svc.s3_url, bucket)
+    database = tool in ("archiver", "baseline")
+    recorded = archived_rows(dsn) if database else None
+    ok = objects == files and (recorded == files if database else True)
+    round_trips = xact_commits(svc.admin_dsn, dsn) - before if database else None
+    mb = data.bytes * files / data.files / 1e6
+    return {
+        "tool": tool if not concurrency else f"{tool} -c {concurrency}",
+        "files": files,
+        "mb": round(mb, 1),
+        "wall_s": round(run.wall_s, 2),
+        "files_per_s": round(files / run.wall_s, 1),
+        "mb_per_s": round(mb / run.wall_s, 1),
+        "cpu_ms_per_file": round(1000 * run.cpu_s / files, 2),
+        "peak_rss_mb": round(run.peak_rss_mb, 1),
+        "db_round_trips_per_1000": round(1000 * round_trips / files, 1) if database else None,
+        "check": "ok" if ok else f"FAILED ({objects} objects, {recorded} rows)",
+    }
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    headers = [
+        "tool",
+        "files",
+        "MB",
+        "wall s",
+        "files/s",
+        "MB/s",
+        "client CPU ms/file",
+        "peak RSS MB",
+        "DB round trips /1,000 files",
+        "check",
+    ]
+    keys = [
+        "tool",
+        "files",
+        "mb",
+        "wall_s",
+        "files_per_s",
+        "mb_per_s",
+        "cpu_ms_per_file",
+        "peak_rss_mb",
+        "db_round_trips_per_1000",
+        "check",
+    ]
+    return markdown_table(
+        headers, [[("-" if r[k] is None else r[k]) for k in keys] for r in results]
+    )
+
+
+def plot(sweep: list[dict[str, Any]], references: dict[str, float], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    xs = [int(r["tool"].rsplit(" ", 1)[1]) for r in sweep]
+    ax.plot(xs, [r["files_per_s"] for r in sweep], "o-", label="archiver (files/s)")
+    for (name, value), style in zip(references.items(), ("--", ":", "-."), strict=False):
+        ax.axhline(value, linestyle=style, color="grey", label=f"{name}: {value:.0f}")
+        ax.annotate(
+            name,
+            (xs[0], value),
+            textcoords="offset points",
+            xytext=(4, 4),
+            fontsize=8,
+            color="dimgrey",
+        )
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(xs, [str(x) for x in xs])
+    ax.set_xlabel("--concurrency")
+    ax.set_ylabel("files/s")
+    ax.set_title("2,000 x 100 KB, 20 ms one-way delay on S3 and PostgreSQL")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sets (a smoke run)")
+    args = parser.parse_args()
+    n_small, n_mix, baseline_slow = (300, 60, 60) if args.quick else (2000, 500, 300)
+    have_aws = shutil.which("aws") is not None
+    peers = ["s5cmd", *(["aws"] if have_aws else [])]
+    report: dict[str, Any] = {"machine": machine(), "when": datetime.now().isoformat()}
+    started = time.monotonic()
+    with scratch("archiver-bench-tp-") as work, postgres() as pg:
+        small = small_files(work / "small", n_small)
+        mix = realistic_mix(work / "mix", n_mix)
+        scenarios = [
+            (f"{n_small:,} x 100 KB, 0 ms", small, 0.0, None),
+            (
+                f"{n_small:,} x 100 KB, 20 ms one-way on S3 and PostgreSQL",
+                small,
+                20.0,
+                baseline_slow,
+            ),
+            (f"{n_mix:,} files, realistic mix, 0 ms", mix, 0.0, None),
+        ]
+        for title, data, delay, baseline_limit in scenarios:
+            with moto_process() as s3_url:  # a fresh server per scenario frees its memory
+                svc = Services(pg.dsn, pg.port, s3_url, delay)
+                results = [run_tool("archiver", data, svc)]
+                results.append(run_tool("baseline", data, svc, limit=baseline_limit))
+                results += [run_tool(p, data, svc) for p in peers]
+                if delay:
+                    report["sweep"] = [
+                        run_tool(
+                            "archiver",
+                            data,
+                            svc,
+                            concurrency=c,
+                            limit=min(data.files, max(200, 100 * c)),
+                        )
+                        for c in SWEEP
+                    ]
+            report[title] = results
+            print(f"\n### {title}\n", flush=True)
+            print(table(results), flush=True)
+            if delay and baseline_limit:
+                print(f"\n(baseline: the first {baseline_limit} rows; files/s is its rate)")
+    print("\n### Concurrency sweep (20 ms)\n")
+    print(table(report["sweep"]))
+    titles = [s[0] for s in scenarios]
+    by = {t: {r["tool"]: r for r in report[t]} for t in titles}
+    lat, zero, mixed = (by[t] for t in titles)
+    references = {"baseline": lat["baseline"]["files_per_s"], "s5cmd": lat["s5cmd"]["files_per_s"]}
+    if "aws" in lat:
+        references["aws cli"] = lat["aws"]["files_per_s"]
+    png = HERE / "throughput-sweep.png"
+    plot(report["sweep"], references, png)
+    a = lat["archiver"]["files_per_s"]
+    best_zero = max(r["files_per_s"] for r in zero.values())
+    cpu = zero["archiver"]["cpu_ms_per_file"]
+    trips = max(s["archiver"]["db_round_trips_per_1000"] for s in (lat, zero, mixed))
+    targets = [
+        (
+            "20 ms: archiver >= 30x the baseline's files/s",
+            f"{a / lat['baseline']['files_per_s']:.1f}x",
+            a >= 30 * lat["baseline"]["files_per_s"],
+        ),
+        (
+            "20 ms: archiver >= s5cmd's files/s",
+            f"{a / lat['s5cmd']['files_per_s']:.2f}x",
+            a >= lat["s5cmd"]["files_per_s"],
+        ),
+        (
+            "0 ms: archiver >= 90% of the best tool's files/s",
+            f"{100 * zero['archiver']['files_per_s'] / best_zero:.0f}%",
+            zero["archiver"]["files_per_s"] >= 0.9 * best_zero,
+        ),
+        ("client CPU per small file <= 1.5 ms", f"{cpu:.2f} ms", cpu <= 1.5),
+        ("DB round trips <= 25 per 1,000 files", f"{trips:.1f}", trips <= 25),
+    ]
+    report["targets"] = [{"target": t, "measured": m, "met": ok} for t, m, ok in targets]
+    print("\n### Targets\n")
+    print(
+        markdown_table(
+            ["target", "measured", "met"], [[t, m, "yes" if ok else "NO"] for t, m, ok in targets]
+        )
+    )
+    print(f"\nMachine: {machine()}. Plot: {png}. Whole run: {time.monotonic() - started:.0f} s.")
+    write_json("throughput.json", report)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()
