@@ -45,6 +45,11 @@ class SetupReport:
     settings: dict[str, str] = field(default_factory=dict)
 
     @property
+    def exit_code(self) -> int:
+        """0 when the bucket exists (or was made), 1 when --check-only found none."""
+        return 0 if self.exists else 1
+
+    @property
     def changed(self) -> bool:
         return self.created or any(v.startswith(CHANGED) for v in self.settings.values())
 

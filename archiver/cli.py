@@ -155,6 +155,12 @@ def cli(ctx: click.Context, env_file: str | None) -> None:
     ctx.meta["archiver.env_file"] = env_file
 
 
+def finish(report: Any, as_json: bool, text: Callable[[Any], str]) -> int:
+    """Print a job's report, as one JSON object or as text; its exit code."""
+    click.echo(json.dumps(report.as_json()) if as_json else text(report))
+    return int(report.exit_code)
+
+
 def _mib(_ctx: click.Context, _param: click.Parameter, value: float | None) -> int | None:
     return None if value is None else int(value * MIB)
 
@@ -307,8 +313,7 @@ def setup_bucket(**params: Any) -> int:
             return await setup_bucket(store, settings, options)
 
     report = run_async(job)
-    click.echo(json.dumps(report.as_json()) if params["as_json"] else format_setup(report))
-    return 0 if report.exists else 1
+    return finish(report, params["as_json"], format_setup)
 
 
 @cli.command()
@@ -336,8 +341,7 @@ def verify(**params: Any) -> int:
         concurrency=params["concurrency"],
     )
     report = run_async(lambda interrupt: run_verify(settings, options, stop=interrupt.stop))
-    click.echo(json.dumps(report.as_json()) if params["as_json"] else format_report(report))
-    return report.exit_code
+    return finish(report, params["as_json"], format_report)
 
 
 def _counter(desc: str, no_progress: bool) -> Any:
@@ -389,8 +393,7 @@ def prune_local(**params: Any) -> int:
     report = run_async(
         lambda interrupt: run_prune(settings, options, progress, stop=interrupt.stop)
     )
-    click.echo(json.dumps(report.as_json()) if params["as_json"] else format_prune(report))
-    return report.exit_code
+    return finish(report, params["as_json"], format_prune)
 
 
 @cli.command()
@@ -430,8 +433,7 @@ def restore(**params: Any) -> int:
     report = run_async(
         lambda interrupt: run_restore(settings, options, progress, stop=interrupt.stop)
     )
-    click.echo(json.dumps(report.as_json()) if params["as_json"] else format_restore(report))
-    return report.exit_code
+    return finish(report, params["as_json"], format_restore)
 
 
 @cli.group("db")

@@ -76,6 +76,7 @@ class Summary:
     dry_run: bool = False
     counts: Counter[Outcome] = field(default_factory=Counter)
     db_updated: int = 0
+    db_writes: int = 0  # grouped UPDATE statements (write-back round trips)
     unrecorded: int = 0  # confirmed uploads the database did not take
     bytes_uploaded: int = 0
     elapsed_s: float = 0.0
@@ -117,6 +118,7 @@ class Summary:
             data[outcome.value] = self.counts[outcome]
         data.update(
             db_updated=self.db_updated,
+            db_writes=self.db_writes,
             bytes_uploaded=self.bytes_uploaded,
             elapsed_s=round(self.elapsed_s, 3),
             files_per_s=round(self.files_per_s, 2),

@@ -69,6 +69,7 @@ class WriteStats:
     """What the writer did."""
 
     db_updated: int = 0
+    statements: int = 0  # grouped UPDATEs that succeeded (database round trips of write-back)
     recorded: int = 0  # rows handed to a successful UPDATE
     unrecorded: int = 0  # confirmed uploads never recorded (database gave up)
 
@@ -201,6 +202,7 @@ class Pipeline:
             try:
                 self.stats.db_updated += await self._record_with_retry(chunk)
                 self.stats.recorded += len(chunk)
+                self.stats.statements += 1
             except DatabaseError as exc:
                 self.stats.unrecorded += len(chunk)
                 self._db_dead = True

@@ -74,6 +74,11 @@ class Reporter:
         self._last_log = self._started
         self._last_postfix = 0.0
 
+    @property
+    def wants_total(self) -> bool:
+        """Whether `start` needs a real total (a bar or log lines show it)."""
+        return self.mode != "off"
+
     def start(self, total: int) -> None:
         self.total = total
         self._started = self._last_log = self.clock()

@@ -10,19 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import os
-from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from archiver.db import Database, RowFilter
+from archiver.db import RowFilter
 from archiver.errors import ArchiverError
 from archiver.keys import normalize_md5, split_archive_url
 from archiver.models import MediaRow
 from archiver.pipeline import for_each
 from archiver.progress import Counter
 from archiver.resolve import Found, NotFound, resolve_cache_root, resolve_file
+from archiver.services import connected
 from archiver.settings import Settings
 from archiver.storage import ObjectInfo, Storage
 from archiver.verify import compare
@@ -95,13 +95,8 @@ async def run_prune(
     if options.older_than_days is not None:
         cutoff = datetime.now(UTC).replace(tzinfo=None) - timedelta(days=options.older_than_days)
     row_filter = RowFilter(archived=True, media_types=options.media_types, created_before=cutoff)
-    async with AsyncExitStack() as stack:
-        db = await Database.connect(settings.require_database())
-        stack.push_async_callback(db.close)
-        store = await stack.enter_async_context(
-            Storage.open(settings, max_connections=options.concurrency)
-        )
-        await store.check_bucket()
+    async with connected(settings, concurrency=options.concurrency) as (db, store):
+        assert store is not None
         total = await db.count_rows(row_filter)
         progress.start(total if options.limit is None else min(total, options.limit))
 

@@ -13,18 +13,18 @@ import asyncio
 import hashlib
 import os
 import uuid
-from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from archiver.db import Database, RowFilter
+from archiver.db import RowFilter
 from archiver.errors import ArchiverError, ConfigError
 from archiver.keys import normalize_md5, split_archive_url
 from archiver.models import MediaRow
 from archiver.pipeline import for_each
 from archiver.progress import Counter
 from archiver.resolve import Found, NotFound, media_dir, resolve_cache_root, resolve_file
+from archiver.services import connected
 from archiver.settings import Settings
 from archiver.storage import Storage
 
@@ -111,13 +111,8 @@ async def run_restore(
     row_filter = RowFilter(
         archived=None if options.media_ids else True, media_ids=options.media_ids
     )
-    async with AsyncExitStack() as stack:
-        db = await Database.connect(settings.require_database())
-        stack.push_async_callback(db.close)
-        store = await stack.enter_async_context(
-            Storage.open(settings, max_connections=options.concurrency)
-        )
-        await store.check_bucket()
+    async with connected(settings, concurrency=options.concurrency) as (db, store):
+        assert store is not None
         progress.start(len(options.media_ids) or await db.count_rows(row_filter))
         seen: set[str] = set()
 

@@ -42,7 +42,8 @@ INTEGRITY_ATTEMPTS = 3  # sends of one body whose stored ETag came back wrong
 DEADLINE_BASE_S = 120.0
 DEADLINE_SLOWEST_BYTES_PER_S = 256 * 1024
 DONE_KEYS_REMEMBERED = 100_000  # keys stored this run, to skip later rows sharing them
-PAGE_ROWS = 500  # rows read (and claimed) per statement
+PAGE_ROWS = 1000  # rows read per statement
+CLAIM_ROWS_MIN = 100  # rows claimed per statement, at least
 
 
 class ObjectStore(Protocol):
@@ -416,6 +417,9 @@ class Uploader:
 class Reporter(Protocol):
     """Where progress goes (see progress.py)."""
 
+    @property
+    def wants_total(self) -> bool: ...
+
     def start(self, total: int) -> None: ...
 
     def result(self, result: RowResult) -> None: ...
@@ -459,17 +463,19 @@ async def run_upload(
         row_filter = RowFilter(
             archived=None if options.force else False, media_types=options.media_types
         )
-        total = await db.count_rows(row_filter)
+        # The total only feeds a progress display: no display, no count(*) round trip.
+        total = await db.count_rows(row_filter) if reporter.wants_total else 0
         if options.limit is not None:
             total = min(total, options.limit)
         uploader = Uploader(settings, options, store, cache_root=root, cwd=cwd or Path.cwd())
-        page_rows = PAGE_ROWS
+        # Claims run only a little ahead of the work, so that processes share the backlog.
+        claim_rows = min(PAGE_ROWS, max(CLAIM_ROWS_MIN, 4 * options.concurrency))
         claims: Claims | None = None
         if not options.dry_run and await db.ensure_claims():
             claims = Claims(db, row_filter, lease_s=options.lease_s)
-            rows = claims.rows(limit=options.limit, page_rows=page_rows)
+            rows = claims.rows(limit=options.limit, page_rows=claim_rows)
         else:  # a dry run, or no right to create the claims table: page without claiming
-            rows = db.rows(row_filter, limit=options.limit, page_rows=page_rows)
+            rows = db.rows(row_filter, limit=options.limit, page_rows=PAGE_ROWS)
         owner = claims.owner if claims else None
 
         def collect(result: RowResult) -> None:
@@ -501,6 +507,7 @@ async def run_upload(
             if claims is not None:
                 await asyncio.shield(claims.release())
             summary.db_updated = pipeline.stats.db_updated
+            summary.db_writes = pipeline.stats.statements
             summary.unrecorded = pipeline.stats.unrecorded
             summary.interrupted = interrupt.triggered
             summary.elapsed_s = time.monotonic() - started

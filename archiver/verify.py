@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from archiver.keys import normalize_md5, split_archive_url
 from archiver.models import MediaRow
 from archiver.pipeline import for_each
 from archiver.resolve import Found, resolve_cache_root, resolve_file
+from archiver.services import connected
 from archiver.settings import Settings
 from archiver.storage import ObjectInfo, Storage
 
@@ -138,17 +138,14 @@ async def run_verify(
 ) -> VerifyReport:
     """Statistics, then the checks asked for."""
     cwd = cwd or Path.cwd()
-    async with AsyncExitStack() as stack:
-        db = await Database.connect(settings.require_database())
-        stack.push_async_callback(db.close)
+    root = resolve_cache_root(settings) if options.check_local or options.verify_s3 else None
+    async with connected(settings, concurrency=options.concurrency, storage=options.verify_s3) as (
+        db,
+        store,
+    ):
         report = VerifyReport(stats=await db.stats())
-        root = resolve_cache_root(settings) if options.check_local or options.verify_s3 else None
-        if options.verify_s3:
+        if store is not None:
             assert root is not None
-            store = await stack.enter_async_context(
-                Storage.open(settings, max_connections=options.concurrency)
-            )
-            await store.check_bucket()
             report.s3 = S3Check()
             await _check_s3(db, store, options, report, root, cwd, stop, on_progress)
         if options.check_local:

@@ -1,0 +1,27 @@
+"""The connections a job needs, opened together and closed together."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from archiver.db import Database
+from archiver.settings import Settings
+from archiver.storage import Storage
+
+
+@asynccontextmanager
+async def connected(
+    settings: Settings, *, concurrency: int, storage: bool = True
+) -> AsyncIterator[tuple[Database, Storage | None]]:
+    """The database, and (when `storage`) an S3 client whose bucket was checked usable."""
+    async with AsyncExitStack() as stack:
+        db = await Database.connect(settings.require_database())
+        stack.push_async_callback(db.close)
+        store: Storage | None = None
+        if storage:
+            store = await stack.enter_async_context(
+                Storage.open(settings, max_connections=concurrency)
+            )
+            await store.check_bucket()
+        yield db, store
