@@ -55,13 +55,14 @@ _FATAL_CODES = frozenset(
 EXPECT_CONTINUE_MIN_BYTES = 1024 * 1024
 
 
-def _no_continue_if_small(params: dict[str, Any], **_: Any) -> None:
+def _no_continue_if_small(request: Any, **_: Any) -> None:
     """botocore asks S3 before every PUT body (`Expect: 100-continue`), which costs a round
     trip before the first byte is sent; for a body under 1 MiB that round trip costs more
-    than sending the body to a server that might refuse it."""
-    size = determine_content_length(params.get("body"))
-    if size is not None and size < EXPECT_CONTINUE_MIN_BYTES:
-        params.get("headers", {}).pop("Expect", None)
+    than sending the body to a server that might refuse it. (A before-sign handler: the
+    header is added by a before-call handler that runs after any of ours.)"""
+    length = determine_content_length(request.body)
+    if length is not None and length < EXPECT_CONTINUE_MIN_BYTES and "Expect" in request.headers:
+        del request.headers["Expect"]
 
 
 def content_md5(md5_hex: str) -> str:
@@ -166,7 +167,7 @@ class Storage:
         async with session.client(
             "s3", endpoint_url=settings.endpoint_url, config=config
         ) as client:
-            client.meta.events.register_last("before-call.s3.PutObject", _no_continue_if_small)
+            client.meta.events.register("before-sign.s3.PutObject", _no_continue_if_small)
             yield cls(client, settings.bucket, preflight)
 
     async def _call(self, doing: str, method: str, **params: Any) -> Any:

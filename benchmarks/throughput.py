@@ -238,7 +238,7 @@ def table(results: list[dict[str, Any]]) -> str:
         "MB/s",
         "client CPU ms/file",
         "peak RSS MB",
-        "DB round trips /1,000 files",
+        "DB round trips /1,000 files (write-back)",
         "check",
     ]
     keys = [
@@ -250,12 +250,16 @@ def table(results: list[dict[str, Any]]) -> str:
         "mb_per_s",
         "cpu_ms_per_file",
         "peak_rss_mb",
-        "db_round_trips_per_1000",
+        "round_trips",
         "check",
     ]
-    return markdown_table(
-        headers, [[("-" if r[k] is None else r[k]) for k in keys] for r in results]
-    )
+    rows = []
+    for result in results:
+        r = dict(result)
+        total, writes = r["db_round_trips_per_1000"], r["write_backs_per_1000"]
+        r["round_trips"] = None if total is None else f"{total} ({writes})"
+        rows.append([("-" if r[k] is None else r[k]) for k in keys])
+    return markdown_table(headers, rows)
 
 
 def plot(sweep: list[dict[str, Any]], references: dict[str, float], path: Path) -> None:
