@@ -40,7 +40,7 @@ from archiver.settings import (
     Settings,
     UploadOptions,
 )
-from archiver.signals import run_async
+from archiver.signals import run_async, run_job
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -155,10 +155,12 @@ def cli(ctx: click.Context, env_file: str | None) -> None:
     ctx.meta["archiver.env_file"] = env_file
 
 
-def finish(report: Any, as_json: bool, text: Callable[[Any], str]) -> int:
-    """Print a job's report, as one JSON object or as text; its exit code."""
+def finish(ran: tuple[Any, bool], as_json: bool, text: Callable[[Any], str]) -> int:
+    """Print a job's report, as one JSON object or as text; its exit code (130 when it was
+    interrupted: what it had done is in the report)."""
+    report, interrupted = ran
     click.echo(json.dumps(report.as_json()) if as_json else text(report))
-    return int(report.exit_code)
+    return 130 if interrupted else int(report.exit_code)
 
 
 def _mib(_ctx: click.Context, _param: click.Parameter, value: float | None) -> int | None:
@@ -312,8 +314,7 @@ def setup_bucket(**params: Any) -> int:
         async with Storage.open(settings, max_connections=2) as store:
             return await setup_bucket(store, settings, options)
 
-    report = run_async(job)
-    return finish(report, params["as_json"], format_setup)
+    return finish(run_job(job), params["as_json"], format_setup)
 
 
 @cli.command()
@@ -340,8 +341,8 @@ def verify(**params: Any) -> int:
         limit=params["limit"],
         concurrency=params["concurrency"],
     )
-    report = run_async(lambda interrupt: run_verify(settings, options, stop=interrupt.stop))
-    return finish(report, params["as_json"], format_report)
+    ran = run_job(lambda interrupt: run_verify(settings, options, stop=interrupt.stop))
+    return finish(ran, params["as_json"], format_report)
 
 
 def _counter(desc: str, no_progress: bool) -> Any:
@@ -390,10 +391,8 @@ def prune_local(**params: Any) -> int:
         concurrency=params["concurrency"],
     )
     progress = _counter("prune-local", params["no_progress"])
-    report = run_async(
-        lambda interrupt: run_prune(settings, options, progress, stop=interrupt.stop)
-    )
-    return finish(report, params["as_json"], format_prune)
+    ran = run_job(lambda interrupt: run_prune(settings, options, progress, stop=interrupt.stop))
+    return finish(ran, params["as_json"], format_prune)
 
 
 @cli.command()
@@ -430,10 +429,8 @@ def restore(**params: Any) -> int:
         dry_run=params["dry_run"],
     )
     progress = _counter("restore", params["no_progress"])
-    report = run_async(
-        lambda interrupt: run_restore(settings, options, progress, stop=interrupt.stop)
-    )
-    return finish(report, params["as_json"], format_restore)
+    ran = run_job(lambda interrupt: run_restore(settings, options, progress, stop=interrupt.stop))
+    return finish(ran, params["as_json"], format_restore)
 
 
 @cli.group("db")

@@ -14,21 +14,27 @@ from archiver.pipeline import Interrupt
 T = TypeVar("T")
 
 
-def run_async(factory: Callable[[Interrupt], Coroutine[Any, Any, T]]) -> T:
-    """Run a job with SIGINT/SIGTERM turned into `Interrupt.trigger` calls."""
+def run_job(factory: Callable[[Interrupt], Coroutine[Any, Any, T]]) -> tuple[T, bool]:
+    """Run a job with SIGINT/SIGTERM turned into `Interrupt.trigger` calls; its result and
+    whether it was interrupted."""
 
-    async def main() -> T:
+    async def main() -> tuple[T, bool]:
         interrupt = Interrupt()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, _on_signal, interrupt)
         try:
-            return await factory(interrupt)
+            return await factory(interrupt), interrupt.triggered
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
 
     return asyncio.run(main())
+
+
+def run_async(factory: Callable[[Interrupt], Coroutine[Any, Any, T]]) -> T:
+    """`run_job` for jobs that report an interruption themselves."""
+    return run_job(factory)[0]
 
 
 def _on_signal(interrupt: Interrupt) -> None:

@@ -229,3 +229,18 @@ async def test_postgres_restarted_mid_run(penv, db, s3, proxy, pg_server) -> Non
         assert await assert_archive_invariant(conn, s3, penv.bucket) == 150
     finally:
         await conn.close()
+
+
+async def test_an_interrupted_verify_prints_what_it_checked_and_exits_130(penv, db, s3, proxy):
+    await make_rows(penv, db, 100)
+    out = run_cli(penv, "upload", "--json")
+    assert out.returncode == 0, out.stderr
+    proxy.reset()
+    proxy.delay_s = 0.1
+    run = start_cli(penv, "verify", "--verify-s3", "--json", "--concurrency", "2")
+    wait_for(lambda: proxy.count(lambda r: r.method == "HEAD" and r.path.count("/") >= 2) >= 5)
+    run.send_signal(signal.SIGINT)
+    stdout, stderr = run.communicate(timeout=60)
+    assert run.returncode == 130, stderr
+    checked = json.loads(stdout)["s3"]["checked"]
+    assert 5 <= checked < 100
