@@ -364,6 +364,14 @@ class Database:
             await self._pool.execute(CLAIMS_DDL)
         except asyncpg.InsufficientPrivilegeError:
             return False
+        except (
+            asyncpg.DuplicateObjectError,
+            asyncpg.DuplicateTableError,
+            asyncpg.UniqueViolationError,
+        ):
+            # Processes starting together race in CREATE TABLE IF NOT EXISTS (the loser
+            # can fail on the table's row type): the table exists, which is what we want.
+            return True
         except _DB_ERRORS as exc:
             raise _translate(exc, "creating archiver_claims") from exc
         return True

@@ -179,3 +179,16 @@ async def test_without_the_right_to_create_the_claims_table_upload_still_works(e
         await db.execute(f"DROP ROLE {role}")
     assert await db.fetchval("SELECT to_regclass('archiver_claims')") is None  # ran unclaimed
     assert await db.fetchval("SELECT count(archive_url) FROM post_media") == 20
+
+
+async def test_processes_starting_together_race_to_create_the_claims_table(env, db) -> None:
+    from archiver.db import Database
+
+    dbs = [await Database.connect(env.database_url) for _ in range(8)]
+    try:
+        results = await asyncio.gather(*(d.ensure_claims() for d in dbs))
+    finally:
+        for d in dbs:
+            await d.close()
+    assert results == [True] * 8
+    assert await db.fetchval("SELECT to_regclass('archiver_claims')") is not None
