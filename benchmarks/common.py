@@ -124,15 +124,21 @@ def new_database(admin_dsn: str, rows: list[SampleRow]) -> str:
     return asyncio.run(_new_database(admin_dsn, rows))
 
 
-def archived_rows(dsn: str) -> int:
-    async def count() -> int:
+def query_value(dsn: str, sql: str, *args: Any) -> Any:
+    """One value from PostgreSQL, on a connection of its own."""
+
+    async def fetch() -> Any:
         conn = await asyncpg.connect(dsn)
         try:
-            return int(await conn.fetchval("SELECT count(archive_url) FROM post_media"))
+            return await conn.fetchval(sql, *args)
         finally:
             await conn.close()
 
-    return asyncio.run(count())
+    return asyncio.run(fetch())
+
+
+def archived_rows(dsn: str) -> int:
+    return int(query_value(dsn, "SELECT count(archive_url) FROM post_media"))
 
 
 @dataclass

@@ -10,7 +10,6 @@ Run: `uv run --group bench python -m benchmarks.throughput [--quick]`.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import random
 import shutil
@@ -23,8 +22,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-
-import asyncpg
 
 from archiver.localpg import free_port
 from archiver.sample import SampleRow, make_sample_set, write_media
@@ -41,6 +38,7 @@ from benchmarks.common import (
     new_bucket,
     new_database,
     postgres,
+    query_value,
     scratch,
     wait_port,
     write_json,
@@ -116,20 +114,10 @@ def realistic_mix(workdir: Path, n: int) -> Dataset:
 
 
 def xact_commits(admin_dsn: str, dsn: str) -> int:
-    async def read() -> int:
-        conn = await asyncpg.connect(admin_dsn)
-        try:
-            await asyncio.sleep(0.3)  # backends flush their statistics as they exit
-            return int(
-                await conn.fetchval(
-                    "SELECT xact_commit FROM pg_stat_database WHERE datname = $1",
-                    dsn.rsplit("/", 1)[1],
-                )
-            )
-        finally:
-            await conn.close()
-
-    return asyncio.run(read())
+    """Transactions committed so far in `dsn`'s database (one per autocommitted statement)."""
+    time.sleep(0.3)  # backends flush their statistics as they exit
+    sql = "SELECT xact_commit FROM pg_stat_database WHERE datname = $1"
+    return int(query_value(admin_dsn, sql, dsn.rsplit("/", 1)[1]))
 
 
 @dataclass

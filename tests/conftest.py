@@ -20,8 +20,8 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
+from archiver.demo import s3_server
 from archiver.localpg import LocalPostgres
 from archiver.sample import POST_MEDIA_DDL
 from archiver.settings import Settings
@@ -120,14 +120,9 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
 
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
-    """URL of a moto S3 server in server mode on a free loopback port."""
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
+    """URL of a moto S3 server in server mode on a free loopback port (the demo's own)."""
+    with s3_server() as url:
+        yield url
 
 
 @pytest.fixture
