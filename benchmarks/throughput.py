@@ -27,6 +27,7 @@ from archiver.localpg import free_port
 from archiver.sample import SampleRow, make_sample_set, write_media
 from benchmarks.common import (
     AWS_ENV,
+    OUT,
     archived_rows,
     archiver_cmd,
     archiver_env,
@@ -332,7 +333,9 @@ def main() -> None:
     references = {"baseline": lat["baseline"]["files_per_s"], "s5cmd": lat["s5cmd"]["files_per_s"]}
     if "aws" in lat:
         references["aws cli"] = lat["aws"]["files_per_s"]
-    png = HERE / "throughput-sweep.png"
+    # A smoke run must not replace the committed plot of a full run.
+    png = (OUT if args.quick else HERE) / "throughput-sweep.png"
+    png.parent.mkdir(exist_ok=True)
     plot(report["sweep"], references, png)
     a = lat["archiver"]["files_per_s"]
     best_zero = max(r["files_per_s"] for r in zero.values())
