@@ -140,7 +140,7 @@ async def _prune_row(
     parsed = split_archive_url(row.archive_url or "")
     if parsed is None:
         return keep(f"archive_url {row.archive_url!r} is not an s3:// URL")
-    size = found.path.stat().st_size
+    size = found.size
     try:
         info = await store.head_object(parsed[1], bucket=parsed[0])
     except ArchiverError as exc:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,8 @@ class Found:
 
     path: Path
     via: str  # which lookup found it: "local_file_path", "mime_type" or "glob"
+    size: int = 0
+    mtime: float = 0.0
     through_link: bool = False  # a symlink on the way (prune never deletes through one)
 
 
@@ -63,9 +66,14 @@ def _confine(candidate: Path, root: Path, via: str) -> Found | Refused:
         return Refused(f"cannot resolve {candidate}: {exc.__class__.__name__}")
     if not real.is_relative_to(root):
         return Refused(f"{candidate} resolves outside the cache root")
-    if not real.is_file():
+    try:
+        st = real.stat()  # the one stat of the file: its size and mtime travel with it
+    except OSError:
+        st = None
+    if st is None or not stat.S_ISREG(st.st_mode):
         return Refused(f"{candidate} is not a regular file")
-    return Found(real, via, through_link=Path(os.path.abspath(candidate)) != real)
+    linked = Path(os.path.abspath(candidate)) != real
+    return Found(real, via, st.st_size, st.st_mtime, through_link=linked)
 
 
 def _glob_candidates(directory: Path, md5: str) -> list[Path]:

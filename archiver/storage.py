@@ -105,8 +105,6 @@ class ObjectInfo:
     size: int
     etag: str  # without quotes
     metadata: Mapping[str, str]
-    checksum_sha256: str | None = None
-    storage_class: str | None = None
 
     @property
     def is_multipart(self) -> bool:
@@ -227,9 +225,7 @@ class Storage:
     async def head_object(self, key: str, *, bucket: str | None = None) -> ObjectInfo | None:
         """The object's size, ETag and metadata, or None when it does not exist."""
         try:
-            response = await self._s3.head_object(
-                Bucket=bucket or self.bucket, Key=key, ChecksumMode="ENABLED"
-            )
+            response = await self._s3.head_object(Bucket=bucket or self.bucket, Key=key)
         except ClientError as exc:
             if _status(exc) == 404 or _code(exc) in ("404", "NoSuchKey", "NotFound"):
                 return None
@@ -245,8 +241,6 @@ class Storage:
             size=int(response.get("ContentLength", 0)),
             etag=str(response.get("ETag", "")).strip('"'),
             metadata=dict(response.get("Metadata") or {}),
-            checksum_sha256=response.get("ChecksumSHA256"),
-            storage_class=response.get("StorageClass"),
         )
 
     async def create_multipart(

@@ -155,11 +155,10 @@ class Uploader:
             return RowResult(row.media_id, Outcome.INVALID, reason=found.reason)
         path = found.path
         try:
-            st = path.stat()
             body: bytes | None = None
             body_md5: str | None = None
             head = b""
-            if not self.options.dry_run and st.st_size <= self.inline_max:
+            if not self.options.dry_run and found.size <= self.inline_max:
                 body, body_md5 = _read_and_hash(path)
                 head = body[:SNIFF_BYTES]
             elif path.suffix.lower() in ("", ".bin") and ext_for_mime(row.mime_type) is None:
@@ -168,12 +167,12 @@ class Uploader:
         except OSError as exc:
             return RowResult(row.media_id, Outcome.FAILED, reason=f"cannot read {path}: {exc}")
         ext = choose_ext(path.suffix, row.mime_type, head)
-        key = object_key(self.settings.key_prefix, as_utc(row.created_at, st.st_mtime), md5, ext)
+        key = object_key(self.settings.key_prefix, as_utc(row.created_at, found.mtime), md5, ext)
         return Prepared(
             row=row,
             md5=md5,
             path=path,
-            size=len(body) if body is not None else st.st_size,
+            size=len(body) if body is not None else found.size,
             key=key,
             url=archive_url(self.settings.bucket, key),
             content_type=content_type_for(row.mime_type, ext),
@@ -501,7 +500,7 @@ async def run_upload(
         interrupt.on_abandon(pipeline.abandon)
         reporter.start(total)
         try:
-            stats = await pipeline.run(rows)
+            await pipeline.run(rows)
         finally:
             reporter.close()
             if claims is not None:
@@ -511,5 +510,4 @@ async def run_upload(
             summary.unrecorded = pipeline.stats.unrecorded
             summary.interrupted = interrupt.triggered
             summary.elapsed_s = time.monotonic() - started
-        summary.db_updated = stats.db_updated
     return summary

@@ -124,7 +124,7 @@ def _local_size(row: MediaRow, md5: str | None, root: Path, cwd: Path) -> int | 
     if md5 is not None:
         found = resolve_file(row, md5, root, cwd)
         if isinstance(found, Found):
-            return found.path.stat().st_size
+            return found.size
     return row.file_size
 
 

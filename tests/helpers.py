@@ -60,13 +60,18 @@ async def upload(env: Any, **options: Any) -> Summary:
 
 
 def run_cli(
-    env: Any, *args: str, timeout: float = 120, **extra_env: str
+    env: Any,
+    *args: str,
+    timeout: float = 120,
+    environ: dict[str, str] | None = None,
+    **extra_env: str,
 ) -> subprocess.CompletedProcess[str]:
-    """Run the real command (`python -m archiver`) in the test's work dir."""
+    """Run the real command (`python -m archiver`) in the test's work dir, with the rig's
+    environment plus `extra_env` (or exactly `environ` when given)."""
     return subprocess.run(
         [sys.executable, "-m", "archiver", *args],
         cwd=env.workdir,
-        env=env.environ(**extra_env),
+        env=environ if environ is not None else env.environ(**extra_env),
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import random
 import subprocess
-import sys
 from datetime import datetime
 
 from archiver.sample import SampleRow, file_bytes, insert_rows
@@ -133,16 +132,7 @@ async def test_dry_run_lists_twenty_rows_then_the_rest_as_a_count(env, db, s3) -
 
 
 def run_without(env, drop: str, *args: str) -> subprocess.CompletedProcess[str]:
-    environ = {k: v for k, v in env.environ().items() if k != drop}
-    return subprocess.run(
-        [sys.executable, "-m", "archiver", *args],
-        cwd=env.workdir,
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_cli(env, *args, environ={k: v for k, v in env.environ().items() if k != drop})
 
 
 async def test_precedence_flag_over_env_over_dotenv_over_default(env, db, s3) -> None:
@@ -159,15 +149,7 @@ async def test_precedence_flag_over_env_over_dotenv_over_default(env, db, s3) ->
     environ["ARCHIVER_BUCKET"] = from_env
 
     def run(*args: str) -> dict[str, object]:
-        out = subprocess.run(
-            [sys.executable, "-m", "archiver", "upload", "--json", *args],
-            cwd=env.workdir,
-            env=environ,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        out = run_cli(env, "upload", "--json", *args, environ=environ)
         assert out.returncode == 0, out.stderr
         return json.loads(out.stdout)
 
