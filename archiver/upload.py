@@ -29,7 +29,7 @@ from archiver.errors import ArchiverError, StorageError
 from archiver.keys import archive_url, as_utc, normalize_md5, object_key
 from archiver.models import MediaRow, Outcome, RowResult, Summary
 from archiver.pipeline import Interrupt, Pipeline
-from archiver.policies import BatchPolicy, ExistencePolicy
+from archiver.policies import BatchPolicy, ExistencePolicy, RetryPolicy
 from archiver.resolve import Found, NotFound, resolve_cache_root, resolve_file
 from archiver.settings import MAX_PARTS, MIB, Settings, UploadOptions
 from archiver.storage import ConditionalWritesUnsupported, ObjectInfo, Storage, StoredPart
@@ -436,6 +436,7 @@ async def run_upload(
     retry_mode: str | None = None,
     max_attempts: int | None = None,
     checksums: str | None = None,
+    db_retry: RetryPolicy | None = None,
     on_result: Callable[[RowResult], None] | None = None,
 ) -> Summary:
     """Archive the selected rows; the summary of what happened."""
@@ -471,7 +472,9 @@ async def run_upload(
         claim_rows = min(PAGE_ROWS, max(CLAIM_ROWS_MIN, 4 * options.concurrency))
         claims: Claims | None = None
         if not options.dry_run and await db.ensure_claims():
-            claims = Claims(db, row_filter, lease_s=options.lease_s)
+            claims = Claims(
+                db, row_filter, lease_s=options.lease_s, retry=db_retry or RetryPolicy()
+            )
             rows = claims.rows(limit=options.limit, page_rows=claim_rows)
         else:  # a dry run, or no right to create the claims table: page without claiming
             rows = db.rows(row_filter, limit=options.limit, page_rows=PAGE_ROWS)
@@ -496,11 +499,17 @@ async def run_upload(
             on_result=collect,
             stop=interrupt.stop,
             background=[claims.keep] if claims else [],
+            db_retry=db_retry or RetryPolicy(),
         )
         interrupt.on_abandon(pipeline.abandon)
         reporter.start(total)
         try:
             await pipeline.run(rows)
+        except ArchiverError as exc:
+            # Stopped early (the database gone for good, the bucket gone): what was done is
+            # still reported, with the confirmed uploads the database never took.
+            summary.error = str(exc)
+            summary.error_exit_code = exc.exit_code
         finally:
             reporter.close()
             if claims is not None:

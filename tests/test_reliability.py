@@ -244,3 +244,59 @@ async def test_an_interrupted_verify_prints_what_it_checked_and_exits_130(penv, 
     assert run.returncode == 130, stderr
     checked = json.loads(stdout)["s3"]["checked"]
     assert 5 <= checked < 100
+
+
+@pytest.mark.skipif(
+    bool(os.environ.get("ARCHIVER_TEST_DATABASE_URL")),
+    reason="stops the suite's own PostgreSQL cluster",
+)
+async def test_database_gone_for_good_stops_with_exit_1_and_counts_what_was_unrecorded(
+    penv, db, s3, proxy, pg_server
+) -> None:
+    import asyncpg
+
+    from archiver.policies import RetryPolicy
+    from archiver.progress import format_summary
+    from archiver.settings import UploadOptions
+    from archiver.upload import run_upload
+    from tests.helpers import quiet_reporter
+
+    await make_rows(penv, db, 200)
+    await db.close()
+    proxy.delay_s = 0.05
+
+    async def stop_postgres_mid_run() -> None:
+        await asyncio.to_thread(wait_for, lambda: proxy.count(lambda r: r.is_object_put) >= 30)
+        await asyncio.to_thread(pg_server.stop_server, "fast")
+
+    stopper = asyncio.create_task(stop_postgres_mid_run())
+    try:
+        summary = await run_upload(
+            penv.settings(),
+            UploadOptions(concurrency=8, batch_size=10),
+            quiet_reporter(),
+            cwd=penv.workdir,
+            db_retry=RetryPolicy(0.1, 0.5, 2.0),
+        )
+        await stopper
+    finally:
+        await asyncio.to_thread(pg_server.start)
+    assert summary.error and "database" in summary.error
+    assert summary.unrecorded > 0  # confirmed uploads the database never took
+    assert summary.exit_code == 1
+    assert f"{summary.unrecorded:,} uploads were not recorded" in format_summary(
+        summary, bucket=penv.bucket
+    )
+
+    proxy.delay_s = 0
+    conn = await asyncpg.connect(penv.database_url)
+    try:
+        # The run above could not release its claims, and its owner (this test process) is
+        # still alive; a CLI run would have exited, and its claims been taken over.
+        await conn.execute("DELETE FROM archiver_claims")
+        out = run_cli(penv, "upload", "--json")
+        assert out.returncode == 0, out.stderr
+        assert await conn.fetchval("SELECT count(archive_url) FROM post_media") == 200
+        assert await assert_archive_invariant(conn, s3, penv.bucket) == 200
+    finally:
+        await conn.close()
