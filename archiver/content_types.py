@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 
+from archiver.keys import plain_ext
+
 OCTET_STREAM_TYPES = frozenset({"application/octet-stream", "binary/octet-stream"})
 FALLBACK_EXT = ".bin"
 FALLBACK_CONTENT_TYPE = "application/octet-stream"
@@ -95,14 +97,43 @@ def sniff_ext(head: bytes) -> str | None:
     return None
 
 
+def needs_sniffing(file_suffix: str, mime_type: str | None) -> bool:
+    """Whether `choose_ext` would look at the file's first bytes."""
+    suffix = plain_ext(file_suffix)
+    return (suffix is None or suffix == FALLBACK_EXT) and ext_for_mime(mime_type) is None
+
+
 def choose_ext(file_suffix: str, mime_type: str | None, head: bytes) -> str:
-    """The object's extension: the file's own suffix, else the MIME type's, else sniffed."""
-    suffix = file_suffix.lower()
+    """The object's extension: the file's own suffix when it is a plain one other than `.bin`,
+    else the MIME type's, else sniffed, else `.bin`."""
+    suffix = plain_ext(file_suffix)
     if suffix and suffix != FALLBACK_EXT:
         return suffix
     return ext_for_mime(mime_type) or sniff_ext(head) or FALLBACK_EXT
 
 
+# The archive is served (a CDN is planned), so only media types pass through: anything a
+# browser would run or render as a page (text/html, SVG with its scripts, JavaScript) is
+# stored as opaque bytes.
+SERVED_TYPE_PREFIXES = ("image/", "video/", "audio/")
+SERVED_TYPES = frozenset({"application/pdf"})
+NEVER_SERVED_TYPES = frozenset({"image/svg+xml"})
+
+
+def served_type(mime: str | None) -> str | None:
+    """`mime` when it is a media type archiver lets through, else None."""
+    if mime is None or mime in NEVER_SERVED_TYPES:
+        return None
+    if mime in SERVED_TYPES or mime.startswith(SERVED_TYPE_PREFIXES):
+        return mime
+    return None
+
+
 def content_type_for(mime_type: str | None, ext: str) -> str:
-    """The object's Content-Type: a real `mime_type`, else what the extension implies."""
-    return normalize_mime(mime_type) or EXT_TO_MIME.get(ext, FALLBACK_CONTENT_TYPE)
+    """The object's Content-Type: a real `mime_type`, else what the extension implies, when
+    either is a media type of the allow-list; else `application/octet-stream`."""
+    return (
+        served_type(normalize_mime(mime_type))
+        or served_type(EXT_TO_MIME.get(ext))
+        or FALLBACK_CONTENT_TYPE
+    )

@@ -20,16 +20,38 @@ import asyncpg
 from archiver.errors import ConfigError, DatabaseError, DatabaseUnavailable
 from archiver.models import MediaRow
 from archiver.policies import RetryPolicy
-from archiver.settings import redact_dsn
+from archiver.settings import redact_dsn, scrub
 
 T = TypeVar("T")
 
 CONNECT_TIMEOUT_S = 15.0
 COMMAND_TIMEOUT_S = 60.0
 
-_ROW_COLUMNS = (
-    "media_id, media_type, local_file_path, md5_sum, mime_type, created_at, archive_url, file_size"
+_PLAIN_COLUMNS = (
+    "media_id",
+    "media_type",
+    "local_file_path",
+    "md5_sum",
+    "mime_type",
+    "archive_url",
+    "file_size",
 )
+
+
+def row_columns(alias: str = "") -> str:
+    """The select list a MediaRow is made of, from table alias `alias` (e.g. `p`).
+
+    created_at is decoded by the driver only inside the range a Python datetime holds (a day
+    of margin each side for any time zone). A value outside it (`infinity`, a year BC or after
+    9999) would break the decoding of its whole page, so it comes as text instead, and the
+    row is judged on its own."""
+    a = f"{alias}." if alias else ""
+    in_range = f"{a}created_at BETWEEN '0001-01-02' AND '9999-12-30'"
+    return (
+        ", ".join(f"{a}{c}" for c in _PLAIN_COLUMNS)
+        + f", CASE WHEN {in_range} THEN {a}created_at END AS created_at"
+        + f", CASE WHEN NOT ({in_range}) THEN {a}created_at::text END AS created_at_bad"
+    )
 
 
 @dataclass(frozen=True)
@@ -68,7 +90,7 @@ def page_query(row_filter: RowFilter, *, after: bool) -> tuple[str, int]:
     if after:
         conditions.insert(0, "media_id > $2")
     where = f"WHERE {' AND '.join(conditions)} " if conditions else ""
-    return f"SELECT {_ROW_COLUMNS} FROM post_media {where}ORDER BY media_id LIMIT $1", len(args)
+    return f"SELECT {row_columns()} FROM post_media {where}ORDER BY media_id LIMIT $1", len(args)
 
 
 def count_query(row_filter: RowFilter) -> str:
@@ -119,7 +141,7 @@ def claim_query(row_filter: RowFilter, *, after: bool) -> str:
         conditions.insert(0, "m.media_id > $4")
     conditions = [c if c.startswith("m.") else f"m.{c}" for c in conditions]
     where = " AND ".join(conditions) if conditions else "TRUE"
-    columns = ", ".join(f"p.{c.strip()}" for c in _ROW_COLUMNS.split(","))
+    columns = row_columns("p")
     return f"""
 WITH candidates AS (
     SELECT m.media_id FROM post_media m
@@ -170,6 +192,11 @@ class ClaimedPage:
     candidates: int
 
 
+UNARCHIVED_MD5S_SQL = """
+SELECT DISTINCT lower(btrim(md5_sum)) FROM post_media
+ WHERE archive_url IS NULL AND lower(btrim(md5_sum)) ~ '^[0-9a-f]{32}$'
+"""
+
 STATS_SQL = """
 SELECT media_type,
        count(*) AS total,
@@ -198,6 +225,7 @@ def _row(record: asyncpg.Record) -> MediaRow:
         created_at=record["created_at"],
         archive_url=record["archive_url"],
         file_size=record["file_size"],
+        created_at_bad=record["created_at_bad"],
     )
 
 
@@ -217,7 +245,6 @@ _DB_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     asyncio.TimeoutError,
 )
-_CONNECT_ERRORS: tuple[type[BaseException], ...] = (*_DB_ERRORS, ValueError)
 
 
 async def _keep_session(_connection: asyncpg.Connection) -> None:
@@ -255,8 +282,8 @@ class Database:
                 server_settings={"application_name": "archiver"},
                 reset=_keep_session,
             )
-        except _CONNECT_ERRORS as exc:
-            detail = str(exc).replace(dsn, redact_dsn(dsn)) or exc.__class__.__name__
+        except Exception as exc:  # whatever the driver makes of a DSN: one line, no secret
+            detail = scrub(str(exc), dsn) or exc.__class__.__name__
             raise DatabaseUnavailable(
                 f"cannot connect to the database {redact_dsn(dsn)}: {detail}"
             ) from exc
@@ -278,7 +305,7 @@ class Database:
 
     async def check_schema(self) -> None:
         """Fail early, with a clear error, when post_media is absent or lacks columns."""
-        await self._fetch("checking post_media", f"SELECT {_ROW_COLUMNS} FROM post_media LIMIT 0")
+        await self._fetch("checking post_media", f"SELECT {row_columns()} FROM post_media LIMIT 0")
 
     async def count_rows(self, row_filter: RowFilter) -> int:
         """How many rows match (before any --limit)."""
@@ -440,6 +467,12 @@ class Database:
     async def release(self, owner: str) -> None:
         """Drop `owner`'s claims (and claims that expired long ago)."""
         await self._execute("releasing claims", RELEASE_SQL, owner)
+
+    async def unarchived_md5s(self) -> set[bytes]:
+        """The MD5s (16-byte digests) of every row not yet archived: their files are still
+        needed. About 60 bytes of memory each."""
+        rows = await self._fetch("reading unarchived rows", UNARCHIVED_MD5S_SQL)
+        return {bytes.fromhex(r[0]) for r in rows}
 
     async def stats(self) -> list[StatsRow]:
         """Totals and archived counts per media type, in one aggregate query."""

@@ -32,6 +32,11 @@ class StorageError(ArchiverError):
     """An S3 request failed for one object (the row is `failed`, the run goes on)."""
 
 
+class AccessDenied(StorageError):
+    """S3 refused one object request (403); the message names the IAM action it needs.
+    For prune-local, restore and verify that is one row's failure; upload stops on it."""
+
+
 class BucketMissing(ConfigError):
     """The target bucket does not exist."""
 

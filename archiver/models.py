@@ -21,6 +21,9 @@ class MediaRow:
     created_at: datetime | None
     archive_url: str | None = None
     file_size: int | None = None
+    # created_at as the database wrote it, when no datetime can hold it (`infinity`, a year
+    # BC or past 9999): the row is judged invalid rather than breaking the page it is on.
+    created_at_bad: str | None = None
 
 
 class Outcome(enum.StrEnum):

@@ -12,14 +12,17 @@ writer's final flush is shielded from cancellation.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from archiver.errors import ArchiverError, ConfigError, DatabaseError
-from archiver.models import MediaRow, RowResult
+from archiver.models import MediaRow, Outcome, RowResult
 from archiver.policies import BatchPolicy, RetryPolicy
+
+log = logging.getLogger(__name__)
 
 Handler = Callable[[MediaRow], Awaitable[RowResult]]
 Recorder = Callable[[Sequence[tuple[str, str]]], Awaitable[int]]
@@ -166,6 +169,8 @@ class Pipeline:
             except ConfigError as exc:  # no bucket, no credentials: every row would fail
                 self._fail(exc)
                 continue
+            except Exception as exc:  # anything else is this row's failure: the run goes on
+                result = RowResult(row.media_id, Outcome.FAILED, reason=unexpected(exc))
             self.on_result(result)
             if result.outcome.recordable and result.url is not None:
                 results.put_nowait((result.media_id, result.url))
@@ -225,17 +230,42 @@ class Pipeline:
 T = TypeVar("T")
 
 
+def unexpected(exc: BaseException) -> str:
+    """The reason a row failed for a reason no code path foresaw (it is logged too)."""
+    log.warning("a row failed unexpectedly", exc_info=exc)
+    return f"unexpected {exc.__class__.__name__}: {exc}"
+
+
+def _guarded(
+    work: Callable[[T], Awaitable[None]], on_error: Callable[[T, str], None]
+) -> Callable[[T], Awaitable[None]]:
+    async def guarded(item: T) -> None:
+        try:
+            await work(item)
+        except ConfigError:
+            raise
+        except Exception as exc:
+            on_error(item, unexpected(exc))
+
+    return guarded
+
+
 async def for_each(
     items: AsyncIterator[T],
     work: Callable[[T], Awaitable[None]],
     *,
     concurrency: int,
     stop: asyncio.Event | None = None,
+    on_error: Callable[[T, str], None] | None = None,
 ) -> None:
     """Call `work` on every item with at most `concurrency` calls in flight, reading
     `items` only as fast as they are consumed (a bounded queue). Items not started when
-    `stop` is set are dropped."""
+    `stop` is set are dropped. With `on_error`, an item whose work raises anything but a
+    ConfigError (which dooms every item) is handed to it with the reason, and the rest go
+    on: no one item stops the run."""
     stop = stop or asyncio.Event()
+    if on_error is not None:
+        work = _guarded(work, on_error)
     queue: asyncio.Queue[T | object] = asyncio.Queue(maxsize=QUEUE_ROWS_PER_WORKER * concurrency)
 
     async def produce() -> None:

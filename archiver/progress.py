@@ -29,15 +29,24 @@ _MARKS = {
 }
 
 
+def printable(text: str) -> str:
+    """Text from a row or a file name, safe to print: control characters (a terminal's
+    escape sequences) and bytes that are not UTF-8 are shown escaped, e.g. `\\x1b`, `\\udcff`."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
 def describe(result: RowResult) -> str:
     """One line for one row, as in the design notes: `✓ med-1: abc.jpg → cache/2025/12/abc.jpg`."""
     mark = _MARKS[result.outcome]
+    media_id = printable(result.media_id)
     if result.outcome is Outcome.UPLOADED or result.outcome is Outcome.WOULD_UPLOAD:
-        name = result.path.rsplit("/", 1)[-1] if result.path else "?"
-        return f"  {mark} {result.media_id}: {name} → {result.key}"
+        name = printable(result.path.rsplit("/", 1)[-1]) if result.path else "?"
+        return f"  {mark} {media_id}: {name} → {result.key}"
     if result.outcome is Outcome.SKIPPED_EXISTING:
-        return f"  {mark} {result.media_id}: already stored → {result.key}"
-    return f"  {mark} {result.media_id}: {result.outcome.value}: {result.reason}"
+        return f"  {mark} {media_id}: already stored → {result.key}"
+    return f"  {mark} {media_id}: {result.outcome.value}: {printable(result.reason)}"
 
 
 def _rate(n: float, seconds: float) -> float:

@@ -1,31 +1,38 @@
 """`archiver prune-local`: free disk space by deleting local files that are safely archived.
 
-A file is deleted only when, in this run, its row's object was found present and intact
-(size equal to the file's, and the ETag, or for a multipart object the MD5 archiver
-recorded, equal to `md5_sum`), and only when the file is inside the cache root and was
-reached without a symlink. The database is not changed.
+A local file is the only copy until it is proved archived, so a file is deleted only when
+all of these hold, proved in this run:
+1. the row's `archive_url` names the object archiver itself would make for it (the
+   configured bucket and prefix, the row's own MD5 and month: `keys.archived_key`);
+2. the file's own bytes hash to `md5_sum` (read from the opened file that is then deleted);
+3. no row that is not yet archived has the same MD5 (its upload still needs the file);
+4. the object at that key is present and intact by the integrity rule (`integrity.py`);
+5. the name still names the same unchanged file when it is deleted, by name relative to the
+   directory descriptor held since it was opened (`localfs`): a symlink swapped in for a
+   directory meanwhile cannot redirect the delete outside the cache root.
+The database is not changed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from archiver.db import RowFilter
-from archiver.errors import ArchiverError
-from archiver.keys import normalize_md5, split_archive_url
+from archiver.errors import StorageError
+from archiver.integrity import mismatch
+from archiver.keys import NotOurs, archived_key, normalize_md5
+from archiver.localfs import CacheRoot, LocalFile, why
 from archiver.models import MediaRow
 from archiver.pipeline import for_each
-from archiver.progress import Counter
-from archiver.resolve import Found, NotFound, resolve_cache_root, resolve_file
+from archiver.progress import Counter, printable
+from archiver.resolve import Found, NotFound, Resolver, open_cache_root
 from archiver.services import connected
 from archiver.settings import Settings
-from archiver.storage import ObjectInfo, Storage
-from archiver.verify import compare
+from archiver.storage import Storage
 
 MAX_LISTED = 20
 
@@ -45,14 +52,16 @@ class PruneReport:
     checked: int = 0
     deleted: int = 0
     bytes_freed: int = 0
-    kept_unverified: int = 0
+    kept_unverified: int = 0  # the file or its object could not be proved: kept
+    kept_needed: int = 0  # a row not yet archived has the same MD5: kept for its upload
+    invalid: int = 0  # the row itself is unusable (archive_url, md5_sum, created_at, path)
     missing_local: int = 0
     would_delete: dict[str, int] = field(default_factory=dict)  # dry run: path -> size
     kept: list[tuple[str, str]] = field(default_factory=list)  # (media_id, why)
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.kept_unverified else 0
+        return 1 if self.kept_unverified or self.invalid else 0
 
     def as_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -60,6 +69,8 @@ class PruneReport:
             "deleted": self.deleted,
             "bytes_freed": self.bytes_freed,
             "kept_unverified": self.kept_unverified,
+            "kept_needed": self.kept_needed,
+            "invalid": self.invalid,
             "missing_local": self.missing_local,
             "dry_run": self.dry_run,
         }
@@ -69,14 +80,95 @@ class PruneReport:
         data["kept"] = [{"media_id": m, "why": why} for m, why in self.kept]
         return data
 
+    def keep(self, row: MediaRow, why: str, *, needed: bool = False) -> int:
+        """The row's file stays (`needed`: for a row not yet archived); nothing freed."""
+        if needed:
+            self.kept_needed += 1
+        else:
+            self.kept_unverified += 1
+        self.kept.append((row.media_id, why))
+        return 0
 
-def strict_compare(info: ObjectInfo | None, md5: str, size: int) -> str | None:
-    """Like verify's comparison, but a multipart object must carry the MD5 archiver
-    recorded: its size alone is not enough to delete the only local copy."""
-    verdict = compare(info, md5, size)
-    if verdict is None and info is not None and info.is_multipart and "md5" not in info.metadata:
-        return "multipart object without a recorded MD5: cannot be verified"
-    return verdict
+    def refuse(self, row: MediaRow, why: str) -> int:
+        """The row cannot be judged (bad archive_url, md5_sum, created_at, path)."""
+        self.invalid += 1
+        self.kept.append((row.media_id, f"invalid: {why}"))
+        return 0
+
+
+@dataclass
+class _Pruner:
+    settings: Settings
+    store: Storage
+    cache: CacheRoot
+    resolver: Resolver
+    needed: set[bytes]  # MD5s of rows not yet archived
+    report: PruneReport
+
+    async def prune(self, row: MediaRow) -> int:
+        """Check one row and delete its file when everything is proved; bytes freed."""
+        report = self.report
+        report.checked += 1
+        md5 = normalize_md5(row.md5_sum)
+        if md5 is None:
+            return report.refuse(row, f"md5_sum {row.md5_sum!r} is not 32 hex digits")
+        if row.created_at_bad is not None:
+            return report.refuse(row, f"created_at {row.created_at_bad!r} is out of range")
+        key = archived_key(
+            row.archive_url,
+            bucket=self.settings.bucket,
+            prefix=self.settings.key_prefix,
+            md5=md5,
+            created_at=row.created_at,
+        )
+        if isinstance(key, NotOurs):
+            return report.refuse(row, key.reason)
+        found = await asyncio.to_thread(self.resolver.resolve, row, md5)
+        if isinstance(found, NotFound):
+            report.missing_local += 1
+            return 0
+        if not isinstance(found, Found):
+            return report.refuse(row, found.reason)
+        if found.through_link:
+            return report.keep(row, f"{found.path} is reached through a symlink: not deleted")
+        try:
+            f = await asyncio.to_thread(self.cache.open_file, found.path)
+        except OSError as exc:
+            return report.keep(row, f"cannot open {found.path}: {why(exc)}")
+        try:
+            return await self._prove_and_delete(row, md5, key, f)
+        finally:
+            f.close()
+
+    async def _prove_and_delete(self, row: MediaRow, md5: str, key: str, f: LocalFile) -> int:
+        report = self.report
+        if bytes.fromhex(md5) in self.needed:
+            return report.keep(row, "a row not yet archived has the same file", needed=True)
+        try:
+            actual = await asyncio.to_thread(f.md5)
+        except OSError as exc:
+            return report.keep(row, f"cannot read {f.path}: {why(exc)}")
+        if actual != md5:
+            return report.keep(row, f"the local file's bytes hash to {actual}, not md5_sum")
+        try:
+            info = await self.store.head_object(key)
+        except StorageError as exc:  # a 403 or an error on this object: this row's problem
+            return report.keep(row, str(exc))
+        verdict = mismatch(info, md5, f.size)
+        if verdict is not None:
+            return report.keep(row, f"object {key}: {verdict}")
+        if report.dry_run:
+            report.would_delete[str(f.path)] = f.size  # rows sharing a file: listed once
+            return 0
+        outcome = await asyncio.to_thread(f.unlink_if_unchanged)
+        if outcome == "gone":  # deleted for another row sharing the file
+            report.missing_local += 1
+            return 0
+        if outcome == "changed":
+            return report.keep(row, f"{f.path} changed since it was checked: not deleted")
+        report.deleted += 1
+        report.bytes_freed += f.size
+        return f.size
 
 
 async def run_prune(
@@ -89,89 +181,54 @@ async def run_prune(
 ) -> PruneReport:
     """Check and delete; the report of what happened (or would happen, on a dry run)."""
     cwd = cwd or Path.cwd()
-    root = resolve_cache_root(settings)
     report = PruneReport(dry_run=options.dry_run)
     cutoff = None
     if options.older_than_days is not None:
         cutoff = datetime.now(UTC).replace(tzinfo=None) - timedelta(days=options.older_than_days)
     row_filter = RowFilter(archived=True, media_types=options.media_types, created_before=cutoff)
-    async with connected(settings, concurrency=options.concurrency) as (db, store):
-        assert store is not None
-        total = await db.count_rows(row_filter)
-        progress.start(total if options.limit is None else min(total, options.limit))
-
-        async def prune(row: MediaRow) -> None:
-            freed = await _prune_row(row, store, root, cwd, report, options.dry_run)
-            progress.step(freed)
-
-        try:
-            await for_each(
-                db.rows(row_filter, limit=options.limit),
-                prune,
-                concurrency=options.concurrency,
-                stop=stop,
+    with open_cache_root(settings) as cache:
+        async with connected(settings, concurrency=options.concurrency) as (db, store):
+            assert store is not None
+            total = await db.count_rows(row_filter)
+            pruner = _Pruner(
+                settings,
+                store,
+                cache,
+                Resolver(cache.path, cwd),
+                needed=await db.unarchived_md5s(),
+                report=report,
             )
-        finally:
-            progress.close()
+            progress.start(total if options.limit is None else min(total, options.limit))
+
+            async def prune(row: MediaRow) -> None:
+                progress.step(await pruner.prune(row))
+
+            def failed(row: MediaRow, reason: str) -> None:
+                report.keep(row, reason)
+                progress.step(0)
+
+            try:
+                await for_each(
+                    db.rows(row_filter, limit=options.limit),
+                    prune,
+                    concurrency=options.concurrency,
+                    stop=stop,
+                    on_error=failed,
+                )
+            finally:
+                progress.close()
     return report
-
-
-async def _prune_row(
-    row: MediaRow, store: Storage, root: Path, cwd: Path, report: PruneReport, dry_run: bool
-) -> int:
-    report.checked += 1
-    md5 = normalize_md5(row.md5_sum)
-    found = await asyncio.to_thread(resolve_file, row, md5, root, cwd) if md5 else None
-    if isinstance(found, NotFound):
-        report.missing_local += 1
-        return 0
-
-    def keep(why: str) -> int:
-        report.kept_unverified += 1
-        report.kept.append((row.media_id, why))
-        return 0
-
-    if md5 is None or found is None:
-        return keep("md5_sum is not 32 hex digits")
-    if not isinstance(found, Found):
-        return keep(found.reason)  # outside the cache root, not a regular file
-    if found.through_link:
-        return keep(f"{found.path} is reached through a symlink: not deleted")
-    parsed = split_archive_url(row.archive_url or "")
-    if parsed is None:
-        return keep(f"archive_url {row.archive_url!r} is not an s3:// URL")
-    size = found.size
-    try:
-        info = await store.head_object(parsed[1], bucket=parsed[0])
-    except ArchiverError as exc:
-        if exc.exit_code == 2:
-            raise
-        return keep(str(exc))
-    verdict = strict_compare(info, md5, size)
-    if verdict is not None:
-        return keep(f"object {verdict}")
-    if dry_run:
-        report.would_delete[str(found.path)] = size  # rows sharing a file: listed once
-        return 0
-    try:
-        os.unlink(found.path)
-    except FileNotFoundError:
-        report.missing_local += 1
-        return 0
-    report.deleted += 1
-    report.bytes_freed += size
-    return size
 
 
 def format_prune(report: PruneReport) -> str:
     lines = []
     if report.dry_run:
         for path, size in list(report.would_delete.items())[:MAX_LISTED]:
-            lines.append(f"  would delete {path} ({size:,} bytes)")
+            lines.append(f"  would delete {printable(path)} ({size:,} bytes)")
         if len(report.would_delete) > MAX_LISTED:
             lines.append(f"  ... and {len(report.would_delete) - MAX_LISTED:,} more")
-    for media_id, why in report.kept[:MAX_LISTED]:
-        lines.append(f"  kept {media_id}: {why}")
+    for media_id, why_kept in report.kept[:MAX_LISTED]:
+        lines.append(f"  kept {printable(media_id)}: {printable(why_kept)}")
     if len(report.kept) > MAX_LISTED:
         lines.append(f"  ... and {len(report.kept) - MAX_LISTED:,} more kept (--json lists all)")
     freed = sum(report.would_delete.values()) if report.dry_run else report.bytes_freed
@@ -179,7 +236,8 @@ def format_prune(report: PruneReport) -> str:
     count = len(report.would_delete) if report.dry_run else report.deleted
     lines.append(
         f"Checked {report.checked:,} archived rows. {verb} {count:,} local files, "
-        f"{freed / 1e6:,.1f} MB. Kept {report.kept_unverified:,} whose object could not be "
-        f"verified; {report.missing_local:,} had no local file."
+        f"{freed / 1e6:,.1f} MB. Kept {report.kept_unverified:,} whose file or object could "
+        f"not be proved, {report.kept_needed:,} still needed by rows not yet archived; "
+        f"{report.invalid:,} invalid rows; {report.missing_local:,} had no local file."
     )
     return "\n".join(lines)

@@ -7,7 +7,11 @@ Lookup order (the first that exists wins), from the contract:
    name order.
 
 A candidate that resolves (symlinks followed) outside the cache root is never read: the row
-is invalid and no other lookup is tried.
+is invalid and no other lookup is tried. Every column is untrusted: a path that cannot be
+looked up (too long, a loop, a NUL byte) makes the row invalid; no lookup raises.
+
+Step 3 costs O(1) per row: each directory is listed once into an index of `{md5}.*` names,
+listed again only when the directory changed and the index is a few seconds old.
 """
 
 from __future__ import annotations
@@ -15,15 +19,21 @@ from __future__ import annotations
 import os
 import re
 import stat
-from dataclasses import dataclass
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from archiver.content_types import FALLBACK_EXT, ext_for_mime
 from archiver.errors import ConfigError
+from archiver.localfs import CacheRoot, why
 from archiver.models import MediaRow
 from archiver.settings import Settings
 
 _MEDIA_TYPE_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+_MD5_NAME_RE = re.compile(r"[0-9a-f]{32}\.")
+INDEX_MAX_AGE_S = 5.0  # a changed directory is listed again at most this often
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,18 +62,22 @@ class Refused:
 Resolution = Found | NotFound | Refused
 
 
+def media_dir_name(media_type: str) -> str | None:
+    """`{media_type}s`, or None when media_type is not a plain word."""
+    return f"{media_type}s" if _MEDIA_TYPE_RE.match(media_type) else None
+
+
 def media_dir(cache_root: Path, media_type: str) -> Path | None:
     """`{cache_root}/{media_type}s`, or None when media_type is not a plain word."""
-    if not _MEDIA_TYPE_RE.match(media_type):
-        return None
-    return cache_root / f"{media_type}s"
+    name = media_dir_name(media_type)
+    return cache_root / name if name is not None else None
 
 
 def _confine(candidate: Path, root: Path, via: str) -> Found | Refused:
     try:
         real = candidate.resolve(strict=True)
-    except (OSError, RuntimeError) as exc:  # vanished, loop, permission
-        return Refused(f"cannot resolve {candidate}: {exc.__class__.__name__}")
+    except (OSError, RuntimeError, ValueError) as exc:  # vanished, loop, permission
+        return Refused(f"cannot resolve {candidate}: {why(exc)}")
     if not real.is_relative_to(root):
         return Refused(f"{candidate} resolves outside the cache root")
     try:
@@ -76,35 +90,97 @@ def _confine(candidate: Path, root: Path, via: str) -> Found | Refused:
     return Found(real, via, st.st_size, st.st_mtime, through_link=linked)
 
 
-def _glob_candidates(directory: Path, md5: str) -> list[Path]:
-    prefix = f"{md5}."
+def _exists(path: Path) -> bool:
+    """Whether something is at `path` (symlinks followed). OSError or ValueError for a path
+    that cannot be looked up at all (too long, a loop, no permission, a NUL byte)."""
     try:
-        names = [e.name for e in os.scandir(directory) if e.name.startswith(prefix)]
-    except OSError:
-        return []
-    names.sort(key=lambda n: (n.lower().endswith(FALLBACK_EXT), n))
-    return [directory / n for n in names]
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    return True
+
+
+def _rank(name: str) -> tuple[bool, str]:
+    return (name.lower().endswith(FALLBACK_EXT), name)
+
+
+@dataclass
+class _Index:
+    best: dict[str, str]  # md5 -> the preferred `{md5}.*` name of the directory
+    mtime_ns: int
+    built_at: float
+
+
+@dataclass
+class Resolver:
+    """Finds rows' files under one cache root (`root` resolved: absolute, real). Workers call
+    it from threads at once; the directory indexes are shared."""
+
+    root: Path
+    cwd: Path
+    clock: Callable[[], float] = time.monotonic
+    listdir: Callable[[Path], list[str]] = os.listdir
+    _indexes: dict[Path, _Index] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def resolve(self, row: MediaRow, md5: str) -> Resolution:
+        """Find the row's file (never raises for anything a row holds)."""
+        if row.local_file_path:
+            try:
+                given = Path(row.local_file_path)
+                candidate = given if given.is_absolute() else self.cwd / given
+                if _exists(candidate):
+                    return _confine(candidate, self.root, "local_file_path")
+            except (OSError, ValueError) as exc:
+                return Refused(f"local_file_path cannot be looked up: {why(exc)}")
+        directory = media_dir(self.root, row.media_type)
+        if directory is None:
+            return Refused(f"media_type {row.media_type!r} is not a plain word")
+        try:
+            mime_ext = ext_for_mime(row.mime_type)
+            if mime_ext:
+                candidate = directory / f"{md5}{mime_ext}"
+                if _exists(candidate):
+                    return _confine(candidate, self.root, "mime_type")
+            for fresh in (False, True):
+                name = self._index(directory, fresh=fresh).get(md5)
+                if name is None:
+                    break
+                candidate = directory / name
+                if _exists(candidate):
+                    return _confine(candidate, self.root, "glob")
+        except (OSError, ValueError) as exc:
+            return Refused(f"cannot look in {directory}: {why(exc)}")
+        return NotFound(f"no local file for {md5} under {directory}")
+
+    def _index(self, directory: Path, *, fresh: bool) -> dict[str, str]:
+        """The directory's `{md5}.*` index, listed now when `fresh` or when it changed since
+        an index that is more than INDEX_MAX_AGE_S old."""
+        try:
+            mtime_ns = os.stat(directory).st_mtime_ns
+        except (FileNotFoundError, NotADirectoryError):
+            return {}
+        with self._lock:  # one listing per directory, however many workers ask
+            index = self._indexes.get(directory)
+            now = self.clock()
+            up_to_date = index is not None and (
+                index.mtime_ns == mtime_ns or now - index.built_at < INDEX_MAX_AGE_S
+            )
+            if index is not None and up_to_date and not fresh:
+                return index.best
+            best: dict[str, str] = {}
+            for name in self.listdir(directory):
+                if _MD5_NAME_RE.match(name):
+                    kept = best.get(name[:32])
+                    if kept is None or _rank(name) < _rank(kept):
+                        best[name[:32]] = name
+            self._indexes[directory] = _Index(best, mtime_ns, now)
+            return best
 
 
 def resolve_file(row: MediaRow, md5: str, cache_root: Path, cwd: Path) -> Resolution:
-    """Find the row's local file. `cache_root` must already be resolved (absolute, real)."""
-    if row.local_file_path:
-        given = Path(row.local_file_path)
-        candidate = given if given.is_absolute() else cwd / given
-        if candidate.exists():
-            return _confine(candidate, cache_root, "local_file_path")
-    directory = media_dir(cache_root, row.media_type)
-    if directory is None:
-        return Refused(f"media_type {row.media_type!r} is not a plain word")
-    mime_ext = ext_for_mime(row.mime_type)
-    if mime_ext:
-        candidate = directory / f"{md5}{mime_ext}"
-        if candidate.exists():
-            return _confine(candidate, cache_root, "mime_type")
-    for candidate in _glob_candidates(directory, md5):
-        if candidate.exists():
-            return _confine(candidate, cache_root, "glob")
-    return NotFound(f"no local file for {md5} under {directory}")
+    """Find one row's file (a Resolver for one lookup; a run keeps one Resolver)."""
+    return Resolver(cache_root, cwd).resolve(row, md5)
 
 
 def resolve_cache_root(settings: Settings) -> Path:
@@ -116,3 +192,14 @@ def resolve_cache_root(settings: Settings) -> Path:
             "(set ARCHIVER_CACHE_ROOT or --cache-root)"
         )
     return root
+
+
+def open_cache_root(settings: Settings) -> CacheRoot:
+    """The cache root, held open for a run, or ConfigError when it cannot be."""
+    root = resolve_cache_root(settings)
+    try:
+        return CacheRoot(root)
+    except OSError as exc:
+        raise ConfigError(
+            f"cache root {str(settings.cache_root)!r} cannot be opened: {why(exc)}"
+        ) from exc

@@ -1,29 +1,33 @@
 """`archiver restore`: download archived objects back into the cache.
 
-Each object is streamed (a chunk at a time) into a temporary file in its final directory,
-hashed as it arrives; only when the MD5 equals `md5_sum` does it take its final name,
-`{cache_root}/{media_type}s/{md5}{ext}`, and then without ever replacing a file that is
-already there (a hard link, which fails when the name exists, then the temporary name is
-removed). A file already in place with the right content counts as `already_present`.
+Only objects archiver itself would have made for a row are read: the configured bucket, the
+key prefix, the row's own MD5 and month (`keys.archived_key`); a row whose `archive_url`
+names anything else is reported and skipped. Each object is streamed (a chunk at a time)
+into an unnamed file in its final directory (`localfs.NewFile`), hashed as it arrives; only
+when the MD5 equals `md5_sum` is it linked to its final name,
+`{cache_root}/{media_type}s/{md5}{ext}`, and never over an existing name. A crash at any
+point leaves nothing behind. A file already in place with the right content counts as
+`already_present`; anything else in the way (another file, a FIFO) is reported, not touched.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from archiver.db import RowFilter
-from archiver.errors import ArchiverError, ConfigError
-from archiver.keys import normalize_md5, split_archive_url
+from archiver.errors import ConfigError, StorageError
+from archiver.keys import NotOurs, archived_key, normalize_md5
+from archiver.localfs import CacheRoot, NewFile, why
 from archiver.models import MediaRow
 from archiver.pipeline import for_each
-from archiver.progress import Counter
-from archiver.resolve import Found, NotFound, media_dir, resolve_cache_root, resolve_file
+from archiver.progress import Counter, printable
+from archiver.resolve import Found, NotFound, Resolver, media_dir_name, open_cache_root
 from archiver.services import connected
 from archiver.settings import Settings
 from archiver.storage import Storage
@@ -58,9 +62,10 @@ class RestoreReport:
     def exit_code(self) -> int:
         return 1 if self.failed else 0
 
-    def fail(self, media_id: str, why: str) -> None:
+    def fail(self, media_id: str, why: str) -> int:
         self.failed += 1
         self.failures.append((media_id, why))
+        return 0
 
     def as_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -76,24 +81,134 @@ class RestoreReport:
         return data
 
 
-def target_path(row: MediaRow, md5: str, key: str, root: Path) -> Path | None:
-    """`{root}/{media_type}s/{md5}{ext}` with the object key's extension, or None when the
-    row cannot name a place inside the cache root."""
-    directory = media_dir(root, row.media_type)
+class RestoreFailed(Exception):
+    """This row's download cannot become its file."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a row's object is, and where its file goes."""
+
+    key: str
+    directory: str  # `{media_type}s`, below the cache root
+    name: str  # `{md5}{ext}`
+
+
+def plan(row: MediaRow, md5: str | None, settings: Settings) -> Target | str:
+    """Where the row's object is and where its file goes, or why it cannot be restored."""
+    if md5 is None:
+        return f"md5_sum {row.md5_sum!r} is not 32 hex digits"
+    if row.created_at_bad is not None:
+        return f"created_at {row.created_at_bad!r} is out of range"
+    key = archived_key(
+        row.archive_url,
+        bucket=settings.bucket,
+        prefix=settings.key_prefix,
+        md5=md5,
+        created_at=row.created_at,
+    )
+    if isinstance(key, NotOurs):
+        return key.reason
+    directory = media_dir_name(row.media_type)
     if directory is None:
-        return None
-    suffix = PurePosixPath(key).suffix.lower()
-    if suffix and not suffix[1:].isalnum():
-        return None
-    return directory / f"{md5}{suffix}"
+        return f"media_type {row.media_type!r} is not a plain word"
+    return Target(key, directory, f"{md5}{PurePosixPath(key).suffix}")
 
 
-def _md5_of(path: Path) -> str:
-    digest = hashlib.md5()
-    with path.open("rb") as f:
-        while chunk := f.read(1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()
+@dataclass
+class _Restorer:
+    settings: Settings
+    store: Storage
+    cache: CacheRoot
+    resolver: Resolver
+    options: RestoreOptions
+    report: RestoreReport
+
+    async def restore(self, row: MediaRow) -> int:
+        """Restore one row's file when it is missing (or named); bytes written."""
+        report = self.report
+        md5 = normalize_md5(row.md5_sum)
+        found = await asyncio.to_thread(self.resolver.resolve, row, md5) if md5 else None
+        if self.options.all_missing and isinstance(found, Found):
+            return 0  # present: not selected
+        report.selected += 1
+        where = plan(row, md5, self.settings)
+        if isinstance(where, str):
+            return report.fail(row.media_id, where)
+        assert md5 is not None and found is not None
+        if not isinstance(found, NotFound | Found):
+            return report.fail(row.media_id, f"its local file cannot be used: {found.reason}")
+        if isinstance(found, Found):
+            try:
+                same = await asyncio.to_thread(self._holds, found.path, md5)
+            except RestoreFailed as exc:
+                return report.fail(row.media_id, str(exc))
+            if same:
+                report.already_present += 1
+                return 0
+            return report.fail(row.media_id, f"a different file is at {found.path} (not replaced)")
+        if self.options.dry_run:
+            target = self.cache.path / where.directory / where.name
+            report.would_restore.append(f"s3://{self.settings.bucket}/{where.key} -> {target}")
+            return 0
+        try:
+            nbytes, fresh = await self._download(where, md5)
+        except (RestoreFailed, StorageError, OSError) as exc:
+            reason = why(exc) if isinstance(exc, OSError) else str(exc)
+            return report.fail(row.media_id, reason)
+        if not fresh:
+            report.already_present += 1
+            return 0
+        report.restored += 1
+        report.bytes += nbytes
+        return nbytes
+
+    def _holds(self, path: Path, md5: str) -> bool:
+        """Whether the regular file at `path` has this MD5 (never blocks on a FIFO)."""
+        try:
+            with self.cache.open_file(path) as f:
+                return f.md5() == md5
+        except OSError as exc:
+            raise RestoreFailed(f"{path}: {why(exc)}") from exc
+
+    async def _download(self, where: Target, md5: str) -> tuple[int, bool]:
+        """Stream the object into an unnamed file in its directory, check its MD5, give it
+        its name; (bytes, whether the file is new)."""
+        dir_fd = await asyncio.to_thread(self.cache.open_dir, [where.directory], create=True)
+        try:
+            new = await asyncio.to_thread(NewFile, dir_fd, where.name)
+            try:
+                digest = hashlib.md5()
+
+                async def sink(chunk: bytes) -> None:
+                    digest.update(chunk)
+                    await asyncio.to_thread(new.write, chunk)
+
+                nbytes = await self.store.download(where.key, sink)
+                if digest.hexdigest() != md5:
+                    raise RestoreFailed(
+                        f"the downloaded bytes do not hash to md5_sum {md5}: not restored"
+                    )
+                if await asyncio.to_thread(new.publish):
+                    return nbytes, True
+            finally:
+                await asyncio.shield(asyncio.to_thread(new.close))
+            # The name is taken: by the same content (restored meanwhile), or not.
+            path = self.cache.path / where.directory / where.name
+            existing = await asyncio.to_thread(self._holds_in, dir_fd, where.name, path, md5)
+            if existing:
+                return nbytes, False
+            raise RestoreFailed(f"a different file is already at {path}")
+        finally:
+            with contextlib.suppress(OSError):
+                os.close(dir_fd)
+
+    def _holds_in(self, dir_fd: int, name: str, path: Path, md5: str) -> bool:
+        try:
+            with self.cache.open_in(os.dup(dir_fd), name, path) as f:
+                return f.md5() == md5
+        except OSError as exc:
+            raise RestoreFailed(f"{path}: {why(exc)}") from exc
 
 
 async def run_restore(
@@ -106,137 +221,52 @@ async def run_restore(
 ) -> RestoreReport:
     """Download what is asked; the report of what happened."""
     cwd = cwd or Path.cwd()
-    root = resolve_cache_root(settings)
     report = RestoreReport(dry_run=options.dry_run)
     row_filter = RowFilter(
         archived=None if options.media_ids else True, media_ids=options.media_ids
     )
-    async with connected(settings, concurrency=options.concurrency) as (db, store):
-        assert store is not None
-        progress.start(len(options.media_ids) or await db.count_rows(row_filter))
-        seen: set[str] = set()
+    with open_cache_root(settings) as cache:
+        async with connected(settings, concurrency=options.concurrency) as (db, store):
+            assert store is not None
+            restorer = _Restorer(settings, store, cache, Resolver(cache.path, cwd), options, report)
+            progress.start(len(options.media_ids) or await db.count_rows(row_filter))
+            seen: set[str] = set()
 
-        async def restore(row: MediaRow) -> None:
-            seen.add(row.media_id)
-            nbytes = await _restore_row(row, store, root, cwd, report, options)
-            progress.step(nbytes)
+            async def restore(row: MediaRow) -> None:
+                seen.add(row.media_id)
+                progress.step(await restorer.restore(row))
 
-        try:
-            await for_each(db.rows(row_filter), restore, concurrency=options.concurrency, stop=stop)
-        finally:
-            progress.close()
-        for media_id in sorted(set(options.media_ids) - seen):
-            report.selected += 1
-            report.fail(media_id, "no such row")
+            def failed(row: MediaRow, reason: str) -> None:
+                report.fail(row.media_id, reason)
+                progress.step(0)
+
+            try:
+                await for_each(
+                    db.rows(row_filter),
+                    restore,
+                    concurrency=options.concurrency,
+                    stop=stop,
+                    on_error=failed,
+                )
+            finally:
+                progress.close()
+            for media_id in sorted(set(options.media_ids) - seen):
+                report.selected += 1
+                report.fail(media_id, "no such row")
     return report
 
 
-def plan(row: MediaRow, md5: str | None, root: Path) -> tuple[tuple[str, str], Path] | str:
-    """Where the row's object is and where its file goes, or why it cannot be restored."""
-    if md5 is None:
-        return "md5_sum is not 32 hex digits"
-    if row.archive_url is None:
-        return "not archived"
-    parsed = split_archive_url(row.archive_url)
-    if parsed is None:
-        return f"archive_url {row.archive_url!r} is not an s3:// URL"
-    target = target_path(row, md5, parsed[1], root)
-    if target is None:
-        return "the row names no place inside the cache root"
-    return parsed, target
-
-
-async def _restore_row(
-    row: MediaRow,
-    store: Storage,
-    root: Path,
-    cwd: Path,
-    report: RestoreReport,
-    options: RestoreOptions,
-) -> int:
-    md5 = normalize_md5(row.md5_sum)
-    found = await asyncio.to_thread(resolve_file, row, md5, root, cwd) if md5 else None
-    if options.all_missing and not isinstance(found, NotFound):
-        return 0  # not missing (or not a row we may touch): not selected
-    report.selected += 1
-    where = plan(row, md5, root)
-    if isinstance(where, str):
-        report.fail(row.media_id, where)
-        return 0
-    if isinstance(found, Found):
-        if await asyncio.to_thread(_md5_of, found.path) == md5:
-            report.already_present += 1
-        else:
-            report.fail(row.media_id, f"a different file is at {found.path} (not replaced)")
-        return 0
-    parsed, target = where
-    if options.dry_run:
-        report.would_restore.append(f"{row.archive_url} -> {target}")
-        return 0
-    try:
-        nbytes, fresh = await _download(store, parsed, target, md5 or "")
-    except (RestoreFailed, OSError) as exc:
-        report.fail(row.media_id, str(exc))
-        return 0
-    except ArchiverError as exc:
-        if exc.exit_code == 2:
-            raise
-        report.fail(row.media_id, str(exc))
-        return 0
-    if not fresh:
-        report.already_present += 1
-        return 0
-    report.restored += 1
-    report.bytes += nbytes
-    return nbytes
-
-
-class RestoreFailed(Exception):
-    """This row's download cannot become its file."""
-
-
-async def _download(
-    store: Storage, parsed: tuple[str, str], target: Path, md5: str
-) -> tuple[int, bool]:
-    """Stream the object to a temporary name beside `target`, check its MD5, publish it;
-    (bytes, whether the file is new)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temp = target.with_name(f".{target.name}.restore-{uuid.uuid4().hex[:8]}")
-    digest = hashlib.md5()
-    f = await asyncio.to_thread(temp.open, "xb")
-    try:
-
-        async def sink(chunk: bytes) -> None:
-            digest.update(chunk)
-            await asyncio.to_thread(f.write, chunk)
-
-        nbytes = await store.download(parsed[1], sink, bucket=parsed[0])
-        await asyncio.to_thread(f.close)
-        if digest.hexdigest() != md5:
-            raise RestoreFailed(f"downloaded bytes hash to {digest.hexdigest()}, not {md5}")
-        return nbytes, await asyncio.to_thread(_publish, temp, target, md5)
-    finally:
-        f.close()
-        temp.unlink(missing_ok=True)
-
-
-def _publish(temp: Path, target: Path, md5: str) -> bool:
-    """Give the verified download its final name without replacing anything; False when
-    the same content was already there."""
-    try:
-        os.link(temp, target)  # fails if the name exists: never overwrites
-    except FileExistsError:
-        if _md5_of(target) == md5:
-            return False
-        raise RestoreFailed(f"a different file is already at {target}") from None
-    return True
-
-
 def format_restore(report: RestoreReport) -> str:
-    lines = [f"  would restore {line}" for line in report.would_restore[:MAX_LISTED]]
+    lines = [f"  would restore {printable(line)}" for line in report.would_restore[:MAX_LISTED]]
     if len(report.would_restore) > MAX_LISTED:
         lines.append(f"  ... and {len(report.would_restore) - MAX_LISTED:,} more")
-    lines += [f"  failed {m}: {why}" for m, why in report.failures[:MAX_LISTED]]
+    lines += [
+        f"  failed {printable(m)}: {printable(why)}" for m, why in report.failures[:MAX_LISTED]
+    ]
+    if len(report.failures) > MAX_LISTED:
+        lines.append(
+            f"  ... and {len(report.failures) - MAX_LISTED:,} more failed (--json lists all)"
+        )
     verb = "Would restore" if report.dry_run else "Restored"
     count = len(report.would_restore) if report.dry_run else report.restored
     lines.append(

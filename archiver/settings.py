@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 from archiver.errors import ConfigError
 
@@ -35,23 +35,103 @@ MEDIA_TYPES = ("image", "video", "document")
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
+_LIBPQ_PASSWORD_RE = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+_QUERY_PASSWORD_RE = re.compile(r"((?:^|[?&])password=)[^&#]*", re.IGNORECASE)
+
+
+def _url_parts(dsn: str) -> tuple[str, str | None, str] | None:
+    """(scheme://, userinfo or None, the rest) of a URL DSN, cutting at the LAST `@`: a
+    password may hold unescaped `@`, `/`, `?` or `#`, and then no URL parser agrees on where
+    it ends; everything before the last `@` is treated as secret. None for key=value DSNs."""
+    scheme, sep, rest = dsn.partition("://")
+    if not sep:
+        return None
+    userinfo, at, after = rest.rpartition("@")
+    return (f"{scheme}://", userinfo if at else None, after if at else rest)
+
+
 def redact_dsn(dsn: str | None) -> str:
-    """The DSN with its password replaced by `***`, safe to print."""
+    """The DSN with its password replaced by `***`, safe to print, whatever its shape."""
     if not dsn:
         return "(unset)"
-    if "://" not in dsn:  # libpq key=value form
-        return re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", dsn, flags=re.IGNORECASE)
-    try:
-        parts = urlsplit(dsn)
-        netloc = parts.netloc
-        if "@" in netloc:
-            userinfo, host = netloc.rsplit("@", 1)
-            user = userinfo.split(":", 1)[0]
-            netloc = f"{user}:***@{host}" if ":" in userinfo else f"{user}@{host}"
-        query = re.sub(r"(password=)[^&]*", r"\1***", parts.query, flags=re.IGNORECASE)
-        return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
-    except ValueError:
-        return "(unparseable DSN)"
+    parts = _url_parts(dsn)
+    if parts is None:  # libpq key=value form
+        return _LIBPQ_PASSWORD_RE.sub(r"\1***", dsn)
+    scheme, userinfo, rest = parts
+    rest = _QUERY_PASSWORD_RE.sub(r"\1***", rest)
+    if userinfo is None:
+        return f"{scheme}{rest}"
+    user, colon, _password = userinfo.partition(":")
+    if any(c in user for c in "/?#@"):  # the cut is not where a parser would make it
+        user = "***"
+    return f"{scheme}{user}{':***' if colon else ''}@{rest}"
+
+
+def dsn_secrets(dsn: str | None) -> list[str]:
+    """Every string of the DSN that must never be printed: the password (raw and decoded)
+    and, for a malformed one, the pieces a URL parser would cut it into."""
+    if not dsn:
+        return []
+    found: list[str] = []
+    parts = _url_parts(dsn)
+    if parts is None:
+        found += [m.group(2).strip("'") for m in _LIBPQ_PASSWORD_RE.finditer(dsn)]
+    else:
+        _scheme, userinfo, rest = parts
+        if userinfo is not None and ":" in userinfo:
+            found.append(userinfo.partition(":")[2])
+        found += [m.group(0).partition("=")[2] for m in _QUERY_PASSWORD_RE.finditer(rest)]
+    secrets: set[str] = set()
+    for value in found:
+        if not value:
+            continue
+        secrets.update({value, unquote(value)})
+        # What a parser would take for a host, a path or a query when the password holds
+        # an unescaped delimiter: pieces long enough to mean something.
+        secrets.update(p for p in re.split(r"[@/?#:]", value) if len(p) >= 3)
+    return sorted(secrets, key=len, reverse=True)
+
+
+def scrub(text: str, dsn: str | None) -> str:
+    """`text` (a library's message) with the DSN redacted and every secret of it removed."""
+    if dsn:
+        text = text.replace(dsn, redact_dsn(dsn))
+    for secret in dsn_secrets(dsn):
+        text = text.replace(secret, "***")
+    return text
+
+
+def check_dsn(dsn: str) -> str:
+    """The DSN when a PostgreSQL driver can read it as meant, else a ConfigError whose
+    message names what is wrong and never holds the password."""
+    parts = _url_parts(dsn)
+    if parts is None:
+        return dsn  # key=value form: libpq's own syntax, passed on as it is
+    scheme = parts[0]
+    if scheme.lower() not in ("postgres://", "postgresql://"):
+        raise ConfigError(
+            f"DATABASE_URL must start with postgresql:// (got {scheme!r}): {redact_dsn(dsn)}"
+        )
+    # Read as a URL parser reads it (the authority ends at the first `/`, `?` or `#`): an `@`
+    # in the user info, or an `@` after the authority that is not inside a query value,
+    # means the password holds a delimiter, and drivers would cut it apart.
+    netloc = urlsplit(dsn).netloc
+    after = dsn[len(scheme) + len(netloc) :]
+    stray_at = "@" in after and ("=" not in after or after.index("@") < after.index("="))
+    if "@" in netloc.rpartition("@")[0] or stray_at:
+        raise ConfigError(
+            "DATABASE_URL's user name or password holds an unescaped '@', '/', '?' or '#': "
+            "percent-encode it (for example '@' as %40, '/' as %2F, '?' as %3F, '#' as %23)"
+        )
+    hostlist = netloc.rpartition("@")[2]
+    for hostspec in hostlist.split(","):
+        after_ipv6 = hostspec.rpartition("]")[2]  # `[::1]:5432`: the port follows the `]`
+        if ":" not in after_ipv6:
+            continue
+        port = after_ipv6.rpartition(":")[2]
+        if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
+            raise ConfigError(f"DATABASE_URL has an invalid port {port!r}: {redact_dsn(dsn)}")
+    return dsn
 
 
 def validate_bucket(name: str) -> str:
@@ -108,7 +188,7 @@ class Settings:
         """The DSN, or a ConfigError saying how to give one."""
         if not self.database_url:
             raise ConfigError("no database configured: set DATABASE_URL or pass --database-url")
-        return self.database_url
+        return check_dsn(self.database_url)
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from botocore.exceptions import (
 )
 from botocore.utils import determine_content_length
 
-from archiver.errors import BucketMissing, StorageError, StorageUnavailable
+from archiver.errors import AccessDenied, BucketMissing, StorageError, StorageUnavailable
 from archiver.settings import Settings
 
 DEFAULT_RETRY_MODE = "standard"  # retries 503 SlowDown, 500s, throttling, dropped connections
@@ -76,6 +76,18 @@ def _code(exc: ClientError) -> str:
 
 def _status(exc: ClientError) -> int:
     return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+
+
+def _denied(exc: ClientError) -> bool:
+    return _status(exc) == 403 or _code(exc) in ("AccessDenied", "403", "Forbidden")
+
+
+def denied(bucket: str, action: str, key: str) -> AccessDenied:
+    """The error for a 403 on one object, naming the IAM action these credentials lack."""
+    return AccessDenied(
+        f"S3 denied {action} on s3://{bucket}/{key}: the credentials need {action} on the "
+        "key prefix"
+    )
 
 
 def translate(exc: Exception, bucket: str, doing: str) -> Exception:
@@ -217,22 +229,25 @@ class Storage:
                 return None
             if if_absent and (_status(exc) == 501 or _code(exc) == "NotImplemented"):
                 raise ConditionalWritesUnsupported(key) from exc
+            if _denied(exc):
+                raise denied(self.bucket, "s3:PutObject", key) from exc
             raise translate(exc, self.bucket, f"PUT {key}") from exc
         except BotoCoreError as exc:
             raise translate(exc, self.bucket, f"PUT {key}") from exc
         return str(response.get("ETag", "")).strip('"')
 
-    async def head_object(self, key: str, *, bucket: str | None = None) -> ObjectInfo | None:
-        """The object's size, ETag and metadata, or None when it does not exist."""
+    async def head_object(self, key: str) -> ObjectInfo | None:
+        """The object's size, ETag and metadata, or None when it does not exist. Only keys of
+        the configured bucket are ever asked for."""
         try:
-            response = await self._s3.head_object(Bucket=bucket or self.bucket, Key=key)
+            response = await self._s3.head_object(Bucket=self.bucket, Key=key)
         except ClientError as exc:
             if _status(exc) == 404 or _code(exc) in ("404", "NoSuchKey", "NotFound"):
                 return None
-            if _status(exc) == 403:
-                raise StorageUnavailable(
-                    f"S3 denied HEAD {key}: HEAD needs s3:GetObject (and s3:ListBucket to "
-                    "tell a missing object from a forbidden one)"
+            if _denied(exc):
+                raise AccessDenied(
+                    f"S3 denied HEAD of s3://{self.bucket}/{key}: it needs s3:GetObject on the "
+                    "key prefix (and s3:ListBucket to tell a missing object from a forbidden one)"
                 ) from exc
             raise translate(exc, self.bucket, f"HEAD {key}") from exc
         except BotoCoreError as exc:
@@ -305,13 +320,13 @@ class Storage:
         key: str,
         sink: Callable[[bytes], Awaitable[None]],
         *,
-        bucket: str | None = None,
         chunk_bytes: int = DOWNLOAD_CHUNK_BYTES,
     ) -> int:
-        """Stream an object into `sink`, a chunk at a time (memory stays bounded); the
-        number of bytes. StorageError when it is missing or the transfer fails."""
+        """Stream an object of the configured bucket into `sink`, a chunk at a time (memory
+        stays bounded); the number of bytes. StorageError when it is missing or the transfer
+        fails, AccessDenied when GetObject is refused."""
         try:
-            response = await self._s3.get_object(Bucket=bucket or self.bucket, Key=key)
+            response = await self._s3.get_object(Bucket=self.bucket, Key=key)
             body = response["Body"]  # aiobotocore StreamingBody: read(amt) checks the length
             total = 0
             try:
@@ -324,6 +339,8 @@ class Storage:
         except ClientError as exc:
             if _code(exc) in ("NoSuchKey", "404") or _status(exc) == 404:
                 raise StorageError(f"no object at {key}") from exc
+            if _denied(exc):
+                raise denied(self.bucket, "s3:GetObject", key) from exc
             raise translate(exc, self.bucket, f"GET {key}") from exc
         except (BotoCoreError, OSError, aiohttp.ClientError) as exc:  # cut off mid-body
             raise translate(exc, self.bucket, f"GET {key}") from exc

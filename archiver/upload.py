@@ -1,10 +1,11 @@
 """`archiver upload`: what one row means, and the run that wires database, S3 and pipeline.
 
-Per row: validate `md5_sum`, find the file (confined to the cache root), derive the key,
-read the file once while hashing it, and store it only when the hash equals `md5_sum`.
-A row is recorded only when S3 confirms the content: the ETag of a single PUT equals the
-MD5, the ETag of a multipart upload equals the MD5 of its parts' MD5s; an existing object
-is accepted when its size and ETag (or recorded MD5) agree.
+Per row: validate `md5_sum` and `created_at`, find the file (confined to the cache root),
+derive the key, and store the file only when its bytes hash to `md5_sum`: a small file is
+read once and hashed, a large one is hashed whole before any part is sent. A row is recorded
+only when S3 confirms the content: the ETag of a single PUT equals the MD5, the ETag of a
+multipart upload equals the MD5 of its parts' MD5s; an existing object is accepted when the
+integrity rule (`integrity.py`) says it holds the file.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -23,14 +23,16 @@ from typing import Protocol
 
 from archiver.budget import ByteBudget
 from archiver.claims import Claims
-from archiver.content_types import SNIFF_BYTES, choose_ext, content_type_for, ext_for_mime
+from archiver.content_types import SNIFF_BYTES, choose_ext, content_type_for, needs_sniffing
 from archiver.db import Database, RowFilter
-from archiver.errors import ArchiverError, StorageError
+from archiver.errors import AccessDenied, ArchiverError, StorageError, StorageUnavailable
+from archiver.integrity import METADATA_MD5, object_intact
 from archiver.keys import archive_url, as_utc, normalize_md5, object_key
+from archiver.localfs import READ_CHUNK_BYTES, CacheRoot, LocalFile, NotARegularFile, why
 from archiver.models import MediaRow, Outcome, RowResult, Summary
 from archiver.pipeline import Interrupt, Pipeline
 from archiver.policies import BatchPolicy, ExistencePolicy, RetryPolicy
-from archiver.resolve import Found, NotFound, resolve_cache_root, resolve_file
+from archiver.resolve import Found, NotFound, Resolver, open_cache_root
 from archiver.settings import MAX_PARTS, MIB, Settings, UploadOptions
 from archiver.storage import ConditionalWritesUnsupported, ObjectInfo, Storage, StoredPart
 
@@ -98,27 +100,38 @@ def part_size_for(size: int, preferred: int) -> int:
     return -(-needed // MIB) * MIB
 
 
-def object_intact(info: ObjectInfo, md5: str, size: int) -> bool:
-    """Whether an existing object holds exactly the file: size, and ETag or recorded MD5."""
-    if info.size != size:
-        return False
-    if not info.is_multipart:
-        return info.etag == md5
-    return info.metadata.get("md5") == md5
+@dataclass
+class Sent:
+    """Bytes of file data S3 accepted for one row (each accepted PUT or part counts)."""
+
+    bytes: int = 0
 
 
-def _read_and_hash(path: Path) -> tuple[bytes, str]:
-    with path.open("rb") as f:
-        body = f.read()
-    return body, hashlib.md5(body).hexdigest()
+def hash_parts(f: LocalFile, part_size: int) -> tuple[str, list[bytes]]:
+    """The MD5 of the whole file and of each `part_size` part, in one read a chunk at a time
+    (memory stays bounded): the whole is proved before any byte is sent."""
+    whole = hashlib.md5()
+    digests = []
+    for offset in range(0, f.size, part_size):
+        part = hashlib.md5()
+        end = min(offset + part_size, f.size)
+        pos = offset
+        while pos < end:
+            chunk = f.pread(pos, min(READ_CHUNK_BYTES, end - pos))
+            if not chunk:
+                raise StorageError(f"the file shrank while it was read (at byte {pos})")
+            whole.update(chunk)
+            part.update(chunk)
+            pos += len(chunk)
+        digests.append(part.digest())
+    return whole.hexdigest(), digests
 
 
-def _read_part(fd: int, offset: int, length: int, whole: hashlib._Hash) -> tuple[bytes, bytes]:
-    data = os.pread(fd, length, offset)
+def _read_part(f: LocalFile, offset: int, length: int) -> bytes:
+    data = f.pread(offset, length)
     if len(data) != length:
-        raise StorageError(f"file shrank while reading (wanted {length} bytes at {offset})")
-    whole.update(data)
-    return data, hashlib.md5(data).digest()
+        raise StorageError(f"the file shrank while it was sent (wanted {length} bytes at {offset})")
+    return data
 
 
 class Uploader:
@@ -130,14 +143,14 @@ class Uploader:
         options: UploadOptions,
         store: ObjectStore | None,
         *,
-        cache_root: Path,
+        cache: CacheRoot,
         cwd: Path,
     ) -> None:
         self.settings = settings
         self.options = options
         self.store = store
-        self.cache_root = cache_root
-        self.cwd = cwd
+        self.cache = cache
+        self.resolver = Resolver(cache.path, cwd)
         self.budget = ByteBudget(options.memory_budget)
         self.existence = ExistencePolicy(misses_to_switch=2 * options.concurrency)
         self.inline_max = min(INLINE_READ_MAX_BYTES, options.memory_budget // options.concurrency)
@@ -148,24 +161,35 @@ class Uploader:
 
     def prepare(self, row: MediaRow, md5: str) -> Prepared | RowResult:
         """Find, stat, maybe read the row's file and derive its key (blocking I/O)."""
-        found = resolve_file(row, md5, self.cache_root, self.cwd)
+        if row.created_at_bad is not None:
+            return RowResult(
+                row.media_id,
+                Outcome.INVALID,
+                reason=f"created_at {row.created_at_bad!r} is outside the years 1-9999",
+            )
+        found = self.resolver.resolve(row, md5)
         if isinstance(found, NotFound):
             return RowResult(row.media_id, Outcome.MISSING_LOCAL, reason=found.reason)
         if not isinstance(found, Found):
             return RowResult(row.media_id, Outcome.INVALID, reason=found.reason)
         path = found.path
+        body: bytes | None = None
+        body_md5: str | None = None
+        head = b""
+        read_body = not self.options.dry_run and found.size <= self.inline_max
         try:
-            body: bytes | None = None
-            body_md5: str | None = None
-            head = b""
-            if not self.options.dry_run and found.size <= self.inline_max:
-                body, body_md5 = _read_and_hash(path)
-                head = body[:SNIFF_BYTES]
-            elif path.suffix.lower() in ("", ".bin") and ext_for_mime(row.mime_type) is None:
-                with path.open("rb") as f:
-                    head = f.read(SNIFF_BYTES)
+            if read_body or needs_sniffing(path.suffix, row.mime_type):
+                with self.cache.open_file(path) as f:
+                    if read_body:
+                        body = f.read_all()
+                        body_md5 = hashlib.md5(body).hexdigest()
+                        head = body[:SNIFF_BYTES]
+                    else:
+                        head = f.pread(0, SNIFF_BYTES)
+        except NotARegularFile as exc:
+            return RowResult(row.media_id, Outcome.INVALID, reason=str(exc))
         except OSError as exc:
-            return RowResult(row.media_id, Outcome.FAILED, reason=f"cannot read {path}: {exc}")
+            return RowResult(row.media_id, Outcome.FAILED, reason=f"cannot read {path}: {why(exc)}")
         ext = choose_ext(path.suffix, row.mime_type, head)
         key = object_key(self.settings.key_prefix, as_utc(row.created_at, found.mtime), md5, ext)
         return Prepared(
@@ -228,29 +252,41 @@ class Uploader:
 
     async def _store(self, prep: Prepared) -> RowResult:
         deadline_s = DEADLINE_BASE_S + prep.size / DEADLINE_SLOWEST_BYTES_PER_S
+        sent = Sent()
         try:
             async with asyncio.timeout(deadline_s):
-                return await self._store_in_time(prep)
+                return await self._store_in_time(prep, sent)
         except TimeoutError:
             return self._result(
-                prep, Outcome.FAILED, reason=f"not stored within {deadline_s:.0f} s"
+                prep, Outcome.FAILED, reason=f"not stored within {deadline_s:.0f} s", sent=sent
             )
 
-    async def _store_in_time(self, prep: Prepared) -> RowResult:
+    def _read(self, path: Path) -> tuple[bytes, str]:
+        with self.cache.open_file(path) as f:
+            body = f.read_all()
+        return body, hashlib.md5(body).hexdigest()
+
+    async def _store_in_time(self, prep: Prepared, sent: Sent) -> RowResult:
         try:
             if prep.size > self.options.multipart_threshold:
-                return await self._store_multipart(prep)
+                return await self._store_multipart(prep, sent)
             if prep.body is not None:
-                return await self._store_single(prep, prep.body, prep.body_md5 or "")
+                return await self._store_single(prep, prep.body, prep.body_md5 or "", sent)
             async with self.budget.hold(prep.size):
-                body, body_md5 = await asyncio.to_thread(_read_and_hash, prep.path)
+                body, body_md5 = await asyncio.to_thread(self._read, prep.path)
                 if body_md5 != prep.md5:
                     return self._corrupt(prep, body_md5)
-                return await self._store_single(prep, body, body_md5)
+                return await self._store_single(prep, body, body_md5, sent)
+        except AccessDenied as exc:
+            # Every key is under the same prefix and policy: one denial dooms every row.
+            raise StorageUnavailable(str(exc)) from exc
         except StorageError as exc:
-            return self._result(prep, Outcome.FAILED, reason=str(exc))
+            return self._result(prep, Outcome.FAILED, reason=str(exc), sent=sent)
+        except NotARegularFile as exc:
+            return self._result(prep, Outcome.INVALID, reason=str(exc), sent=sent)
         except OSError as exc:
-            return self._result(prep, Outcome.FAILED, reason=f"cannot read {prep.path}: {exc}")
+            reason = f"cannot read {prep.path}: {why(exc)}"
+            return self._result(prep, Outcome.FAILED, reason=reason, sent=sent)
 
     async def _existing_intact(self, prep: Prepared) -> bool | None:
         """HEAD the key: True when the object is there and intact, False when something
@@ -263,7 +299,18 @@ class Uploader:
         self.existence.present()
         return object_intact(existing, prep.md5, prep.size)
 
-    async def _store_single(self, prep: Prepared, body: bytes, body_md5: str) -> RowResult:
+    async def _put(self, prep: Prepared, body: bytes, sent: Sent, *, if_absent: bool) -> str | None:
+        assert self.store is not None
+        etag = await self.store.put_object(
+            prep.key, body, prep.md5, prep.content_type, if_absent=if_absent
+        )
+        if etag is not None:
+            sent.bytes += len(body)
+        return etag
+
+    async def _store_single(
+        self, prep: Prepared, body: bytes, body_md5: str, sent: Sent
+    ) -> RowResult:
         assert self.store is not None
         conditional = not self.options.force
         if conditional and self.existence.head_first:
@@ -273,14 +320,10 @@ class Uploader:
             conditional = intact is None  # a damaged object is replaced
         conditional = conditional and self.existence.conditional_writes
         try:
-            etag = await self.store.put_object(
-                prep.key, body, prep.md5, prep.content_type, if_absent=conditional
-            )
+            etag = await self._put(prep, body, sent, if_absent=conditional)
         except ConditionalWritesUnsupported:
             self.existence.no_conditional_writes()
-            etag = await self.store.put_object(
-                prep.key, body, prep.md5, prep.content_type, if_absent=False
-            )
+            etag = await self._put(prep, body, sent, if_absent=False)
         if etag is None:  # 412: stored meanwhile, by another row or process
             self.existence.present()
             existing = await self.store.head_object(prep.key)
@@ -289,37 +332,55 @@ class Uploader:
             etag = ""  # a different object under an MD5-named key is damaged: replace it
         for _ in range(INTEGRITY_ATTEMPTS):
             if etag == body_md5:
-                return self._result(prep, Outcome.UPLOADED, sent=len(body))
+                return self._result(prep, Outcome.UPLOADED, sent=sent)
             if etag:  # stored, but not what was sent (damaged in transit): send it again
                 log.warning("%s: S3 returned ETag %s, expected %s", prep.key, etag, body_md5)
-            etag = await self.store.put_object(
-                prep.key, body, prep.md5, prep.content_type, if_absent=False
-            )
+            etag = await self._put(prep, body, sent, if_absent=False)
         if etag == body_md5:
-            return self._result(prep, Outcome.UPLOADED, sent=len(body))
-        return self._result(
-            prep, Outcome.FAILED, reason=f"S3 returned ETag {etag!r}, expected {body_md5}"
-        )
+            return self._result(prep, Outcome.UPLOADED, sent=sent)
+        reason = f"S3 returned ETag {etag!r}, expected {body_md5}"
+        return self._result(prep, Outcome.FAILED, reason=reason, sent=sent)
 
-    async def _store_multipart(self, prep: Prepared) -> RowResult:
+    async def _store_multipart(self, prep: Prepared, sent: Sent) -> RowResult:
         assert self.store is not None
         force = self.options.force
         if not force:
-            # Always one HEAD before sending hundreds of megabytes again.
+            # Always one HEAD before reading and sending hundreds of megabytes again.
             intact = await self._existing_intact(prep)
             if intact:
                 return self._result(prep, Outcome.SKIPPED_EXISTING)
             force = intact is False or not self.existence.conditional_writes
+        f = await asyncio.to_thread(self.cache.open_file, prep.path)
+        try:
+            part_size = part_size_for(f.size, self.options.part_size)
+            # The whole file is proved before anything is sent: a wrong md5_sum costs a read
+            # of the file, never its upload. Each part's digest comes from this same read,
+            # and each part's ETag must equal it, so the bytes sent are the bytes proved.
+            digest, part_digests = await asyncio.to_thread(hash_parts, f, part_size)
+            if digest != prep.md5:
+                return self._corrupt(prep, digest)
+            return await self._send_multipart(prep, f, part_size, part_digests, sent, force=force)
+        finally:
+            f.close()
+
+    async def _send_multipart(
+        self,
+        prep: Prepared,
+        f: LocalFile,
+        part_size: int,
+        part_digests: list[bytes],
+        sent: Sent,
+        *,
+        force: bool,
+    ) -> RowResult:
+        assert self.store is not None
         upload_id = await self.store.create_multipart(
-            prep.key, prep.content_type, {"md5": prep.md5}
+            prep.key, prep.content_type, {METADATA_MD5: prep.md5}
         )
         try:
-            digest, parts = await self._send_parts(prep, upload_id)
-            if digest != prep.md5:
-                await self.store.abort_multipart(prep.key, upload_id)
-                return self._corrupt(prep, digest)
+            parts = await self._send_parts(prep, f, upload_id, part_size, part_digests, sent)
             etag = await self.store.complete_multipart(
-                prep.key, upload_id, [p for p, _ in parts], if_absent=not force
+                prep.key, upload_id, parts, if_absent=not force
             )
         except BaseException:
             await asyncio.shield(self.store.abort_multipart(prep.key, upload_id))
@@ -327,74 +388,78 @@ class Uploader:
         if etag is None:  # another process completed the same key meanwhile
             await self.store.abort_multipart(prep.key, upload_id)
             existing = await self.store.head_object(prep.key)
-            if existing is not None and object_intact(existing, prep.md5, prep.size):
-                return self._result(prep, Outcome.SKIPPED_EXISTING)
-            return self._result(prep, Outcome.FAILED, reason="a different object appeared")
-        expected = multipart_etag([d for _, d in parts])
+            if existing is not None and object_intact(existing, prep.md5, f.size):
+                return self._result(prep, Outcome.SKIPPED_EXISTING, sent=sent)
+            return self._result(
+                prep, Outcome.FAILED, reason="a different object appeared", sent=sent
+            )
+        expected = multipart_etag(part_digests)
         if etag != expected:
             return self._result(
-                prep, Outcome.FAILED, reason=f"S3 returned ETag {etag!r}, expected {expected}"
+                prep,
+                Outcome.FAILED,
+                reason=f"S3 returned ETag {etag!r}, expected {expected}",
+                sent=sent,
             )
-        return self._result(prep, Outcome.UPLOADED, sent=prep.size)
+        return self._result(prep, Outcome.UPLOADED, sent=sent)
 
     async def _send_parts(
-        self, prep: Prepared, upload_id: str
-    ) -> tuple[str, list[tuple[StoredPart, bytes]]]:
-        """Read parts in order (hashing the whole file as it goes) and upload them
-        concurrently within the byte budget; (whole-file MD5, parts with digests)."""
+        self,
+        prep: Prepared,
+        f: LocalFile,
+        upload_id: str,
+        part_size: int,
+        digests: list[bytes],
+        sent: Sent,
+    ) -> list[StoredPart]:
+        """Read parts in order and upload them concurrently within the byte budget, each
+        with the digest proved by `hash_parts`; the stored parts in order."""
         assert self.store is not None
         store = self.store
-        part_size = part_size_for(prep.size, self.options.part_size)
-        whole = hashlib.md5()
-        parts: dict[int, tuple[StoredPart, bytes]] = {}
-
+        parts: dict[int, StoredPart] = {}
         errors: list[Exception] = []
 
-        async def send(number: int, data: bytes, digest: bytes, taken: int) -> None:
+        async def send(number: int, data: bytes, digest: str, taken: int) -> None:
             try:
                 for _ in range(INTEGRITY_ATTEMPTS):
-                    etag = await store.upload_part(prep.key, upload_id, number, data, digest.hex())
-                    if etag == digest.hex():
+                    etag = await store.upload_part(prep.key, upload_id, number, data, digest)
+                    sent.bytes += len(data)
+                    if etag == digest:
                         break
-                if etag != digest.hex():
+                if etag != digest:
                     raise StorageError(
-                        f"part {number}: S3 returned ETag {etag!r}, expected {digest.hex()}"
+                        f"part {number}: S3 returned ETag {etag!r}, expected {digest}"
                     )
-                parts[number] = (StoredPart(number, etag), digest)
+                parts[number] = StoredPart(number, etag)
             except (ArchiverError, OSError) as exc:
                 errors.append(exc)  # stop sending more; the caller aborts the upload
             finally:
                 await self.budget.release(taken)
 
-        fd = os.open(prep.path, os.O_RDONLY)
-        try:
-            async with asyncio.TaskGroup() as tg:
-                for number, offset in enumerate(range(0, prep.size, part_size), start=1):
-                    length = min(part_size, prep.size - offset)
-                    taken = await self.budget.acquire(length)
-                    if errors:
-                        await self.budget.release(taken)
-                        break
-                    try:
-                        data, digest = await asyncio.to_thread(
-                            _read_part, fd, offset, length, whole
-                        )
-                    except (ArchiverError, OSError) as exc:
-                        await self.budget.release(taken)
-                        errors.append(exc)
-                        break
-                    tg.create_task(send(number, data, digest, taken), name=f"part-{number}")
-                    del data
-        finally:
-            os.close(fd)
+        async with asyncio.TaskGroup() as tg:
+            for number, offset in enumerate(range(0, f.size, part_size), start=1):
+                length = min(part_size, f.size - offset)
+                taken = await self.budget.acquire(length)
+                if errors:
+                    await self.budget.release(taken)
+                    break
+                try:
+                    data = await asyncio.to_thread(_read_part, f, offset, length)
+                except (ArchiverError, OSError) as exc:
+                    await self.budget.release(taken)
+                    errors.append(exc)
+                    break
+                digest = digests[number - 1].hex()
+                tg.create_task(send(number, data, digest, taken), name=f"part-{number}")
+                del data
         if errors:
             raise errors[0]
-        return whole.hexdigest(), [parts[n] for n in sorted(parts)]
+        return [parts[n] for n in sorted(parts)]
 
     # -- results ------------------------------------------------------------------------
 
     def _result(
-        self, prep: Prepared, outcome: Outcome, *, reason: str = "", sent: int = 0
+        self, prep: Prepared, outcome: Outcome, *, reason: str = "", sent: Sent | None = None
     ) -> RowResult:
         return RowResult(
             prep.row.media_id,
@@ -402,7 +467,7 @@ class Uploader:
             key=prep.key,
             url=prep.url if outcome.recordable or outcome is Outcome.WOULD_UPLOAD else None,
             reason=reason,
-            bytes_sent=sent,
+            bytes_sent=sent.bytes if sent is not None else 0,
             size=prep.size,
             path=str(prep.path),
         )
@@ -442,10 +507,10 @@ async def run_upload(
     """Archive the selected rows; the summary of what happened."""
     started = time.monotonic()
     interrupt = interrupt or Interrupt()
-    root = resolve_cache_root(settings)
     dsn = settings.require_database()
     summary = Summary(dry_run=options.dry_run)
     async with AsyncExitStack() as stack:
+        cache = stack.enter_context(open_cache_root(settings))
         db = await Database.connect(dsn)
         stack.push_async_callback(db.close)
         store: Storage | None = None
@@ -467,7 +532,7 @@ async def run_upload(
         total = await db.count_rows(row_filter) if reporter.wants_total else 0
         if options.limit is not None:
             total = min(total, options.limit)
-        uploader = Uploader(settings, options, store, cache_root=root, cwd=cwd or Path.cwd())
+        uploader = Uploader(settings, options, store, cache=cache, cwd=cwd or Path.cwd())
         # Claims run only a little ahead of the work, so that processes share the backlog.
         claim_rows = min(PAGE_ROWS, max(CLAIM_ROWS_MIN, 4 * options.concurrency))
         claims: Claims | None = None

@@ -4,7 +4,9 @@ Statistics come from one aggregate query. `--verify-s3` HEADs every archived row
 (concurrently, bounded) and compares it with the row: present; size equal to the local
 file's (or, without one, the recorded `file_size`); for a single-part object the ETag
 equal to `md5_sum`, for a multipart one the MD5 archiver recorded in its metadata (or the
-size alone when nothing else exists). `--check-local` looks for every row's local file.
+size alone when nothing else exists). Only objects archiver would have made for the row are
+asked for (`keys.archived_key`): a row whose `archive_url` names another bucket or key is
+reported `invalid`. `--check-local` looks for every row's local file.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from typing import Any
 
 from archiver.db import Database, RowFilter, StatsRow
 from archiver.errors import ArchiverError
-from archiver.keys import normalize_md5, split_archive_url
+from archiver.keys import NotOurs, archived_key, normalize_md5
 from archiver.models import MediaRow
 from archiver.pipeline import for_each
-from archiver.resolve import Found, resolve_cache_root, resolve_file
+from archiver.progress import printable
+from archiver.resolve import Found, NotFound, Resolver, resolve_cache_root
 from archiver.services import connected
 from archiver.settings import Settings
 from archiver.storage import ObjectInfo, Storage
@@ -40,7 +43,7 @@ class VerifyOptions:
 @dataclass
 class Problem:
     media_id: str
-    kind: str  # missing, mismatched, error, missing_local
+    kind: str  # missing, mismatched, error, invalid, missing_local
     url: str | None
     detail: str
 
@@ -52,6 +55,7 @@ class S3Check:
     missing: int = 0
     mismatched: int = 0
     errors: int = 0
+    invalid: int = 0  # rows whose archive_url is not an object archiver made for them
 
     def as_json(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -61,6 +65,7 @@ class S3Check:
 class LocalCheck:
     checked: int = 0
     missing: int = 0
+    invalid: int = 0  # rows whose file must not be read (outside the root, bad md5_sum, ...)
 
     def as_json(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -120,12 +125,9 @@ def compare(info: ObjectInfo | None, md5: str | None, expected_size: int | None)
     return None
 
 
-def _local_size(row: MediaRow, md5: str | None, root: Path, cwd: Path) -> int | None:
-    if md5 is not None:
-        found = resolve_file(row, md5, root, cwd)
-        if isinstance(found, Found):
-            return found.size
-    return row.file_size
+def _local_size(row: MediaRow, md5: str, resolver: Resolver) -> int | None:
+    found = resolver.resolve(row, md5)
+    return found.size if isinstance(found, Found) else row.file_size
 
 
 async def run_verify(
@@ -144,86 +146,121 @@ async def run_verify(
         store,
     ):
         report = VerifyReport(stats=await db.stats())
+        resolver = Resolver(root, cwd) if root is not None else None
         if store is not None:
-            assert root is not None
+            assert resolver is not None
             report.s3 = S3Check()
-            await _check_s3(db, store, options, report, root, cwd, stop, on_progress)
+            await _check_s3(db, store, settings, options, report, resolver, stop, on_progress)
         if options.check_local:
-            assert root is not None
+            assert resolver is not None
             report.local = LocalCheck()
-            await _check_local(db, options, report, root, cwd, stop, on_progress)
+            await _check_local(db, options, report, resolver, stop, on_progress)
     return report
+
+
+def _key_of(row: MediaRow, md5: str | None, settings: Settings) -> str | NotOurs:
+    """The key of the row's object, or why the row names none archiver would have made."""
+    if md5 is None:
+        return NotOurs(f"md5_sum {row.md5_sum!r} is not 32 hex digits")
+    if row.created_at_bad is not None:
+        return NotOurs(f"created_at {row.created_at_bad!r} is out of range")
+    return archived_key(
+        row.archive_url,
+        bucket=settings.bucket,
+        prefix=settings.key_prefix,
+        md5=md5,
+        created_at=row.created_at,
+    )
 
 
 async def _check_s3(
     db: Database,
     store: Storage,
+    settings: Settings,
     options: VerifyOptions,
     report: VerifyReport,
-    root: Path,
-    cwd: Path,
+    resolver: Resolver,
     stop: asyncio.Event | None,
     on_progress: Callable[[], None] | None,
 ) -> None:
     s3 = report.s3
     assert s3 is not None
 
-    async def check(row: MediaRow) -> None:
-        url = row.archive_url or ""
-        md5 = normalize_md5(row.md5_sum)
-        verdict: str | None
-        try:
-            parsed = split_archive_url(url)
-            if parsed is None:
-                raise ArchiverError(f"archive_url {url!r} is not an s3:// URL")
-            size = await asyncio.to_thread(_local_size, row, md5, root, cwd)
-            info = await store.head_object(parsed[1], bucket=parsed[0])
-            verdict = compare(info, md5, size)
-        except ArchiverError as exc:
-            s3.errors += 1
-            report.problems.append(Problem(row.media_id, "error", url, str(exc)))
-            verdict = ""
-        s3.checked += 1
-        if verdict is None:
-            s3.ok += 1
-        elif verdict == "missing":
-            s3.missing += 1
-            report.problems.append(Problem(row.media_id, "missing", url, "no such object"))
-        elif verdict:
-            s3.mismatched += 1
-            report.problems.append(Problem(row.media_id, "mismatched", url, verdict))
+    def problem(row: MediaRow, kind: str, detail: str) -> None:
+        report.problems.append(Problem(row.media_id, kind, row.archive_url, detail))
         if on_progress:
             on_progress()
 
+    def error(row: MediaRow, detail: str) -> None:
+        s3.checked += 1
+        s3.errors += 1
+        problem(row, "error", detail)
+
+    async def check(row: MediaRow) -> None:
+        md5 = normalize_md5(row.md5_sum)
+        key = _key_of(row, md5, settings)
+        if isinstance(key, NotOurs):
+            s3.checked += 1
+            s3.invalid += 1
+            return problem(row, "invalid", key.reason)
+        assert md5 is not None
+        try:
+            size = await asyncio.to_thread(_local_size, row, md5, resolver)
+            verdict = compare(await store.head_object(key), md5, size)
+        except ArchiverError as exc:  # a 403 or an error on this object: this row's problem
+            return error(row, str(exc))
+        s3.checked += 1
+        if verdict is None:
+            s3.ok += 1
+            if on_progress:
+                on_progress()
+        elif verdict == "missing":
+            s3.missing += 1
+            problem(row, "missing", "no such object")
+        else:
+            s3.mismatched += 1
+            problem(row, "mismatched", verdict)
+
     rows = db.rows(RowFilter(archived=True), limit=options.limit)
-    await for_each(rows, check, concurrency=options.concurrency, stop=stop)
+    await for_each(rows, check, concurrency=options.concurrency, stop=stop, on_error=error)
 
 
 async def _check_local(
     db: Database,
     options: VerifyOptions,
     report: VerifyReport,
-    root: Path,
-    cwd: Path,
+    resolver: Resolver,
     stop: asyncio.Event | None,
     on_progress: Callable[[], None] | None,
 ) -> None:
     local = report.local
     assert local is not None
 
+    def invalid(row: MediaRow, reason: str) -> None:
+        local.checked += 1
+        local.invalid += 1
+        report.problems.append(Problem(row.media_id, "invalid", None, reason))
+        if on_progress:
+            on_progress()
+
     async def check(row: MediaRow) -> None:
         md5 = normalize_md5(row.md5_sum)
-        found = await asyncio.to_thread(resolve_file, row, md5, root, cwd) if md5 else None
+        if md5 is None:
+            return invalid(row, f"md5_sum {row.md5_sum!r} is not 32 hex digits")
+        found = await asyncio.to_thread(resolver.resolve, row, md5)
+        if not isinstance(found, Found | NotFound):
+            return invalid(row, found.reason)
         local.checked += 1
-        if not isinstance(found, Found):
+        if isinstance(found, NotFound):
             local.missing += 1
-            reason = found.reason if found is not None else "md5_sum is not 32 hex digits"
-            report.problems.append(Problem(row.media_id, "missing_local", None, reason))
+            report.problems.append(Problem(row.media_id, "missing_local", None, found.reason))
         if on_progress:
             on_progress()
 
     rows = db.rows(RowFilter(archived=None), limit=options.limit)
-    await for_each(rows, check, concurrency=min(options.concurrency, 8), stop=stop)
+    await for_each(
+        rows, check, concurrency=min(options.concurrency, 8), stop=stop, on_error=invalid
+    )
 
 
 def _pct(part: int, whole: int) -> str:
@@ -258,6 +295,7 @@ def format_report(report: VerifyReport) -> str:
                 ("Missing", c.missing),
                 ("Mismatched", c.mismatched),
                 ("Errors", c.errors),
+                ("Invalid", c.invalid),
             )
         ]
     if report.local is not None:
@@ -265,12 +303,13 @@ def format_report(report: VerifyReport) -> str:
         lines += [
             f"  {'Checked:':<19}{report.local.checked:,}",
             f"  {'Missing:':<19}{report.local.missing:,}",
+            f"  {'Invalid:':<19}{report.local.invalid:,}",
         ]
     if report.problems:
         lines += ["", "Problems:"]
         for p in sorted(report.problems, key=lambda p: p.media_id)[:MAX_LISTED]:
-            where = f" {p.url}" if p.url else ""
-            lines.append(f"  {p.kind:<13}{p.media_id}{where}: {p.detail}")
+            where = f" {printable(p.url)}" if p.url else ""
+            lines.append(f"  {p.kind:<14}{printable(p.media_id)}{where}: {printable(p.detail)}")
         if len(report.problems) > MAX_LISTED:
             lines.append(f"  ... and {len(report.problems) - MAX_LISTED:,} more (--json lists all)")
     lines.append(RULE)

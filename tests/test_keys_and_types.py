@@ -7,7 +7,15 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from archiver.content_types import choose_ext, content_type_for, ext_for_mime, sniff_ext
-from archiver.keys import archive_url, as_utc, normalize_md5, object_key, split_archive_url
+from archiver.keys import (
+    NotOurs,
+    archive_url,
+    archived_key,
+    as_utc,
+    normalize_md5,
+    object_key,
+    plain_ext,
+)
 from archiver.sample import MAGIC
 
 MD5 = "0123456789abcdef0123456789abcdef"
@@ -59,12 +67,64 @@ def test_as_utc(created_at: datetime | None, mtime: float, expected: datetime) -
 def test_object_key(prefix: str, when: datetime, ext: str, key: str) -> None:
     assert object_key(prefix, when, MD5, ext) == key
     assert archive_url("social-tui", key) == f"s3://social-tui/{key}"
-    assert split_archive_url(f"s3://social-tui/{key}") == ("social-tui", key)
+    got = archived_key(
+        f"s3://social-tui/{key}", bucket="social-tui", prefix=prefix, md5=MD5, created_at=when
+    )
+    assert got == key  # what upload records, the other commands accept
 
 
-@pytest.mark.parametrize("url", ["https://x/y", "s3://bucket", "s3:///key", ""])
-def test_split_archive_url_rejects(url: str) -> None:
-    assert split_archive_url(url) is None
+DEC = datetime(2025, 12, 3, 10, 0)
+
+
+@pytest.mark.parametrize(
+    ("url", "created_at", "why"),
+    [
+        (None, DEC, "not archived"),
+        ("s3://other-bucket/private/payroll.csv", DEC, "not under s3://social-tui/cache/"),
+        (f"s3://other-bucket/cache/2025/12/{MD5}.jpg", DEC, "not under"),
+        (f"s3://social-tui/other/2025/12/{MD5}.jpg", DEC, "not under"),
+        (f"s3://social-tui/cache/../private/{MD5}.jpg", DEC, "does not end in"),
+        (f"s3://social-tui/cache/2025/12/sub/{MD5}.jpg", DEC, "does not end in"),
+        (f"s3://social-tui/cache/2025/12/{MD5}", DEC, "does not end in"),
+        (f"s3://social-tui/cache/2025/12/{MD5}.j pg", DEC, "does not end in"),
+        (f"s3://social-tui/cache/2025/12/{MD5.upper()}.jpg", DEC, "does not end in"),
+        (f"s3://social-tui/cache/2025/12/{'f' * 32}.jpg", DEC, "names another file's MD5"),
+        (f"s3://social-tui/cache/2025/13/{MD5}.jpg", None, "no real month"),
+        (f"s3://social-tui/cache/2025/11/{MD5}.jpg", DEC, "filed under 2025/11"),
+        ("https://social-tui.s3.amazonaws.com/cache/2025/12/x.jpg", DEC, "not under"),
+        ("", DEC, "not under"),
+    ],
+)
+def test_archived_key_refuses_what_archiver_would_not_have_made(
+    url: str | None, created_at: datetime | None, why: str
+) -> None:
+    got = archived_key(url, bucket="social-tui", prefix="cache", md5=MD5, created_at=created_at)
+    assert isinstance(got, NotOurs) and why in got.reason, got
+
+
+def test_archived_key_takes_the_month_from_the_url_when_created_at_is_null() -> None:
+    url = f"s3://social-tui/media/cache/2019/07/{MD5}.webm"
+    got = archived_key(url, bucket="social-tui", prefix="media/cache", md5=MD5, created_at=None)
+    assert got == f"media/cache/2019/07/{MD5}.webm"
+
+
+@pytest.mark.parametrize(
+    ("suffix", "plain"),
+    [
+        (".jpg", ".jpg"),
+        (".JPEG", ".jpeg"),
+        (".mp4", ".mp4"),
+        ("", None),
+        (".", None),
+        (".j\udcffg", None),
+        (".j pg", None),
+        (".tar.gz", None),
+        (".x" * 20, None),
+        (".é", None),
+    ],
+)
+def test_plain_ext(suffix: str, plain: str | None) -> None:
+    assert plain_ext(suffix) == plain
 
 
 @pytest.mark.parametrize(
@@ -109,6 +169,9 @@ def test_sniff_unknown(head: bytes) -> None:
         (".BIN", None, MAGIC[".pdf"], ".pdf"),
         (".bin", None, b"plain text", ".bin"),  # else .bin
         ("", None, b"", ".bin"),
+        (".j\udcffg", "image/jpeg", b"", ".jpg"),  # a name that is not UTF-8: not in a key
+        (".j\udcffg", None, MAGIC[".png"], ".png"),
+        (".a b", None, b"", ".bin"),
     ],
 )
 def test_choose_ext(suffix: str, mime: str | None, head: bytes, ext: str) -> None:
@@ -126,6 +189,15 @@ def test_choose_ext(suffix: str, mime: str | None, head: bytes, ext: str) -> Non
         ("", ".pdf", "application/pdf"),
         (None, ".bin", "application/octet-stream"),
         ("garbage", ".gif", "image/gif"),
+        # Only media types are stored as such: the archive is served (a CDN is planned).
+        ("text/html", ".bin", "application/octet-stream"),
+        ("text/html", ".jpg", "image/jpeg"),
+        ("application/javascript", ".bin", "application/octet-stream"),
+        ("image/svg+xml", ".svg", "application/octet-stream"),  # SVG runs scripts
+        ("audio/mpeg", ".mp3", "audio/mpeg"),
+        ("application/pdf", ".pdf", "application/pdf"),
+        (None, ".json", "application/octet-stream"),
+        ("text/plain", ".txt", "application/octet-stream"),
     ],
 )
 def test_content_type_for(mime: str | None, ext: str, content_type: str) -> None:

@@ -130,7 +130,9 @@ async def test_prune_never_deletes_outside_the_cache_root(env, db, s3) -> None:
 
     out = run_cli(env, "prune-local", "--json")
     result = json.loads(out.stdout)
-    assert result["deleted"] == 0 and result["kept_unverified"] == 3
+    assert out.returncode == 1
+    # p0 and p1 name files outside the root: invalid rows; p2 is kept (a symlink on the way)
+    assert (result["deleted"], result["invalid"], result["kept_unverified"]) == (0, 2, 1)
     assert copy.exists() and target.exists() and moved.exists() and inside.is_symlink()
 
 

@@ -94,6 +94,7 @@ async def test_verify_s3_reports_deleted_and_overwritten_objects(env, db, s3) ->
         "missing": 1,
         "mismatched": 1,
         "errors": 0,
+        "invalid": 0,
     }
     kinds = {p["media_id"]: (p["kind"], p["url"]) for p in data["problems"]}
     assert kinds == {
@@ -129,7 +130,7 @@ async def test_check_local_lists_rows_whose_file_is_gone(env, db, s3) -> None:
     out = run_cli(env, "verify", "--check-local", "--json")
     assert out.returncode == 1, out.stderr
     data = json.loads(out.stdout)
-    assert data["local"] == {"checked": 6, "missing": 2}
+    assert data["local"] == {"checked": 6, "missing": 2, "invalid": 0}
     assert data["s3"] is None
     assert {p["media_id"] for p in data["problems"]} == {"l1", "l4"}
     text = run_cli(env, "verify", "--check-local").stdout
