@@ -39,12 +39,14 @@ PID_MAX = 4_194_304  # Linux's largest possible pid (PID_MAX_LIMIT on 64-bit)
 def dead_here(owner: str) -> bool:
     """Whether `owner` was a process on this host that no longer runs. Errs towards "alive":
     a reused pid only makes us wait for the lease, as for a process on another machine.
-    The owner comes from a table anyone with access can write: a pid no process can have
-    (0, or past PID_MAX) on this host names no live process."""
+    The owner comes from a table anyone with access can write: on this host, an owner whose
+    pid no process can have (not a number, 0, past PID_MAX) names no live process."""
     host, _, rest = owner.partition(":")
-    pid_text = rest.partition(":")[0]
-    if host != socket.gethostname() or not (pid_text.isascii() and pid_text.isdigit()):
+    if host != socket.gethostname():
         return False
+    pid_text = rest.partition(":")[0]
+    if not (pid_text.isascii() and pid_text.isdigit()):
+        return True
     pid = int(pid_text)
     if not 0 < pid <= PID_MAX:
         return True

@@ -25,8 +25,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Literal
+from typing import Literal, Self
 
 Unlinked = Literal["deleted", "gone", "changed"]
 
@@ -77,8 +76,21 @@ def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
     )
 
 
+class _Closing:
+    """`with thing:` closes the thing at the end of the block."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
 @dataclass
-class LocalFile:
+class LocalFile(_Closing):
     """A regular file of the cache, open for reading, with the directory that holds it."""
 
     path: Path  # where it was found (for messages)
@@ -154,17 +166,6 @@ class LocalFile:
             with contextlib.suppress(OSError):
                 os.close(fd)
 
-    def __enter__(self) -> LocalFile:
-        return self
-
-    def __exit__(
-        self,
-        _type: type[BaseException] | None,
-        _value: BaseException | None,
-        _tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
 
 class NewFile:
     """A file being written into a cache directory: unnamed until `publish` links it (or,
@@ -219,7 +220,7 @@ class NewFile:
             self._temp = None
 
 
-class CacheRoot:
+class CacheRoot(_Closing):
     """The cache root, held open for a run; every path below it is walked from here."""
 
     def __init__(self, path: Path) -> None:
@@ -229,17 +230,6 @@ class CacheRoot:
     def close(self) -> None:
         with contextlib.suppress(OSError):
             os.close(self._fd)
-
-    def __enter__(self) -> CacheRoot:
-        return self
-
-    def __exit__(
-        self,
-        _type: type[BaseException] | None,
-        _value: BaseException | None,
-        _tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def open_dir(self, parts: Sequence[str], *, create: bool = False) -> int:
         """A descriptor of the directory `parts` below the root, every step taken without

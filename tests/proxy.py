@@ -59,7 +59,12 @@ class CorruptResponse:
 Action = Respond | Drop | Corrupt | CorruptResponse | None
 Rule = Callable[[Request], Action]
 
-REASONS = {412: "Precondition Failed", 500: "Internal Server Error", 503: "Slow Down"}
+REASONS = {
+    403: "Forbidden",
+    412: "Precondition Failed",
+    500: "Internal Server Error",
+    503: "Slow Down",
+}
 
 
 @dataclass
@@ -149,7 +154,7 @@ class S3Proxy:
         return head, Request(method, parts.path, query, headers, length)
 
     @staticmethod
-    async def _respond(writer: asyncio.StreamWriter, action: Respond) -> None:
+    async def _respond(writer: asyncio.StreamWriter, action: Respond, *, head: bool) -> None:
         xml = (
             f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{action.code}</Code>"
             f"<Message>{action.message}</Message></Error>"
@@ -158,7 +163,7 @@ class S3Proxy:
             f"HTTP/1.1 {action.status} {REASONS.get(action.status, 'Error')}\r\n"
             f"Content-Type: application/xml\r\nContent-Length: {len(xml)}\r\n"
             "Connection: close\r\n\r\n".encode()
-            + xml
+            + (b"" if head else xml)  # a response to HEAD has no body, as S3's have none
         )
         await writer.drain()
 
@@ -185,7 +190,7 @@ class S3Proxy:
             body = await reader.readexactly(length) if length and not skip_body else b""
             if isinstance(action, Respond):
                 what = f"answered {action.status}"
-                await self._respond(writer, action)
+                await self._respond(writer, action, head=request.method == "HEAD")
                 return
             if isinstance(action, Corrupt) and body:
                 what = "corrupted"

@@ -236,3 +236,57 @@ def test_dead_here() -> None:
     assert not dead_here(f"{host}:{os.getppid()}:abcd")
     assert not dead_here(f"other-host-{host}:{finished.pid}:abcd")  # elsewhere: the lease decides
     assert not dead_here("garbage")
+
+
+def test_dead_here_for_owners_no_process_can_have() -> None:
+    import socket
+
+    from archiver.claims import dead_here
+
+    host = socket.gethostname()
+    # Written into archiver_claims by anyone: on this host, no such process can be alive.
+    for pid in ("99999999999999999999", "\u00b2", "0", "", "-5", "12a"):
+        assert dead_here(f"{host}:{pid}:x"), pid
+    assert not dead_here(f"elsewhere-{host}:99999999999999999999:x")  # the lease decides
+
+
+async def test_a_row_whose_handling_raises_fails_alone_and_the_run_goes_on() -> None:
+    async def handle(row: MediaRow) -> RowResult:
+        if row.media_id == "m00003":
+            raise OverflowError("date value out of range")
+        return uploaded(row)
+
+    db = FakeDb()
+    pipeline, seen = make(handle, db)
+    await pipeline.run(aiter(rows(10)))
+    by_id = {r.media_id: r for r in seen}
+    assert by_id["m00003"].outcome is Outcome.FAILED
+    assert "OverflowError: date value out of range" in by_id["m00003"].reason
+    assert sorted(p[0] for b in db.batches for p in b) == sorted(
+        r.media_id for r in rows(10) if r.media_id != "m00003"
+    )
+
+
+async def test_for_each_hands_a_failing_item_to_on_error_and_goes_on() -> None:
+    from archiver.errors import ConfigError
+    from archiver.pipeline import for_each
+
+    done: list[int] = []
+    failed: dict[int, str] = {}
+
+    async def work(n: int) -> None:
+        if n == 4:
+            raise OSError(36, "File name too long")
+        done.append(n)
+
+    await for_each(
+        aiter(range(10)), work, concurrency=3, on_error=lambda n, why: failed.update({n: why})
+    )
+    assert sorted(done) == [n for n in range(10) if n != 4]
+    assert "File name too long" in failed[4]
+
+    async def doomed(n: int) -> None:
+        raise ConfigError("no credentials")  # dooms every item: still stops the run
+
+    with pytest.raises(ConfigError):
+        await for_each(aiter(range(5)), doomed, concurrency=2, on_error=lambda n, why: None)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 from archiver.models import MediaRow
-from archiver.resolve import Found, NotFound, Refused, resolve_file
+from archiver.resolve import INDEX_MAX_AGE_S, Found, NotFound, Refused, Resolver, resolve_file
 
 MD5 = "0123456789abcdef0123456789abcdef"
 
@@ -118,3 +119,44 @@ def test_missing_local_file_path_falls_through(layout) -> None:
     touch(layout["images"] / f"{MD5}.jpg")
     result = resolve_file(row(local="nowhere/x.jpg"), MD5, layout["root"], layout["cwd"])
     assert isinstance(result, Found) and result.via == "mime_type"
+
+
+def test_missing_files_cost_one_listing_per_directory_not_one_per_row(layout) -> None:
+    import hashlib
+
+    for i in range(500):
+        touch(layout["images"] / f"{hashlib.md5(str(i).encode()).hexdigest()}.jpg")
+    listings: list[Path] = []
+
+    def listdir(path: Path) -> list[str]:
+        listings.append(path)
+        return os.listdir(path)
+
+    now = [0.0]
+    resolver = Resolver(layout["root"], layout["cwd"], clock=lambda: now[0], listdir=listdir)
+    for i in range(1000):  # rows whose files are missing: step 3 looks at every name
+        missing = hashlib.md5(f"missing-{i}".encode()).hexdigest()
+        assert isinstance(resolver.resolve(row(mime=None), missing), NotFound)
+    assert len(listings) == 1
+
+    # A file that appears later is found once the listing is older than INDEX_MAX_AGE_S.
+    late = hashlib.md5(b"late").hexdigest()
+    touch(layout["images"] / f"{late}.webp")
+    now[0] += INDEX_MAX_AGE_S
+    found = resolver.resolve(row(mime=None), late)
+    assert isinstance(found, Found) and found.path.name == f"{late}.webp"
+    assert len(listings) == 2
+
+
+@pytest.mark.parametrize(
+    "local", ["x" * 300, "cache/media/images/" + "y" * 300, "a\x00b", "/" + "d/" * 3000]
+)
+def test_a_path_that_cannot_be_looked_up_is_refused_not_raised(layout, local: str) -> None:
+    result = resolve_file(row(local=local), MD5, layout["root"], layout["cwd"])
+    assert isinstance(result, Refused) and "cannot be looked up" in result.reason
+
+
+def test_a_fifo_is_refused(layout) -> None:
+    os.mkfifo(layout["images"] / f"{MD5}.jpg")
+    result = resolve_file(row(), MD5, layout["root"], layout["cwd"])
+    assert isinstance(result, Refused) and "regular file" in result.reason

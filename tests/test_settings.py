@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from archiver.errors import ConfigError
-from archiver.settings import Settings, UploadOptions, redact_dsn
+from archiver.settings import Settings, UploadOptions, check_dsn, redact_dsn, scrub
 
 
 @pytest.mark.parametrize(
@@ -33,6 +33,11 @@ from archiver.settings import Settings, UploadOptions, redact_dsn
             "topsecret",
         ),
         (None, "(unset)", None),
+        # Passwords holding an unescaped delimiter: everything up to the last `@` is secret.
+        ("postgresql://app:Wr?ngPass@h:5432/db", "postgresql://app:***@h:5432/db", "ngPass"),
+        ("postgresql://app:Wr/ngPass@h/db", "postgresql://app:***@h/db", "ngPass"),
+        ("postgresql://app:Wr#ngP@ss@h/db", "postgresql://app:***@h/db", "Wr"),
+        ("postgresql://app:P@ss@h/db", "postgresql://app:***@h/db", "ss@"),
     ],
 )
 def test_redact_dsn(dsn: str | None, shown: str, hidden: str | None) -> None:
@@ -109,3 +114,43 @@ def test_bad_upload_options(kwargs: dict[str, object]) -> None:
 def test_require_database() -> None:
     with pytest.raises(ConfigError, match="DATABASE_URL"):
         Settings().require_database()
+
+
+@pytest.mark.parametrize(
+    ("dsn", "error"),
+    [
+        ("postgresql://u:pw@h:5432/db", None),
+        ("postgres://u:p%40ss@h/db?sslmode=require", None),
+        ("postgresql://u:pw@h1:5432,h2:5433/db", None),
+        ("postgresql://u:pw@[::1]:5432/db", None),
+        ("postgresql://u:pw@h/db?options=-c%20x=a@b", None),  # an @ inside a query value
+        ("postgresql:///db?host=/run/postgresql", None),
+        ("host=h user=u password=x dbname=d", None),
+        ("postgresql://app:Wr?ngPass@h/db", "unescaped"),
+        ("postgresql://app:Wr/ngPass@h/db", "unescaped"),
+        ("postgresql://app:Wr#ngP@ss@h/db", "unescaped"),
+        ("postgresql://app:P@ss@h/db", "unescaped"),
+        ("postgresql://app:pw@h:99999/db", "invalid port '99999'"),
+        ("postgresql://app:pw@h:0/db", "invalid port '0'"),
+        ("postgresql://app:pw@h:5432,h2:x/db", "invalid port 'x'"),
+        ("mysql://u:pw@h/db", "must start with postgresql://"),
+    ],
+)
+def test_check_dsn(dsn: str, error: str | None) -> None:
+    if error is None:
+        assert check_dsn(dsn) == dsn
+        return
+    with pytest.raises(ConfigError) as caught:
+        check_dsn(dsn)
+    assert error in str(caught.value)
+    assert "pw" not in str(caught.value).replace("password", "")
+    for secret in ("Wr", "ngPass", "ngP", "P@ss"):
+        assert secret not in str(caught.value)
+
+
+def test_scrub_removes_every_piece_of_a_malformed_password() -> None:
+    dsn = "postgresql://app:Wr?ngPass@h/db"
+    message = f"cannot use {dsn}: host 'ngPass@h' not found, user app, password Wr?ngPass"
+    clean = scrub(message, dsn)
+    assert "ngPass" not in clean and "Wr?" not in clean
+    assert "user app" in clean
