@@ -198,7 +198,7 @@ SELECT DISTINCT lower(btrim(md5_sum)) FROM post_media
 """
 
 STATS_SQL = """
-SELECT media_type,
+SELECT coalesce(media_type, '(null)') AS media_type,
        count(*) AS total,
        count(archive_url) AS archived
   FROM post_media

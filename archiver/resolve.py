@@ -62,12 +62,12 @@ class Refused:
 Resolution = Found | NotFound | Refused
 
 
-def media_dir_name(media_type: str) -> str | None:
-    """`{media_type}s`, or None when media_type is not a plain word."""
-    return f"{media_type}s" if _MEDIA_TYPE_RE.match(media_type) else None
+def media_dir_name(media_type: str | None) -> str | None:
+    """`{media_type}s`, or None when media_type is not a plain word (or NULL)."""
+    return f"{media_type}s" if media_type and _MEDIA_TYPE_RE.match(media_type) else None
 
 
-def media_dir(cache_root: Path, media_type: str) -> Path | None:
+def media_dir(cache_root: Path, media_type: str | None) -> Path | None:
     """`{cache_root}/{media_type}s`, or None when media_type is not a plain word."""
     name = media_dir_name(media_type)
     return cache_root / name if name is not None else None

@@ -528,3 +528,19 @@ async def test_only_media_types_reach_content_type(env, db, s3) -> None:
     assert head["ContentType"] == "application/octet-stream"
     head = s3.head_object(Bucket=env.bucket, Key=f"cache/2025/12/{md5(jpg)}.jpg")
     assert head["ContentType"] == "image/jpeg"
+
+
+async def test_a_null_media_type_is_an_invalid_row_and_statistics_still_print(env, db, s3) -> None:
+    # The feature notes' schema says NOT NULL; the app's real table need not.
+    await db.execute("ALTER TABLE post_media ALTER COLUMN media_type DROP NOT NULL")
+    await add_good_rows(env, db, 2, random.Random(1213))
+    await insert_rows(db, [SampleRow("no-type", "image", md5(b"t"), None, None, DEC)])
+    await db.execute("UPDATE post_media SET media_type = NULL WHERE media_id = 'no-type'")
+
+    results = every_command(env)
+
+    assert (results[("upload",)]["uploaded"], results[("upload",)]["invalid"]) == (2, 1)
+    verify = results[("verify", "--verify-s3", "--check-local")]
+    assert verify["by_type"]["(null)"] == {"total": 1, "archived": 0, "not_archived": 1}
+    text = run_cli(env, "verify")
+    assert text.returncode == 0 and "(null)" in text.stdout
