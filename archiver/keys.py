@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from archiver.models import MediaRow
+
 _MD5_RE = re.compile(r"^[0-9a-f]{32}$")
 # A file suffix archiver puts in a key: a dot and a few ASCII letters or digits.
 _PLAIN_EXT_RE = re.compile(r"^\.[a-z0-9]{1,16}$")
@@ -87,3 +89,17 @@ def archived_key(
                 f"{when.year:04d}/{when.month:02d}"
             )
     return url[len(f"s3://{bucket}/") :]
+
+
+def row_key(row: MediaRow, *, bucket: str, prefix: str) -> tuple[str, str] | NotOurs:
+    """(md5, key) of an archived row's object, or why the row names no object archiver made
+    for it: its `md5_sum` and `created_at` must be usable, then see `archived_key`."""
+    md5 = normalize_md5(row.md5_sum)
+    if md5 is None:
+        return NotOurs(f"md5_sum {row.md5_sum!r} is not 32 hex digits")
+    if row.created_at_bad is not None:
+        return NotOurs(f"created_at {row.created_at_bad!r} is out of range")
+    key = archived_key(
+        row.archive_url, bucket=bucket, prefix=prefix, md5=md5, created_at=row.created_at
+    )
+    return key if isinstance(key, NotOurs) else (md5, key)

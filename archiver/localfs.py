@@ -261,17 +261,13 @@ class CacheRoot(_Closing):
             raise NotARegularFile("the cache root itself is not a file")
         dir_fd = self.open_dir(parts[:-1])
         try:
-            return self.open_in(dir_fd, parts[-1], path)
+            fd = os.open(parts[-1], _OPEN_FILE, dir_fd=dir_fd)
         except BaseException:
             os.close(dir_fd)
             raise
-
-    @staticmethod
-    def open_in(dir_fd: int, name: str, path: Path) -> LocalFile:
-        """Open regular file `name` of the directory `dir_fd` (which the LocalFile then owns)."""
-        fd = os.open(name, _OPEN_FILE, dir_fd=dir_fd)
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             os.close(fd)
+            os.close(dir_fd)
             raise NotARegularFile(f"{path} is {_kind(st.st_mode)}, not a regular file")
-        return LocalFile(path, dir_fd, name, fd, st)
+        return LocalFile(path, dir_fd, parts[-1], fd, st)  # it owns both descriptors now

@@ -24,7 +24,7 @@ from typing import Any
 from archiver.db import RowFilter
 from archiver.errors import StorageError
 from archiver.integrity import mismatch
-from archiver.keys import NotOurs, archived_key, normalize_md5
+from archiver.keys import NotOurs, row_key
 from archiver.localfs import CacheRoot, LocalFile, why
 from archiver.models import MediaRow
 from archiver.pipeline import for_each
@@ -109,20 +109,10 @@ class _Pruner:
         """Check one row and delete its file when everything is proved; bytes freed."""
         report = self.report
         report.checked += 1
-        md5 = normalize_md5(row.md5_sum)
-        if md5 is None:
-            return report.refuse(row, f"md5_sum {row.md5_sum!r} is not 32 hex digits")
-        if row.created_at_bad is not None:
-            return report.refuse(row, f"created_at {row.created_at_bad!r} is out of range")
-        key = archived_key(
-            row.archive_url,
-            bucket=self.settings.bucket,
-            prefix=self.settings.key_prefix,
-            md5=md5,
-            created_at=row.created_at,
-        )
-        if isinstance(key, NotOurs):
-            return report.refuse(row, key.reason)
+        ours = row_key(row, bucket=self.settings.bucket, prefix=self.settings.key_prefix)
+        if isinstance(ours, NotOurs):
+            return report.refuse(row, ours.reason)
+        md5, key = ours
         found = await asyncio.to_thread(self.resolver.resolve, row, md5)
         if isinstance(found, NotFound):
             report.missing_local += 1

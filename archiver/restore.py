@@ -22,7 +22,7 @@ from typing import Any
 
 from archiver.db import RowFilter
 from archiver.errors import ConfigError, StorageError
-from archiver.keys import NotOurs, archived_key, normalize_md5
+from archiver.keys import NotOurs, normalize_md5, row_key
 from archiver.localfs import CacheRoot, NewFile, why
 from archiver.models import MediaRow
 from archiver.pipeline import for_each
@@ -94,21 +94,12 @@ class Target:
     name: str  # `{md5}{ext}`
 
 
-def plan(row: MediaRow, md5: str | None, settings: Settings) -> Target | str:
+def plan(row: MediaRow, settings: Settings) -> Target | str:
     """Where the row's object is and where its file goes, or why it cannot be restored."""
-    if md5 is None:
-        return f"md5_sum {row.md5_sum!r} is not 32 hex digits"
-    if row.created_at_bad is not None:
-        return f"created_at {row.created_at_bad!r} is out of range"
-    key = archived_key(
-        row.archive_url,
-        bucket=settings.bucket,
-        prefix=settings.key_prefix,
-        md5=md5,
-        created_at=row.created_at,
-    )
-    if isinstance(key, NotOurs):
-        return key.reason
+    ours = row_key(row, bucket=settings.bucket, prefix=settings.key_prefix)
+    if isinstance(ours, NotOurs):
+        return ours.reason
+    md5, key = ours
     directory = media_dir_name(row.media_type)
     if directory is None:
         return f"media_type {row.media_type!r} is not a plain word"
@@ -132,7 +123,7 @@ class _Restorer:
         if self.options.all_missing and isinstance(found, Found):
             return 0  # present: not selected
         report.selected += 1
-        where = plan(row, md5, self.settings)
+        where = plan(row, self.settings)
         if isinstance(where, str):
             return report.fail(row.media_id, where)
         assert md5 is not None and found is not None
@@ -195,20 +186,12 @@ class _Restorer:
                 await asyncio.shield(asyncio.to_thread(new.close))
             # The name is taken: by the same content (restored meanwhile), or not.
             path = self.cache.path / where.directory / where.name
-            existing = await asyncio.to_thread(self._holds_in, dir_fd, where.name, path, md5)
-            if existing:
+            if await asyncio.to_thread(self._holds, path, md5):
                 return nbytes, False
             raise RestoreFailed(f"a different file is already at {path}")
         finally:
             with contextlib.suppress(OSError):
                 os.close(dir_fd)
-
-    def _holds_in(self, dir_fd: int, name: str, path: Path, md5: str) -> bool:
-        try:
-            with self.cache.open_in(os.dup(dir_fd), name, path) as f:
-                return f.md5() == md5
-        except OSError as exc:
-            raise RestoreFailed(f"{path}: {why(exc)}") from exc
 
 
 async def run_restore(

@@ -178,14 +178,12 @@ class Uploader:
         head = b""
         read_body = not self.options.dry_run and found.size <= self.inline_max
         try:
-            if read_body or needs_sniffing(path.suffix, row.mime_type):
+            if read_body:
+                body, body_md5 = self._read(path)
+                head = body[:SNIFF_BYTES]
+            elif needs_sniffing(path.suffix, row.mime_type):
                 with self.cache.open_file(path) as f:
-                    if read_body:
-                        body = f.read_all()
-                        body_md5 = hashlib.md5(body).hexdigest()
-                        head = body[:SNIFF_BYTES]
-                    else:
-                        head = f.pread(0, SNIFF_BYTES)
+                    head = f.pread(0, SNIFF_BYTES)
         except NotARegularFile as exc:
             return RowResult(row.media_id, Outcome.INVALID, reason=str(exc))
         except OSError as exc:

@@ -19,7 +19,7 @@ from typing import Any
 
 from archiver.db import Database, RowFilter, StatsRow
 from archiver.errors import ArchiverError
-from archiver.keys import NotOurs, archived_key, normalize_md5
+from archiver.keys import NotOurs, normalize_md5, row_key
 from archiver.models import MediaRow
 from archiver.pipeline import for_each
 from archiver.progress import printable
@@ -158,21 +158,6 @@ async def run_verify(
     return report
 
 
-def _key_of(row: MediaRow, md5: str | None, settings: Settings) -> str | NotOurs:
-    """The key of the row's object, or why the row names none archiver would have made."""
-    if md5 is None:
-        return NotOurs(f"md5_sum {row.md5_sum!r} is not 32 hex digits")
-    if row.created_at_bad is not None:
-        return NotOurs(f"created_at {row.created_at_bad!r} is out of range")
-    return archived_key(
-        row.archive_url,
-        bucket=settings.bucket,
-        prefix=settings.key_prefix,
-        md5=md5,
-        created_at=row.created_at,
-    )
-
-
 async def _check_s3(
     db: Database,
     store: Storage,
@@ -197,13 +182,12 @@ async def _check_s3(
         problem(row, "error", detail)
 
     async def check(row: MediaRow) -> None:
-        md5 = normalize_md5(row.md5_sum)
-        key = _key_of(row, md5, settings)
-        if isinstance(key, NotOurs):
+        ours = row_key(row, bucket=settings.bucket, prefix=settings.key_prefix)
+        if isinstance(ours, NotOurs):
             s3.checked += 1
             s3.invalid += 1
-            return problem(row, "invalid", key.reason)
-        assert md5 is not None
+            return problem(row, "invalid", ours.reason)
+        md5, key = ours
         try:
             size = await asyncio.to_thread(_local_size, row, md5, resolver)
             verdict = compare(await store.head_object(key), md5, size)
