@@ -22,7 +22,7 @@ import click
 from dotenv import load_dotenv
 
 from archiver import __version__
-from archiver.errors import ArchiverError, ConfigError
+from archiver.errors import ArchiverError
 from archiver.pipeline import Interrupt
 from archiver.progress import Reporter, format_summary
 from archiver.settings import (
@@ -37,6 +37,7 @@ from archiver.settings import (
     MAX_CONCURRENCY,
     MEDIA_TYPES,
     MIB,
+    ClientOptions,
     Settings,
     UploadOptions,
 )
@@ -128,17 +129,10 @@ def build_settings(params: dict[str, Any]) -> Settings:
         profile=params.pop("profile") or None,
         region=params.pop("region") or DEFAULT_REGION,
         endpoint_url=params.pop("endpoint_url") or None,
+        # AWS_RETRY_MODE, AWS_MAX_ATTEMPTS, AWS_REQUEST_CHECKSUM_CALCULATION: read here, for
+        # every command, and passed to botocore explicitly (see `ClientOptions`).
+        client=ClientOptions.from_env(os.environ),
     )
-
-
-def _env_int(name: str) -> int | None:
-    value = os.environ.get(name)
-    if not value:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise ConfigError(f"{name} must be a whole number, not {value!r}") from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -159,7 +153,15 @@ def finish(ran: tuple[Any, bool], as_json: bool, text: Callable[[Any], str]) -> 
     """Print a job's report, as one JSON object or as text; its exit code (130 when it was
     interrupted: what it had done is in the report)."""
     report, interrupted = ran
-    click.echo(json.dumps(report.as_json()) if as_json else text(report))
+    if as_json:
+        data = report.as_json()
+        if interrupted:
+            data["interrupted"] = True
+        click.echo(json.dumps(data))
+    else:
+        click.echo(text(report))
+        if interrupted:
+            click.echo("Interrupted: the counts above are what was done; run again to finish.")
     return 130 if interrupted else int(report.exit_code)
 
 
@@ -253,22 +255,8 @@ def upload(**params: Any) -> int:
         dry_run=options.dry_run,
         out=sys.stderr if as_json else sys.stdout,
     )
-    retry_mode = os.environ.get("AWS_RETRY_MODE") or None
-    max_attempts = _env_int("AWS_MAX_ATTEMPTS")
-    # Every object already carries Content-MD5 and its ETag is checked, so botocore's extra
-    # CRC32 on each PUT (its default since 1.36) is CPU spent for nothing, and a header
-    # some S3-compatible servers reject; AWS_REQUEST_CHECKSUM_CALCULATION still decides.
-    checksums = None if os.environ.get("AWS_REQUEST_CHECKSUM_CALCULATION") else "when_required"
     summary = run_async(
-        lambda interrupt: run_upload(
-            settings,
-            options,
-            reporter,
-            interrupt=interrupt,
-            retry_mode=retry_mode,
-            max_attempts=max_attempts,
-            checksums=checksums,
-        )
+        lambda interrupt: run_upload(settings, options, reporter, interrupt=interrupt)
     )
     if as_json:
         click.echo(json.dumps(summary.as_json()))
@@ -341,7 +329,7 @@ def verify(**params: Any) -> int:
         limit=params["limit"],
         concurrency=params["concurrency"],
     )
-    ran = run_job(lambda interrupt: run_verify(settings, options, stop=interrupt.stop))
+    ran = run_job(lambda interrupt: run_verify(settings, options, interrupt=interrupt))
     return finish(ran, params["as_json"], format_report)
 
 
@@ -391,7 +379,7 @@ def prune_local(**params: Any) -> int:
         concurrency=params["concurrency"],
     )
     progress = _counter("prune-local", params["no_progress"])
-    ran = run_job(lambda interrupt: run_prune(settings, options, progress, stop=interrupt.stop))
+    ran = run_job(lambda interrupt: run_prune(settings, options, progress, interrupt=interrupt))
     return finish(ran, params["as_json"], format_prune)
 
 
@@ -429,7 +417,7 @@ def restore(**params: Any) -> int:
         dry_run=params["dry_run"],
     )
     progress = _counter("restore", params["no_progress"])
-    ran = run_job(lambda interrupt: run_restore(settings, options, progress, stop=interrupt.stop))
+    ran = run_job(lambda interrupt: run_restore(settings, options, progress, interrupt=interrupt))
     return finish(ran, params["as_json"], format_restore)
 
 

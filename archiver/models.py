@@ -62,6 +62,25 @@ class RowResult:
     path: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One row that verify, prune-local or restore reports: the same shape in every job's
+    report and JSON (`kind` says what went wrong, `detail` why)."""
+
+    media_id: str
+    kind: str
+    detail: str
+    url: str | None = None
+
+    def as_json(self) -> dict[str, str | None]:
+        return {
+            "media_id": self.media_id,
+            "kind": self.kind,
+            "url": self.url,
+            "detail": self.detail,
+        }
+
+
 SUMMARY_COUNTS = (
     Outcome.UPLOADED,
     Outcome.SKIPPED_EXISTING,

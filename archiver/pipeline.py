@@ -12,6 +12,7 @@ writer's final flush is shielded from cancellation.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
@@ -73,7 +74,6 @@ class WriteStats:
 
     db_updated: int = 0
     statements: int = 0  # grouped UPDATEs that succeeded (database round trips of write-back)
-    recorded: int = 0  # rows handed to a successful UPDATE
     unrecorded: int = 0  # confirmed uploads never recorded (database gave up)
 
 
@@ -206,7 +206,6 @@ class Pipeline:
             chunk = batch[start : start + self.batch.max_rows]
             try:
                 self.stats.db_updated += await self._record_with_retry(chunk)
-                self.stats.recorded += len(chunk)
                 self.stats.statements += 1
             except DatabaseError as exc:
                 self.stats.unrecorded += len(chunk)
@@ -255,40 +254,72 @@ async def for_each(
     work: Callable[[T], Awaitable[None]],
     *,
     concurrency: int,
-    stop: asyncio.Event | None = None,
+    interrupt: Interrupt | None = None,
     on_error: Callable[[T, str], None] | None = None,
 ) -> None:
     """Call `work` on every item with at most `concurrency` calls in flight, reading
-    `items` only as fast as they are consumed (a bounded queue). Items not started when
-    `stop` is set are dropped. With `on_error`, an item whose work raises anything but a
-    ConfigError (which dooms every item) is handed to it with the reason, and the rest go
-    on: no one item stops the run."""
-    stop = stop or asyncio.Event()
+    `items` only as fast as they are consumed (a bounded queue).
+
+    Ctrl-C as for upload (`Interrupt`): once it stops, items not started are dropped and
+    the calls in flight finish; when it abandons, they are cancelled. With `on_error`, an
+    item whose work raises anything but a ConfigError (which dooms every item) is handed to
+    it with the reason, and the rest go on: no one item stops the run."""
+    interrupt = interrupt or Interrupt()
+    stop = interrupt.stop
+    if stop.is_set():  # stopped before it began: not even a first page is read
+        return
     if on_error is not None:
         work = _guarded(work, on_error)
     queue: asyncio.Queue[T | object] = asyncio.Queue(maxsize=QUEUE_ROWS_PER_WORKER * concurrency)
-
-    async def produce() -> None:
-        # No `finally`: if anything fails, the TaskGroup cancels every task anyway.
-        async for item in items:
-            if stop.is_set():
-                break
-            await queue.put(item)
-        for _ in range(concurrency):
-            await queue.put(_STOP)
+    tasks: list[asyncio.Task[None]] = []
 
     async def consume() -> None:
         while (item := await queue.get()) is not _STOP:
             if not stop.is_set():
                 await work(item)  # type: ignore[arg-type]
 
+    interrupt.on_abandon(functools.partial(_cancel_all, tasks))
     try:
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(produce(), name="for-each-producer")
+            feed = _feed(items, queue, stop, consumers=concurrency)
+            tasks.append(tg.create_task(feed, name="for-each-producer"))
             for i in range(concurrency):
-                tg.create_task(consume(), name=f"for-each-worker-{i}")
+                tasks.append(tg.create_task(consume(), name=f"for-each-worker-{i}"))
     except BaseExceptionGroup as group:
         raise first_archiver_error(group) from None
+
+
+def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:  # a TaskGroup lets a child that was cancelled end quietly
+        task.cancel()
+
+
+async def _feed(
+    items: AsyncIterator[T],
+    queue: asyncio.Queue[T | object],
+    stop: asyncio.Event,
+    *,
+    consumers: int,
+) -> None:
+    # No `finally`: if anything fails, the TaskGroup cancels every task anyway.
+    async for item in items:
+        if stop.is_set():
+            break
+        await queue.put(item)
+    for _ in range(consumers):
+        await queue.put(_STOP)
+
+
+async def to_the_end(step: Awaitable[T]) -> T:
+    """Await `step` to its end even when the caller is cancelled meanwhile (then re-raise
+    the cancellation): for a step whose effect must be counted once it has begun, such as
+    a delete."""
+    task = asyncio.ensure_future(step)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task
+        raise
 
 
 def first_archiver_error(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TextIO
 
 from tqdm import tqdm
 
-from archiver.models import Outcome, RowResult, Summary
+from archiver.models import Outcome, Problem, RowResult, Summary
 
 LOG_INTERVAL_S = 10.0  # periodic progress line when stderr is not a terminal
 POSTFIX_INTERVAL_S = 0.25  # how often the bar's byte counter is refreshed
@@ -38,7 +38,7 @@ def printable(text: str) -> str:
 
 
 def describe(result: RowResult) -> str:
-    """One line for one row, as in the design notes: `✓ med-1: abc.jpg → cache/2025/12/abc.jpg`."""
+    """One line for one row: `✓ med-1: abc.jpg → cache/2025/12/abc.jpg`."""
     mark = _MARKS[result.outcome]
     media_id = printable(result.media_id)
     if result.outcome is Outcome.UPLOADED or result.outcome is Outcome.WOULD_UPLOAD:
@@ -161,8 +161,27 @@ class Reporter:
             )
 
 
+def listed(lines: Sequence[str], limit: int, *, more: str = "more") -> list[str]:
+    """The first `limit` lines, then `  ... and N more` for the rest."""
+    shown = list(lines[:limit])
+    if len(lines) > limit:
+        shown.append(f"  ... and {len(lines) - limit:,} {more}")
+    return shown
+
+
+def problem_lines(problems: Sequence[Problem], limit: int) -> list[str]:
+    """A report's problems, one per line (`kind media_id url: detail`), at most `limit`."""
+    width = max((len(p.kind) for p in problems), default=0)
+    lines = [
+        f"  {p.kind:<{width}} {printable(p.media_id)}"
+        f"{' ' + printable(p.url) if p.url else ''}: {printable(p.detail)}"
+        for p in problems
+    ]
+    return listed(lines, limit, more="more (--json lists all)")
+
+
 def format_summary(summary: Summary, *, bucket: str) -> str:
-    """The end-of-run table, in the style of the design notes' "Upload Summary"."""
+    """The end-of-run table ("Upload Summary", as in the README)."""
     c = summary.counts
     rows = [("Selected", summary.selected)]
     if summary.dry_run:
@@ -239,12 +258,6 @@ class Counter:
                 file=self.err,
                 flush=True,
             )
-
-    def line(self, text: str, stream: TextIO) -> None:
-        if self._bar is not None:
-            self._bar.write(text, file=stream)
-        else:
-            print(text, file=stream, flush=True)
 
     def close(self) -> None:
         if self._bar is not None:

@@ -23,12 +23,12 @@ from typing import Any
 
 from archiver.db import RowFilter
 from archiver.errors import StorageError
-from archiver.integrity import mismatch
+from archiver.integrity import content_mismatch, mismatch
 from archiver.keys import NotOurs, row_key
 from archiver.localfs import CacheRoot, LocalFile, why
-from archiver.models import MediaRow
-from archiver.pipeline import for_each
-from archiver.progress import Counter, printable
+from archiver.models import MediaRow, Problem
+from archiver.pipeline import Interrupt, for_each, to_the_end
+from archiver.progress import Counter, listed, printable, problem_lines
 from archiver.resolve import Found, NotFound, Resolver, open_cache_root
 from archiver.services import connected
 from archiver.settings import Settings
@@ -57,7 +57,7 @@ class PruneReport:
     invalid: int = 0  # the row itself is unusable (archive_url, md5_sum, created_at, path)
     missing_local: int = 0
     would_delete: dict[str, int] = field(default_factory=dict)  # dry run: path -> size
-    kept: list[tuple[str, str]] = field(default_factory=list)  # (media_id, why)
+    kept: list[Problem] = field(default_factory=list)  # kept_unverified, kept_needed, invalid
 
     @property
     def exit_code(self) -> int:
@@ -77,7 +77,7 @@ class PruneReport:
         if self.dry_run:
             data["would_delete"] = len(self.would_delete)
             data["bytes_would_free"] = sum(self.would_delete.values())
-        data["kept"] = [{"media_id": m, "why": why} for m, why in self.kept]
+        data["kept"] = [p.as_json() for p in self.kept]
         return data
 
     def keep(self, row: MediaRow, why: str, *, needed: bool = False) -> int:
@@ -86,13 +86,14 @@ class PruneReport:
             self.kept_needed += 1
         else:
             self.kept_unverified += 1
-        self.kept.append((row.media_id, why))
+        kind = "kept_needed" if needed else "kept_unverified"
+        self.kept.append(Problem(row.media_id, kind, why, url=row.archive_url))
         return 0
 
     def refuse(self, row: MediaRow, why: str) -> int:
         """The row cannot be judged (bad archive_url, md5_sum, created_at, path)."""
         self.invalid += 1
-        self.kept.append((row.media_id, f"invalid: {why}"))
+        self.kept.append(Problem(row.media_id, "invalid", why, url=row.archive_url))
         return 0
 
 
@@ -113,7 +114,7 @@ class _Pruner:
         if isinstance(ours, NotOurs):
             return report.refuse(row, ours.reason)
         md5, key = ours
-        found = await asyncio.to_thread(self.resolver.resolve, row, md5)
+        found = await self.resolver.locate(row)
         if isinstance(found, NotFound):
             report.missing_local += 1
             return 0
@@ -138,8 +139,9 @@ class _Pruner:
             actual = await asyncio.to_thread(f.md5)
         except OSError as exc:
             return report.keep(row, f"cannot read {f.path}: {why(exc)}")
-        if actual != md5:
-            return report.keep(row, f"the local file's bytes hash to {actual}, not md5_sum")
+        wrong = content_mismatch(actual, md5)
+        if wrong is not None:
+            return report.keep(row, f"the local file's {wrong}")
         try:
             info = await self.store.head_object(key)
         except StorageError as exc:  # a 403 or an error on this object: this row's problem
@@ -150,7 +152,9 @@ class _Pruner:
         if report.dry_run:
             report.would_delete[str(f.path)] = f.size  # rows sharing a file: listed once
             return 0
-        outcome = await asyncio.to_thread(f.unlink_if_unchanged)
+        # Once begun, a delete is seen to its end and counted, even when Ctrl-C abandons
+        # the work in flight: the report must say what was deleted.
+        outcome = await to_the_end(asyncio.to_thread(f.unlink_if_unchanged))
         if outcome == "gone":  # deleted for another row sharing the file
             report.missing_local += 1
             return 0
@@ -167,7 +171,7 @@ async def run_prune(
     progress: Counter,
     *,
     cwd: Path | None = None,
-    stop: asyncio.Event | None = None,
+    interrupt: Interrupt | None = None,
 ) -> PruneReport:
     """Check and delete; the report of what happened (or would happen, on a dry run)."""
     cwd = cwd or Path.cwd()
@@ -202,7 +206,7 @@ async def run_prune(
                     db.rows(row_filter, limit=options.limit),
                     prune,
                     concurrency=options.concurrency,
-                    stop=stop,
+                    interrupt=interrupt,
                     on_error=failed,
                 )
             finally:
@@ -211,16 +215,12 @@ async def run_prune(
 
 
 def format_prune(report: PruneReport) -> str:
-    lines = []
-    if report.dry_run:
-        for path, size in list(report.would_delete.items())[:MAX_LISTED]:
-            lines.append(f"  would delete {printable(path)} ({size:,} bytes)")
-        if len(report.would_delete) > MAX_LISTED:
-            lines.append(f"  ... and {len(report.would_delete) - MAX_LISTED:,} more")
-    for media_id, why_kept in report.kept[:MAX_LISTED]:
-        lines.append(f"  kept {printable(media_id)}: {printable(why_kept)}")
-    if len(report.kept) > MAX_LISTED:
-        lines.append(f"  ... and {len(report.kept) - MAX_LISTED:,} more kept (--json lists all)")
+    would = [
+        f"  would delete {printable(path)} ({size:,} bytes)"
+        for path, size in report.would_delete.items()
+    ]
+    lines = listed(would, MAX_LISTED) if report.dry_run else []
+    lines += problem_lines(report.kept, MAX_LISTED)
     freed = sum(report.would_delete.values()) if report.dry_run else report.bytes_freed
     verb = "Would delete" if report.dry_run else "Deleted"
     count = len(report.would_delete) if report.dry_run else report.deleted

@@ -1,6 +1,6 @@
 """Which local file a row means, confined to the cache root.
 
-Lookup order (the first that exists wins), from the contract:
+Lookup order (the first that exists wins), as the README states it:
 1. `local_file_path` (relative to the working directory);
 2. `{cache_root}/{media_type}s/{md5}{ext from mime_type}`;
 3. any `{cache_root}/{media_type}s/{md5}.*`, preferring a suffix other than `.bin`, in
@@ -16,6 +16,7 @@ listed again only when the directory changed and the index is a few seconds old.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import stat
@@ -27,6 +28,7 @@ from pathlib import Path
 
 from archiver.content_types import FALLBACK_EXT, ext_for_mime
 from archiver.errors import ConfigError
+from archiver.keys import normalize_md5
 from archiver.localfs import CacheRoot, why
 from archiver.models import MediaRow
 from archiver.settings import Settings
@@ -122,6 +124,14 @@ class Resolver:
     listdir: Callable[[Path], list[str]] = os.listdir
     _indexes: dict[Path, _Index] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def locate(self, row: MediaRow) -> Resolution:
+        """The row's file, looked up in a worker thread: what every job asks of a row before
+        it touches its file. Refused when `md5_sum` is not 32 hex digits."""
+        md5 = normalize_md5(row.md5_sum)
+        if md5 is None:
+            return Refused(f"md5_sum {row.md5_sum!r} is not 32 hex digits")
+        return await asyncio.to_thread(self.resolve, row, md5)
 
     def resolve(self, row: MediaRow, md5: str) -> Resolution:
         """Find the row's file (never raises for anything a row holds)."""

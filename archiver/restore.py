@@ -22,11 +22,12 @@ from typing import Any
 
 from archiver.db import RowFilter
 from archiver.errors import ConfigError, StorageError
-from archiver.keys import NotOurs, normalize_md5, row_key
+from archiver.integrity import content_mismatch
+from archiver.keys import NotOurs, row_key
 from archiver.localfs import CacheRoot, NewFile, why
-from archiver.models import MediaRow
-from archiver.pipeline import for_each
-from archiver.progress import Counter, printable
+from archiver.models import MediaRow, Problem
+from archiver.pipeline import Interrupt, for_each
+from archiver.progress import Counter, listed, printable, problem_lines
 from archiver.resolve import Found, NotFound, Resolver, media_dir_name, open_cache_root
 from archiver.services import connected
 from archiver.settings import Settings
@@ -56,15 +57,16 @@ class RestoreReport:
     failed: int = 0
     bytes: int = 0
     would_restore: list[str] = field(default_factory=list)
-    failures: list[tuple[str, str]] = field(default_factory=list)
+    failures: list[Problem] = field(default_factory=list)  # invalid, failed, no_such_row
 
     @property
     def exit_code(self) -> int:
         return 1 if self.failed else 0
 
-    def fail(self, media_id: str, why: str) -> int:
+    def fail(self, row: MediaRow, why: str, *, kind: str = "failed") -> int:
+        """The row's file was not restored (`kind` "invalid": the row itself is unusable)."""
         self.failed += 1
-        self.failures.append((media_id, why))
+        self.failures.append(Problem(row.media_id, kind, why, url=row.archive_url))
         return 0
 
     def as_json(self) -> dict[str, Any]:
@@ -77,7 +79,7 @@ class RestoreReport:
         }
         if self.dry_run:
             data["would_restore"] = len(self.would_restore)
-        data["failures"] = [{"media_id": m, "why": why} for m, why in self.failures]
+        data["failures"] = [p.as_json() for p in self.failures]
         return data
 
 
@@ -89,6 +91,7 @@ class RestoreFailed(Exception):
 class Target:
     """Where a row's object is, and where its file goes."""
 
+    md5: str
     key: str
     directory: str  # `{media_type}s`, below the cache root
     name: str  # `{md5}{ext}`
@@ -103,7 +106,7 @@ def plan(row: MediaRow, settings: Settings) -> Target | str:
     directory = media_dir_name(row.media_type)
     if directory is None:
         return f"media_type {row.media_type!r} is not a plain word"
-    return Target(key, directory, f"{md5}{PurePosixPath(key).suffix}")
+    return Target(md5, key, directory, f"{md5}{PurePosixPath(key).suffix}")
 
 
 @dataclass
@@ -118,35 +121,34 @@ class _Restorer:
     async def restore(self, row: MediaRow) -> int:
         """Restore one row's file when it is missing (or named); bytes written."""
         report = self.report
-        md5 = normalize_md5(row.md5_sum)
-        found = await asyncio.to_thread(self.resolver.resolve, row, md5) if md5 else None
+        found = await self.resolver.locate(row)
         if self.options.all_missing and isinstance(found, Found):
             return 0  # present: not selected
         report.selected += 1
         where = plan(row, self.settings)
         if isinstance(where, str):
-            return report.fail(row.media_id, where)
-        assert md5 is not None and found is not None
+            return report.fail(row, where, kind="invalid")
         if not isinstance(found, NotFound | Found):
-            return report.fail(row.media_id, f"its local file cannot be used: {found.reason}")
+            reason = f"its local file cannot be used: {found.reason}"
+            return report.fail(row, reason, kind="invalid")
         if isinstance(found, Found):
             try:
-                same = await asyncio.to_thread(self._holds, found.path, md5)
+                same = await asyncio.to_thread(self._holds, found.path, where.md5)
             except RestoreFailed as exc:
-                return report.fail(row.media_id, str(exc))
+                return report.fail(row, str(exc))
             if same:
                 report.already_present += 1
                 return 0
-            return report.fail(row.media_id, f"a different file is at {found.path} (not replaced)")
+            return report.fail(row, f"a different file is at {found.path} (not replaced)")
         if self.options.dry_run:
             target = self.cache.path / where.directory / where.name
             report.would_restore.append(f"s3://{self.settings.bucket}/{where.key} -> {target}")
             return 0
         try:
-            nbytes, fresh = await self._download(where, md5)
+            nbytes, fresh = await self._download(where)
         except (RestoreFailed, StorageError, OSError) as exc:
             reason = why(exc) if isinstance(exc, OSError) else str(exc)
-            return report.fail(row.media_id, reason)
+            return report.fail(row, reason)
         if not fresh:
             report.already_present += 1
             return 0
@@ -158,11 +160,11 @@ class _Restorer:
         """Whether the regular file at `path` has this MD5 (never blocks on a FIFO)."""
         try:
             with self.cache.open_file(path) as f:
-                return f.md5() == md5
+                return content_mismatch(f.md5(), md5) is None
         except OSError as exc:
             raise RestoreFailed(f"{path}: {why(exc)}") from exc
 
-    async def _download(self, where: Target, md5: str) -> tuple[int, bool]:
+    async def _download(self, where: Target) -> tuple[int, bool]:
         """Stream the object into an unnamed file in its directory, check its MD5, give it
         its name; (bytes, whether the file is new)."""
         dir_fd = await asyncio.to_thread(self.cache.open_dir, [where.directory], create=True)
@@ -176,17 +178,16 @@ class _Restorer:
                     await asyncio.to_thread(new.write, chunk)
 
                 nbytes = await self.store.download(where.key, sink)
-                if digest.hexdigest() != md5:
-                    raise RestoreFailed(
-                        f"the downloaded bytes do not hash to md5_sum {md5}: not restored"
-                    )
+                wrong = content_mismatch(digest.hexdigest(), where.md5)
+                if wrong is not None:
+                    raise RestoreFailed(f"the downloaded {wrong}: not restored")
                 if await asyncio.to_thread(new.publish):
                     return nbytes, True
             finally:
                 await asyncio.shield(asyncio.to_thread(new.close))
             # The name is taken: by the same content (restored meanwhile), or not.
             path = self.cache.path / where.directory / where.name
-            if await asyncio.to_thread(self._holds, path, md5):
+            if await asyncio.to_thread(self._holds, path, where.md5):
                 return nbytes, False
             raise RestoreFailed(f"a different file is already at {path}")
         finally:
@@ -200,7 +201,7 @@ async def run_restore(
     progress: Counter,
     *,
     cwd: Path | None = None,
-    stop: asyncio.Event | None = None,
+    interrupt: Interrupt | None = None,
 ) -> RestoreReport:
     """Download what is asked; the report of what happened."""
     cwd = cwd or Path.cwd()
@@ -220,7 +221,7 @@ async def run_restore(
                 progress.step(await restorer.restore(row))
 
             def failed(row: MediaRow, reason: str) -> None:
-                report.fail(row.media_id, reason)
+                report.fail(row, reason)
                 progress.step(0)
 
             try:
@@ -228,28 +229,22 @@ async def run_restore(
                     db.rows(row_filter),
                     restore,
                     concurrency=options.concurrency,
-                    stop=stop,
+                    interrupt=interrupt,
                     on_error=failed,
                 )
             finally:
                 progress.close()
-            for media_id in sorted(set(options.media_ids) - seen):
-                report.selected += 1
-                report.fail(media_id, "no such row")
+            if not (interrupt and interrupt.triggered):
+                for media_id in sorted(set(options.media_ids) - seen):
+                    report.selected += 1
+                    report.failures.append(Problem(media_id, "no_such_row", "no such row"))
+                    report.failed += 1
     return report
 
 
 def format_restore(report: RestoreReport) -> str:
-    lines = [f"  would restore {printable(line)}" for line in report.would_restore[:MAX_LISTED]]
-    if len(report.would_restore) > MAX_LISTED:
-        lines.append(f"  ... and {len(report.would_restore) - MAX_LISTED:,} more")
-    lines += [
-        f"  failed {printable(m)}: {printable(why)}" for m, why in report.failures[:MAX_LISTED]
-    ]
-    if len(report.failures) > MAX_LISTED:
-        lines.append(
-            f"  ... and {len(report.failures) - MAX_LISTED:,} more failed (--json lists all)"
-        )
+    would = [f"  would restore {printable(line)}" for line in report.would_restore]
+    lines = listed(would, MAX_LISTED) + problem_lines(report.failures, MAX_LISTED)
     verb = "Would restore" if report.dry_run else "Restored"
     count = len(report.would_restore) if report.dry_run else report.restored
     lines.append(

@@ -6,6 +6,7 @@ Nothing below `cli.py` and this module reads `os.environ`.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -31,6 +32,16 @@ MAX_PARTS = 10_000  # S3's limit per multipart upload
 DEFAULT_MEMORY_BUDGET_BYTES = 48 * MIB
 
 MEDIA_TYPES = ("image", "video", "document")
+
+# The S3 client, the same for every command (`ClientOptions`).
+RETRY_MODES = ("standard", "adaptive", "legacy")  # botocore's retry modes
+DEFAULT_RETRY_MODE = "standard"  # retries 503 SlowDown, 500s, throttling, dropped connections
+DEFAULT_MAX_ATTEMPTS = 6  # attempts per S3 request, the first one included
+CHECKSUM_CALCULATIONS = ("when_required", "when_supported")
+# Every PUT carries Content-MD5 and its ETag is checked, so botocore's extra CRC32 on each
+# request body (its default since 1.36) is CPU spent for nothing, and a header some
+# S3-compatible servers reject.
+DEFAULT_CHECKSUM_CALCULATION = "when_required"
 
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
@@ -160,8 +171,47 @@ def validate_endpoint(url: str | None) -> str | None:
 
 
 @dataclass(frozen=True)
+class ClientOptions:
+    """How the S3 client behaves, for every command alike: botocore's retry mode, attempts
+    per request (the first included, as AWS_MAX_ATTEMPTS counts them) and when it adds a
+    checksum to a request body."""
+
+    retry_mode: str = DEFAULT_RETRY_MODE
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    checksum_calculation: str = DEFAULT_CHECKSUM_CALCULATION
+
+    def __post_init__(self) -> None:
+        if self.retry_mode not in RETRY_MODES:
+            raise ConfigError(
+                f"AWS_RETRY_MODE must be one of {', '.join(RETRY_MODES)}, not {self.retry_mode!r}"
+            )
+        if self.max_attempts < 1:
+            raise ConfigError(f"AWS_MAX_ATTEMPTS must be at least 1, not {self.max_attempts}")
+        if self.checksum_calculation not in CHECKSUM_CALCULATIONS:
+            raise ConfigError(
+                "AWS_REQUEST_CHECKSUM_CALCULATION must be one of "
+                f"{', '.join(CHECKSUM_CALCULATIONS)}, not {self.checksum_calculation!r}"
+            )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> ClientOptions:
+        """The options the AWS SDK variables ask for; archiver's defaults where unset."""
+        attempts = env.get("AWS_MAX_ATTEMPTS", "").strip()
+        if attempts and not (attempts.isascii() and attempts.isdigit()):
+            raise ConfigError(f"AWS_MAX_ATTEMPTS must be a whole number, not {attempts!r}")
+        return cls(
+            retry_mode=env.get("AWS_RETRY_MODE", "").strip().lower() or DEFAULT_RETRY_MODE,
+            max_attempts=int(attempts) if attempts else DEFAULT_MAX_ATTEMPTS,
+            checksum_calculation=(
+                env.get("AWS_REQUEST_CHECKSUM_CALCULATION", "").strip().lower()
+                or DEFAULT_CHECKSUM_CALCULATION
+            ),
+        )
+
+
+@dataclass(frozen=True)
 class Settings:
-    """Where things are: database, bucket, keys, local cache, AWS session."""
+    """Where things are: database, bucket, keys, local cache, AWS session and client."""
 
     database_url: str | None = field(default=None, repr=False)
     bucket: str = DEFAULT_BUCKET
@@ -170,6 +220,7 @@ class Settings:
     profile: str | None = None
     region: str = DEFAULT_REGION
     endpoint_url: str | None = None
+    client: ClientOptions = field(default_factory=ClientOptions)
 
     def __post_init__(self) -> None:
         validate_bucket(self.bucket)
@@ -181,7 +232,7 @@ class Settings:
             f"Settings(database_url={redact_dsn(self.database_url)!r}, bucket={self.bucket!r}, "
             f"key_prefix={self.key_prefix!r}, cache_root={str(self.cache_root)!r}, "
             f"profile={self.profile!r}, region={self.region!r}, "
-            f"endpoint_url={self.endpoint_url!r})"
+            f"endpoint_url={self.endpoint_url!r}, client={self.client!r})"
         )
 
     def require_database(self) -> str:

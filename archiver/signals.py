@@ -40,11 +40,11 @@ def run_async(factory: Callable[[Interrupt], Coroutine[Any, Any, T]]) -> T:
 def _on_signal(interrupt: Interrupt) -> None:
     if interrupt.count == 0:
         print(
-            f"\narchiver: stopping: finishing the work in flight (up to {interrupt.grace_s:.0f} s)"
-            " and recording it; press Ctrl-C again to abandon it",
+            f"\narchiver: stopping: finishing the work in flight (up to {interrupt.grace_s:.0f} s);"
+            " press Ctrl-C again to abandon it",
             file=sys.stderr,
             flush=True,
         )
     else:
-        print("\narchiver: abandoning uploads in flight", file=sys.stderr, flush=True)
+        print("\narchiver: abandoning the work in flight", file=sys.stderr, flush=True)
     interrupt.trigger()

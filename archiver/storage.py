@@ -28,10 +28,8 @@ from botocore.exceptions import (
 from botocore.utils import determine_content_length
 
 from archiver.errors import AccessDenied, BucketMissing, StorageError, StorageUnavailable
-from archiver.settings import Settings
+from archiver.settings import ClientOptions, Settings
 
-DEFAULT_RETRY_MODE = "standard"  # retries 503 SlowDown, 500s, throttling, dropped connections
-DEFAULT_MAX_ATTEMPTS = 6  # first try included
 CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 60.0
 DOWNLOAD_CHUNK_BYTES = 1024 * 1024
@@ -129,6 +127,19 @@ class StoredPart:
     etag: str
 
 
+def client_config(options: ClientOptions, *, max_connections: int) -> AioConfig:
+    """botocore's client configuration for archiver's options. Retries are given as
+    `total_max_attempts` (the first try included, as AWS_MAX_ATTEMPTS counts them):
+    botocore reads a `max_attempts` key in this dict as retries *after* the first try."""
+    return AioConfig(
+        max_pool_connections=max_connections + EXTRA_CONNECTIONS,
+        connect_timeout=CONNECT_TIMEOUT_S,
+        read_timeout=READ_TIMEOUT_S,
+        retries={"mode": options.retry_mode, "total_max_attempts": options.max_attempts},
+        request_checksum_calculation=options.checksum_calculation,
+    )
+
+
 class Storage:
     """The S3 operations archiver uses, on one client."""
 
@@ -140,35 +151,18 @@ class Storage:
 
     @classmethod
     @asynccontextmanager
-    async def open(
-        cls,
-        settings: Settings,
-        *,
-        max_connections: int,
-        retry_mode: str | None = None,
-        max_attempts: int | None = None,
-        checksums: str | None = None,
-    ) -> AsyncIterator[Storage]:
-        """A Storage whose client pools `max_connections` connections, closed on exit.
-        `checksums` sets botocore's request_checksum_calculation (None: botocore decides,
-        from AWS_REQUEST_CHECKSUM_CALCULATION or its default)."""
+    async def open(cls, settings: Settings, *, max_connections: int) -> AsyncIterator[Storage]:
+        """A Storage whose client pools `max_connections` connections (plus a few for
+        HEADs and multipart control calls), closed on exit. Every command opens its client
+        here, so every command gets the same retries, checksums and timeouts
+        (`settings.client`)."""
         try:
             session = aioboto3.Session(profile_name=settings.profile, region_name=settings.region)
         except ProfileNotFound as exc:
             raise StorageUnavailable(f"AWS profile {settings.profile!r} not found") from exc
-        config = AioConfig(
-            max_pool_connections=max_connections + EXTRA_CONNECTIONS,
-            connect_timeout=CONNECT_TIMEOUT_S,
-            read_timeout=READ_TIMEOUT_S,
-            retries={
-                "mode": retry_mode or DEFAULT_RETRY_MODE,
-                "max_attempts": max_attempts or DEFAULT_MAX_ATTEMPTS,
-            },
-        )
-        if checksums:
-            config = config.merge(AioConfig(request_checksum_calculation=checksums))
+        config = client_config(settings.client, max_connections=max_connections)
         quick = config.merge(
-            AioConfig(retries={"mode": "standard", "max_attempts": PREFLIGHT_ATTEMPTS})
+            AioConfig(retries={"mode": "standard", "total_max_attempts": PREFLIGHT_ATTEMPTS})
         )
 
         def preflight() -> Any:

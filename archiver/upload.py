@@ -24,7 +24,7 @@ from typing import Protocol
 from archiver.budget import ByteBudget
 from archiver.claims import Claims
 from archiver.content_types import SNIFF_BYTES, choose_ext, content_type_for, needs_sniffing
-from archiver.db import Database, RowFilter
+from archiver.db import RowFilter
 from archiver.errors import AccessDenied, ArchiverError, StorageError, StorageUnavailable
 from archiver.integrity import METADATA_MD5, object_intact
 from archiver.keys import archive_url, as_utc, normalize_md5, object_key
@@ -33,8 +33,9 @@ from archiver.models import MediaRow, Outcome, RowResult, Summary
 from archiver.pipeline import Interrupt, Pipeline
 from archiver.policies import BatchPolicy, ExistencePolicy, RetryPolicy
 from archiver.resolve import Found, NotFound, Resolver, open_cache_root
+from archiver.services import connected
 from archiver.settings import MAX_PARTS, MIB, Settings, UploadOptions
-from archiver.storage import ConditionalWritesUnsupported, ObjectInfo, Storage, StoredPart
+from archiver.storage import ConditionalWritesUnsupported, ObjectInfo, StoredPart
 
 log = logging.getLogger(__name__)
 
@@ -325,7 +326,7 @@ class Uploader:
         if etag is None:  # 412: stored meanwhile, by another row or process
             self.existence.present()
             existing = await self.store.head_object(prep.key)
-            if existing is not None and object_intact(existing, prep.md5, prep.size):
+            if object_intact(existing, prep.md5, prep.size):
                 return self._result(prep, Outcome.SKIPPED_EXISTING)
             etag = ""  # a different object under an MD5-named key is damaged: replace it
         for _ in range(INTEGRITY_ATTEMPTS):
@@ -386,7 +387,7 @@ class Uploader:
         if etag is None:  # another process completed the same key meanwhile
             await self.store.abort_multipart(prep.key, upload_id)
             existing = await self.store.head_object(prep.key)
-            if existing is not None and object_intact(existing, prep.md5, f.size):
+            if object_intact(existing, prep.md5, f.size):
                 return self._result(prep, Outcome.SKIPPED_EXISTING, sent=sent)
             return self._result(
                 prep, Outcome.FAILED, reason="a different object appeared", sent=sent
@@ -496,33 +497,18 @@ async def run_upload(
     *,
     interrupt: Interrupt | None = None,
     cwd: Path | None = None,
-    retry_mode: str | None = None,
-    max_attempts: int | None = None,
-    checksums: str | None = None,
     db_retry: RetryPolicy | None = None,
     on_result: Callable[[RowResult], None] | None = None,
 ) -> Summary:
     """Archive the selected rows; the summary of what happened."""
     started = time.monotonic()
     interrupt = interrupt or Interrupt()
-    dsn = settings.require_database()
     summary = Summary(dry_run=options.dry_run)
     async with AsyncExitStack() as stack:
         cache = stack.enter_context(open_cache_root(settings))
-        db = await Database.connect(dsn)
-        stack.push_async_callback(db.close)
-        store: Storage | None = None
-        if not options.dry_run:
-            store = await stack.enter_async_context(
-                Storage.open(
-                    settings,
-                    max_connections=options.concurrency,
-                    retry_mode=retry_mode,
-                    max_attempts=max_attempts,
-                    checksums=checksums,
-                )
-            )
-            await store.check_bucket()
+        db, store = await stack.enter_async_context(
+            connected(settings, concurrency=options.concurrency, storage=not options.dry_run)
+        )
         row_filter = RowFilter(
             archived=None if options.force else False, media_types=options.media_types
         )

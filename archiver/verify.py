@@ -1,32 +1,32 @@
 """`archiver verify`: archive statistics, and optional checks of S3 objects and local files.
 
 Statistics come from one aggregate query. `--verify-s3` HEADs every archived row's object
-(concurrently, bounded) and compares it with the row: present; size equal to the local
-file's (or, without one, the recorded `file_size`); for a single-part object the ETag
-equal to `md5_sum`, for a multipart one the MD5 archiver recorded in its metadata (or the
-size alone when nothing else exists). Only objects archiver would have made for the row are
-asked for (`keys.archived_key`): a row whose `archive_url` names another bucket or key is
-reported `invalid`. `--check-local` looks for every row's local file.
+(concurrently, bounded) and judges it by the integrity rule (`integrity.py`), against the
+size of the local file (or, without one, the recorded `file_size`): a multipart object
+whose recorded MD5 differs or is absent is `mismatched`, whatever its size. Only objects
+archiver would have made for the row are asked for (`keys.archived_key`): a row whose
+`archive_url` names another bucket or key is reported `invalid`. `--check-local` looks for
+every row's local file.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from archiver.db import Database, RowFilter, StatsRow
-from archiver.errors import ArchiverError
-from archiver.keys import NotOurs, normalize_md5, row_key
-from archiver.models import MediaRow
-from archiver.pipeline import for_each
-from archiver.progress import printable
+from archiver.errors import StorageError
+from archiver.integrity import mismatch
+from archiver.keys import NotOurs, row_key
+from archiver.models import MediaRow, Problem
+from archiver.pipeline import Interrupt, for_each
+from archiver.progress import problem_lines
 from archiver.resolve import Found, NotFound, Resolver, resolve_cache_root
 from archiver.services import connected
 from archiver.settings import Settings
-from archiver.storage import ObjectInfo, Storage
+from archiver.storage import Storage
 
 RULE = "=" * 80
 MAX_LISTED = 100  # problems listed in the text report (JSON lists them all)
@@ -38,14 +38,6 @@ class VerifyOptions:
     check_local: bool = False
     limit: int | None = None
     concurrency: int = 32
-
-
-@dataclass
-class Problem:
-    media_id: str
-    kind: str  # missing, mismatched, error, invalid, missing_local
-    url: str | None
-    detail: str
 
 
 @dataclass
@@ -76,7 +68,8 @@ class VerifyReport:
     stats: list[StatsRow]
     s3: S3Check | None = None
     local: LocalCheck | None = None
-    problems: list[Problem] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)  # missing, mismatched, error,
+    # invalid, missing_local
 
     @property
     def total(self) -> int:
@@ -105,28 +98,13 @@ class VerifyReport:
             },
             "s3": self.s3.as_json() if self.s3 else None,
             "local": self.local.as_json() if self.local else None,
-            "problems": [p.__dict__ for p in self.problems],
+            "problems": [p.as_json() for p in self.problems],
         }
 
 
-def compare(info: ObjectInfo | None, md5: str | None, expected_size: int | None) -> str | None:
-    """Why an object does not match its row ("missing", or a mismatch), or None when it does."""
-    if info is None:
-        return "missing"
-    if expected_size is not None and info.size != expected_size:
-        return f"size {info.size} differs from {expected_size}"
-    if md5 is None:
-        return "md5_sum of the row is not 32 hex digits"
-    if not info.is_multipart:
-        if info.etag != md5:
-            return f"ETag {info.etag} differs from md5_sum {md5}"
-    elif "md5" in info.metadata and info.metadata["md5"] != md5:
-        return f"recorded MD5 {info.metadata['md5']} differs from md5_sum {md5}"
-    return None
-
-
-def _local_size(row: MediaRow, md5: str, resolver: Resolver) -> int | None:
-    found = resolver.resolve(row, md5)
+async def _local_size(resolver: Resolver, row: MediaRow) -> int | None:
+    """The size the object must have: the local file's, else the recorded `file_size`."""
+    found = await resolver.locate(row)
     return found.size if isinstance(found, Found) else row.file_size
 
 
@@ -135,7 +113,7 @@ async def run_verify(
     options: VerifyOptions,
     *,
     cwd: Path | None = None,
-    stop: asyncio.Event | None = None,
+    interrupt: Interrupt | None = None,
     on_progress: Callable[[], None] | None = None,
 ) -> VerifyReport:
     """Statistics, then the checks asked for."""
@@ -150,11 +128,11 @@ async def run_verify(
         if store is not None:
             assert resolver is not None
             report.s3 = S3Check()
-            await _check_s3(db, store, settings, options, report, resolver, stop, on_progress)
+            await _check_s3(db, store, settings, options, report, resolver, interrupt, on_progress)
         if options.check_local:
             assert resolver is not None
             report.local = LocalCheck()
-            await _check_local(db, options, report, resolver, stop, on_progress)
+            await _check_local(db, options, report, resolver, interrupt, on_progress)
     return report
 
 
@@ -165,14 +143,14 @@ async def _check_s3(
     options: VerifyOptions,
     report: VerifyReport,
     resolver: Resolver,
-    stop: asyncio.Event | None,
+    interrupt: Interrupt | None,
     on_progress: Callable[[], None] | None,
 ) -> None:
     s3 = report.s3
     assert s3 is not None
 
     def problem(row: MediaRow, kind: str, detail: str) -> None:
-        report.problems.append(Problem(row.media_id, kind, row.archive_url, detail))
+        report.problems.append(Problem(row.media_id, kind, detail, url=row.archive_url))
         if on_progress:
             on_progress()
 
@@ -188,11 +166,12 @@ async def _check_s3(
             s3.invalid += 1
             return problem(row, "invalid", ours.reason)
         md5, key = ours
+        size = await _local_size(resolver, row)
         try:
-            size = await asyncio.to_thread(_local_size, row, md5, resolver)
-            verdict = compare(await store.head_object(key), md5, size)
-        except ArchiverError as exc:  # a 403 or an error on this object: this row's problem
+            info = await store.head_object(key)
+        except StorageError as exc:  # a 403 or an error on this object: this row's problem
             return error(row, str(exc))
+        verdict = mismatch(info, md5, size)
         s3.checked += 1
         if verdict is None:
             s3.ok += 1
@@ -206,7 +185,9 @@ async def _check_s3(
             problem(row, "mismatched", verdict)
 
     rows = db.rows(RowFilter(archived=True), limit=options.limit)
-    await for_each(rows, check, concurrency=options.concurrency, stop=stop, on_error=error)
+    await for_each(
+        rows, check, concurrency=options.concurrency, interrupt=interrupt, on_error=error
+    )
 
 
 async def _check_local(
@@ -214,7 +195,7 @@ async def _check_local(
     options: VerifyOptions,
     report: VerifyReport,
     resolver: Resolver,
-    stop: asyncio.Event | None,
+    interrupt: Interrupt | None,
     on_progress: Callable[[], None] | None,
 ) -> None:
     local = report.local
@@ -223,27 +204,28 @@ async def _check_local(
     def invalid(row: MediaRow, reason: str) -> None:
         local.checked += 1
         local.invalid += 1
-        report.problems.append(Problem(row.media_id, "invalid", None, reason))
+        report.problems.append(Problem(row.media_id, "invalid", reason))
         if on_progress:
             on_progress()
 
     async def check(row: MediaRow) -> None:
-        md5 = normalize_md5(row.md5_sum)
-        if md5 is None:
-            return invalid(row, f"md5_sum {row.md5_sum!r} is not 32 hex digits")
-        found = await asyncio.to_thread(resolver.resolve, row, md5)
+        found = await resolver.locate(row)
         if not isinstance(found, Found | NotFound):
             return invalid(row, found.reason)
         local.checked += 1
         if isinstance(found, NotFound):
             local.missing += 1
-            report.problems.append(Problem(row.media_id, "missing_local", None, found.reason))
+            report.problems.append(Problem(row.media_id, "missing_local", found.reason))
         if on_progress:
             on_progress()
 
     rows = db.rows(RowFilter(archived=None), limit=options.limit)
     await for_each(
-        rows, check, concurrency=min(options.concurrency, 8), stop=stop, on_error=invalid
+        rows,
+        check,
+        concurrency=min(options.concurrency, 8),
+        interrupt=interrupt,
+        on_error=invalid,
     )
 
 
@@ -252,7 +234,7 @@ def _pct(part: int, whole: int) -> str:
 
 
 def format_report(report: VerifyReport) -> str:
-    """The text report, in the layout of the design notes' example."""
+    """The text report, in the layout of the original script's statistics."""
     lines = [RULE, "S3 Archive Statistics", RULE, "", "Overall:"]
     lines += [
         f"  {'Total Media:':<19}{report.total:,}",
@@ -291,10 +273,6 @@ def format_report(report: VerifyReport) -> str:
         ]
     if report.problems:
         lines += ["", "Problems:"]
-        for p in sorted(report.problems, key=lambda p: p.media_id)[:MAX_LISTED]:
-            where = f" {printable(p.url)}" if p.url else ""
-            lines.append(f"  {p.kind:<14}{printable(p.media_id)}{where}: {printable(p.detail)}")
-        if len(report.problems) > MAX_LISTED:
-            lines.append(f"  ... and {len(report.problems) - MAX_LISTED:,} more (--json lists all)")
+        lines += problem_lines(sorted(report.problems, key=lambda p: p.media_id), MAX_LISTED)
     lines.append(RULE)
     return "\n".join(lines)

@@ -74,6 +74,8 @@ class S3Proxy:
     requests: list[tuple[Request, str]] = field(default_factory=list)  # (request, what happened)
     port: int = 0
     delay_s: float = 0.0  # added before forwarding each request (slows a run down)
+    delay_if: Callable[[Request], bool] = field(default=lambda request: True)  # which ones
+    arrived: list[Request] = field(default_factory=list)  # read, answered or not yet
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _loop: asyncio.AbstractEventLoop | None = None
     _server: asyncio.Server | None = None
@@ -114,6 +116,8 @@ class S3Proxy:
     def close(self) -> None:
         self.stop()
         if self._loop is not None:
+            # Requests still held (by `delay_s`) end now, while their loop still runs.
+            asyncio.run_coroutine_threadsafe(_cancel_others(), self._loop).result(10)
             self._loop.call_soon_threadsafe(self._loop.stop)
             assert self._thread is not None
             self._thread.join(10)
@@ -132,6 +136,7 @@ class S3Proxy:
     def reset(self) -> None:
         with self._lock:
             self.requests.clear()
+            self.arrived.clear()
 
     # -- one request ------------------------------------------------------------------------
 
@@ -173,6 +178,8 @@ class S3Proxy:
             writer.close()
             return
         head, request = parsed
+        with self._lock:
+            self.arrived.append(request)
         length = request.body_length
         action = self.rule(request)
         what = "forwarded"
@@ -197,7 +204,7 @@ class S3Proxy:
                 body = body[:-1] + bytes([body[-1] ^ 0xFF])
             if isinstance(action, CorruptResponse):
                 what = "response corrupted"
-            if self.delay_s:
+            if self.delay_s and self.delay_if(request):
                 await asyncio.sleep(self.delay_s)
             status = await self._forward(
                 head, body, writer, corrupt=isinstance(action, CorruptResponse)
@@ -234,3 +241,10 @@ class S3Proxy:
             return int(response.split(b" ", 2)[1]) if response.startswith(b"HTTP/") else 0
         finally:
             up_writer.close()
+
+
+async def _cancel_others() -> None:
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)

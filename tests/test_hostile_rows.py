@@ -96,7 +96,7 @@ async def test_prune_never_deletes_a_file_whose_own_bytes_it_has_not_proved(env,
     assert v_path.read_bytes() == v  # never archived: still there
     assert not m_path.exists()  # proved (its own bytes and its object): deleted
     assert result["deleted"] == 1
-    kept = {k["media_id"]: k["why"] for k in result["kept"]}
+    kept = {k["media_id"]: k["detail"] for k in result["kept"]}
     assert "the local file's bytes hash to" in kept["evil-prune"]
     assert out.returncode == 1
     assert await url_of(db, "v-own") is None
@@ -207,7 +207,8 @@ async def test_an_out_of_range_created_at_is_an_invalid_row_in_every_command(
     invalid = {p["media_id"]: p["detail"] for p in verify["problems"] if p["kind"] == "invalid"}
     assert "created_at" in invalid["when-archived"]
     assert results[("prune-local", "--dry-run")]["invalid"] == 1
-    failures = {f["media_id"]: f["why"] for f in results[("restore", "--all-missing")]["failures"]}
+    restored = results[("restore", "--all-missing")]
+    failures = {f["media_id"]: f["detail"] for f in restored["failures"]}
     assert "created_at" in failures.get("when-archived", "created_at")
     good_urls = await db.fetch("SELECT archive_url FROM post_media WHERE media_id LIKE 'good-%'")
     assert all(r["archive_url"] for r in good_urls)
@@ -367,7 +368,7 @@ async def test_one_denied_object_does_not_stop_prune_or_restore(penv, db, s3, pr
     prune = run_cli(penv, "prune-local", "--json")
     result = json_of(prune)
     assert prune.returncode == 1 and result["deleted"] == 2
-    assert "s3:GetObject" in {k["media_id"]: k["why"] for k in result["kept"]}["p0"]
+    assert "s3:GetObject" in {k["media_id"]: k["detail"] for k in result["kept"]}["p0"]
 
     (penv.cache_root / "images" / f"{rows[0].md5_sum}.jpg").unlink()
     restore = run_cli(penv, "restore", "--all-missing", "--json")
@@ -375,7 +376,7 @@ async def test_one_denied_object_does_not_stop_prune_or_restore(penv, db, s3, pr
     assert restore.returncode == 1 and result["restored"] == 2
     (failure,) = result["failures"]
     assert failure["media_id"] == "p0"
-    assert "s3:GetObject" in failure["why"] and f"s3://{penv.bucket}/" in failure["why"]
+    assert "s3:GetObject" in failure["detail"] and f"s3://{penv.bucket}/" in failure["detail"]
 
 
 # -- 6. a wrong md5_sum on a large file sends nothing; bytes_uploaded is true ----------------
@@ -463,7 +464,7 @@ async def test_no_command_blocks_on_a_fifo_in_the_cache(env, db, s3) -> None:
     prune = run_cli(env, "prune-local", "--json", timeout=60)
 
     (failure,) = json_of(restore)["failures"]
-    assert "not a regular file" in failure["why"]
+    assert "not a regular file" in failure["detail"]
     assert json_of(upload)["invalid"] == 1
     assert json_of(prune)["invalid"] == 1
     assert path.exists() and not path.is_file()  # left alone

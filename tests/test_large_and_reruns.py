@@ -11,7 +11,7 @@ import pytest
 from archiver.models import Outcome
 from archiver.policies import ExistencePolicy
 from archiver.sample import SampleRow, file_bytes, insert_rows
-from archiver.settings import MIB, UploadOptions
+from archiver.settings import MIB, ClientOptions, UploadOptions
 from archiver.upload import run_upload
 from tests.helpers import assert_archive_invariant, md5, media_file, quiet_reporter, upload
 from tests.proxy import Corrupt, Request, Respond
@@ -84,11 +84,10 @@ async def test_a_failed_part_leaves_no_row_and_no_upload(penv, db, s3, proxy, fa
     proxy.rule = lambda r: fault if r.is_part_put and r.query["partNumber"] == ["2"] else None
 
     summary = await run_upload(
-        penv.settings(),
+        penv.settings(client=ClientOptions(max_attempts=2)),
         UploadOptions(multipart_threshold=5 * MIB, part_size=5 * MIB),
         quiet_reporter(),
         cwd=penv.workdir,
-        max_attempts=2,
     )
 
     assert summary.counts[Outcome.FAILED] == 1 and summary.exit_code == 1

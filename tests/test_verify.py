@@ -8,36 +8,8 @@ from datetime import datetime
 
 from archiver.models import Outcome
 from archiver.sample import SampleRow, file_bytes, insert_rows
-from archiver.storage import ObjectInfo
-from archiver.verify import VerifyOptions, compare, format_report, run_verify
+from archiver.verify import VerifyOptions, format_report, run_verify
 from tests.helpers import build_contract_cases, insert_cases, md5, media_file, run_cli, upload
-
-MD5 = "0123456789abcdef0123456789abcdef"
-
-
-def info(size: int = 10, etag: str = MD5, metadata: dict[str, str] | None = None) -> ObjectInfo:
-    return ObjectInfo(size=size, etag=etag, metadata=metadata or {})
-
-
-def test_compare_table() -> None:
-    cases = [
-        (None, MD5, 10, "missing"),
-        (info(), MD5, 10, None),
-        (info(), MD5, None, None),  # no size known: ETag alone
-        (info(size=11), MD5, 10, "size 11 differs from 10"),
-        (info(etag="f" * 32), MD5, 10, f"ETag {'f' * 32} differs from md5_sum {MD5}"),
-        (info(etag="abc-3", metadata={"md5": MD5}), MD5, 10, None),
-        (
-            info(etag="abc-3", metadata={"md5": "e" * 32}),
-            MD5,
-            10,
-            f"recorded MD5 {'e' * 32} differs from md5_sum {MD5}",
-        ),
-        (info(etag="abc-3"), MD5, 10, None),  # multipart, nothing recorded: size alone
-        (info(), None, 10, "md5_sum of the row is not 32 hex digits"),
-    ]
-    for obj, digest, size, verdict in cases:
-        assert compare(obj, digest, size) == verdict, (obj, digest, size)
 
 
 async def test_statistics_equal_the_sql_truth(env, db) -> None:
