@@ -14,7 +14,7 @@ class MediaRow:
     """The columns of one `post_media` row that archiving needs."""
 
     media_id: str
-    media_type: str | None  # NOT NULL in the feature notes, but never trusted to be
+    media_type: str | None  # NOT NULL in the app's schema, but never trusted to be
     local_file_path: str | None
     md5_sum: str | None
     mime_type: str | None

@@ -152,9 +152,13 @@ class _Pruner:
         if report.dry_run:
             report.would_delete[str(f.path)] = f.size  # rows sharing a file: listed once
             return 0
-        # Once begun, a delete is seen to its end and counted, even when Ctrl-C abandons
-        # the work in flight: the report must say what was deleted.
-        outcome = await to_the_end(asyncio.to_thread(f.unlink_if_unchanged))
+        # Once begun, a delete is seen to its end and counted, even when a second Ctrl-C
+        # abandons the work in flight: the report must say what was deleted.
+        return await to_the_end(self._delete(row, f))
+
+    async def _delete(self, row: MediaRow, f: LocalFile) -> int:
+        report = self.report
+        outcome = await asyncio.to_thread(f.unlink_if_unchanged)
         if outcome == "gone":  # deleted for another row sharing the file
             report.missing_local += 1
             return 0

@@ -1,4 +1,4 @@
-"""The `post_media` schema of the feature notes and synthetic media caches (tests, demo,
+"""The app's `post_media` schema (`POST_MEDIA_DDL`) and synthetic media caches (tests, demo,
 benchmarks). Files are random, incompressible bytes behind a real magic number."""
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def write_media(
 
 
 async def create_schema(conn: object) -> None:
-    """Create post_media (feature notes' schema) on an asyncpg connection."""
+    """Create post_media (`POST_MEDIA_DDL`) on an asyncpg connection."""
     await conn.execute(POST_MEDIA_DDL)  # type: ignore[attr-defined]
 
 

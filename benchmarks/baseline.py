@@ -1,6 +1,6 @@
 """The original design, faithfully: the baseline archiver is measured against.
 
-As the feature notes' `upload_to_s3.py` did: every unarchived row fetched at once ordered by
+As the original `upload_to_s3.py` script did: every unarchived row fetched at once ordered by
 `created_at`; for each, the local file found with the three strategies, uploaded with boto3's
 `upload_file`, then one autocommitted single-row UPDATE. One file at a time. Prints a JSON
 object of counts. Run: `python -m benchmarks.baseline --database-url DSN --bucket B
@@ -30,7 +30,7 @@ MIME_EXT = {
 
 
 def find_local_file(row: dict, cache_root: Path) -> Path | None:
-    """The three strategies of the feature notes, in order."""
+    """The original script's three strategies, in order."""
     if row["local_file_path"] and Path(row["local_file_path"]).exists():
         return Path(row["local_file_path"])
     directory = cache_root / f"{row['media_type']}s"

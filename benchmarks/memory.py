@@ -1,6 +1,6 @@
 """Peak RSS of `archiver upload --concurrency 32`, measured on the archiver process alone.
 
-Scenarios (from the large-files issue):
+Scenarios:
   (a) one 300 MB file plus 40 files of 20 MB (multipart uploads, bytes in flight bounded)
   (b) 2,000 and then 20,000 rows of small files (memory must not grow with the rows)
 

@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 @dataclass
 class Case:
-    """A row of a scenario, with what the contract says must become of it."""
+    """A row of a scenario, with what the README says must become of it."""
 
     row: SampleRow
     data: bytes | None  # the file's bytes, when it has one
@@ -56,6 +56,18 @@ async def upload(env: Any, **options: Any) -> Summary:
     opts = UploadOptions(**options)
     return await run_upload(
         env.settings(), opts, quiet_reporter(dry_run=opts.dry_run), cwd=env.workdir
+    )
+
+
+def start_cli(env: Any, *args: str, **extra_env: str) -> subprocess.Popen[str]:
+    """Start the real command in the test's work dir (see `run_cli`), its output piped."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "archiver", *args],
+        cwd=env.workdir,
+        env=env.environ(**extra_env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -108,7 +120,7 @@ async def assert_archive_invariant(
 
 
 def build_contract_cases(env: Any, rng: random.Random) -> list[Case]:
-    """One row of each case the core issue names, with its expected key."""
+    """One row of each case the README's upload rules name, with its expected key."""
     root: Path = env.cache_root
     images, videos, documents = root / "images", root / "videos", root / "documents"
     dec = datetime(2025, 12, 3, 10, 0, 0)

@@ -61,6 +61,17 @@ def test_bad_flag_exits_2_with_one_line(env) -> None:
         assert one_line_error(out.stderr).startswith("archiver: error:")
 
 
+def test_bad_s3_client_settings_exit_2_in_every_command(env) -> None:
+    for command in (["upload"], ["verify", "--verify-s3"], ["prune-local"], ["setup-bucket"]):
+        out = run_cli(env, *command, AWS_MAX_ATTEMPTS="six")
+        assert out.returncode == 2, (command, out.stderr)
+        assert one_line_error(out.stderr) == (
+            "archiver: error: AWS_MAX_ATTEMPTS must be a whole number, not 'six'"
+        )
+    out = run_cli(env, "restore", "--all-missing", AWS_RETRY_MODE="fast")
+    assert out.returncode == 2 and "AWS_RETRY_MODE must be one of" in one_line_error(out.stderr)
+
+
 def test_unreachable_database_exits_2_without_the_password(env) -> None:
     out = run_cli(env, "upload", DATABASE_URL="postgresql://me:Sup3rS3cret@127.0.0.1:1/db")
     assert out.returncode == 2

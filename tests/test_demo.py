@@ -49,7 +49,7 @@ def test_demo_counts_match_what_it_made() -> None:
         "corrupt",
         "large",
     } <= set(made)
-    # What the contract says upload must make of those rows:
+    # What the README says upload must make of those rows:
     assert summary_count(text, "Selected") == 50
     assert summary_count(text, "Missing local") == made["missing"]
     assert summary_count(text, "Corrupt") == made["corrupt"]

@@ -532,7 +532,7 @@ async def test_only_media_types_reach_content_type(env, db, s3) -> None:
 
 
 async def test_a_null_media_type_is_an_invalid_row_and_statistics_still_print(env, db, s3) -> None:
-    # The feature notes' schema says NOT NULL; the app's real table need not.
+    # The app's schema says NOT NULL; a real table need not.
     await db.execute("ALTER TABLE post_media ALTER COLUMN media_type DROP NOT NULL")
     await add_good_rows(env, db, 2, random.Random(1213))
     await insert_rows(db, [SampleRow("no-type", "image", md5(b"t"), None, None, DEC)])

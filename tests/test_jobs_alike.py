@@ -9,7 +9,6 @@ import json
 import random
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from datetime import datetime
@@ -20,7 +19,7 @@ import pytest
 
 from archiver.sample import SampleRow, file_bytes, insert_rows
 from archiver.settings import DEFAULT_MAX_ATTEMPTS, MIB
-from tests.helpers import md5, media_file, run_cli
+from tests.helpers import md5, media_file, run_cli, start_cli
 from tests.proxy import Request, Respond
 
 
@@ -119,9 +118,11 @@ async def test_a_replaced_multipart_object_of_the_same_size_is_mismatched_and_ke
 
 
 def environ_without(env: Any, *names: str, **extra: str) -> dict[str, str]:
-    environ = env.environ(**extra)
+    """The rig's environment without `names`, plus `extra`."""
+    environ = env.environ()
     for name in names:
         environ.pop(name, None)
+    environ.update(extra)
     return environ
 
 
@@ -178,6 +179,28 @@ async def test_the_default_is_the_number_of_attempts_the_readme_states(penv, db,
     assert f"`standard` mode with {DEFAULT_MAX_ATTEMPTS} attempts" in README
 
 
+def checksum_headers(r: Request) -> set[str]:
+    return {h for h in r.headers if h.startswith(("x-amz-checksum-", "x-amz-sdk-checksum"))}
+
+
+@pytest.mark.parametrize("asked", [None, "when_supported"])
+async def test_no_extra_checksums_in_any_command_unless_asked(
+    penv, db, proxy, asked: str | None
+) -> None:
+    extra = {"AWS_REQUEST_CHECKSUM_CALCULATION": asked} if asked else {}
+    environ = environ_without(penv, "AWS_REQUEST_CHECKSUM_CALCULATION", **extra)
+    await make_rows(penv, db, 2, seed=134)
+    for command in (("setup-bucket",), ("upload",)):  # the write probe, then the uploads
+        out = run_cli(penv, *command, environ=environ)
+        assert out.returncode == 0, out.stderr
+    puts = [r for r, _ in proxy.requests if r.method == "PUT" and is_object_request(r)]
+    assert len(puts) == 3 and any(".archiver-write-probe-" in r.path for r in puts)
+    if asked is None:
+        assert [checksum_headers(r) for r in puts] == [set()] * 3
+    else:  # the switch is honoured: botocore adds its CRC32 to every one
+        assert all(checksum_headers(r) for r in puts), [r.headers for r in puts]
+
+
 # -- the same Ctrl-C for every command --------------------------------------------------------
 
 SLOW_S = 30.0  # how long the proxy holds each object request: longer than the test waits
@@ -193,17 +216,6 @@ def wait_for(predicate: Any, timeout: float = 60.0) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.02)
-
-
-def start_cli(env: Any, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "archiver", *args],
-        cwd=env.workdir,
-        env=env.environ(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def interrupt_twice(run: subprocess.Popen[str]) -> tuple[str, str, float]:

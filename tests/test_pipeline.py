@@ -290,3 +290,54 @@ async def test_for_each_hands_a_failing_item_to_on_error_and_goes_on() -> None:
 
     with pytest.raises(ConfigError):
         await for_each(aiter(range(5)), doomed, concurrency=2, on_error=lambda n, why: None)
+
+
+async def test_for_each_stops_then_abandons_like_upload() -> None:
+    from archiver.pipeline import for_each, to_the_end
+
+    interrupt = Interrupt()
+    hang = asyncio.Event()
+    started: list[int] = []
+    finished: list[int] = []
+    counted: list[int] = []
+
+    async def delete_and_count(n: int) -> None:
+        await asyncio.sleep(0.3)  # the delete, in a thread
+        counted.append(n)  # the report is updated in the same step
+
+    async def work(n: int) -> None:
+        started.append(n)
+        if n == 0:
+            await to_the_end(delete_and_count(n))  # prune's delete: seen to its end
+        elif n < 3:
+            await hang.wait()  # never set: only abandoning ends these
+        finished.append(n)
+
+    job = for_each(aiter(range(100)), work, concurrency=3, interrupt=interrupt)
+    task = asyncio.create_task(job)
+    await asyncio.sleep(0.05)
+    interrupt.trigger()  # stop: nothing new starts, the work in flight may finish
+    await asyncio.sleep(0.05)
+    assert not task.done() and sorted(started) == [0, 1, 2]
+    interrupt.trigger()  # abandon: what is in flight is cancelled...
+    await asyncio.wait_for(task, 5)
+    assert sorted(started) == [0, 1, 2] and finished == []
+    assert counted == [0]  # ... but a step begun with to_the_end ended, and was counted
+
+
+async def test_a_stopped_for_each_reads_no_items() -> None:
+    from archiver.pipeline import for_each
+
+    stopped = Interrupt()
+    stopped.trigger()
+    seen: list[int] = []
+
+    async def work(n: int) -> None:
+        seen.append(n)
+
+    async def items() -> AsyncIterator[int]:
+        raise AssertionError("a stopped job reads no items")
+        yield 0
+
+    await for_each(items(), work, concurrency=2, interrupt=stopped)
+    assert seen == []

@@ -11,8 +11,6 @@ import json
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from datetime import datetime
@@ -20,7 +18,14 @@ from datetime import datetime
 import pytest
 
 from archiver.sample import SampleRow, file_bytes, insert_rows
-from tests.helpers import all_objects, assert_archive_invariant, md5, media_file, run_cli
+from tests.helpers import (
+    all_objects,
+    assert_archive_invariant,
+    md5,
+    media_file,
+    run_cli,
+    start_cli,
+)
 from tests.proxy import Corrupt, Drop, Request, Respond
 
 
@@ -50,17 +55,6 @@ def selected(key: str, percent: int) -> bool:
 async def recorded_keys(db, bucket: str) -> set[str]:
     rows = await db.fetch("SELECT archive_url FROM post_media WHERE archive_url IS NOT NULL")
     return {r["archive_url"].removeprefix(f"s3://{bucket}/") for r in rows}
-
-
-def start_cli(env, *args: str, **extra: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "archiver", *args],
-        cwd=env.workdir,
-        env=env.environ(**extra),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def wait_for(predicate, timeout: float = 60.0) -> None:

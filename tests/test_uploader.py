@@ -1,0 +1,336 @@
+"""`Uploader`'s decisions, fast, against a fake object store that follows the `ObjectStore`
+protocol (the end-to-end tests run the same code against moto through the fault proxy).
+
+Each test reads the requests the uploader made: HEAD first or a conditional PUT, skip an
+intact object, replace a damaged one, send again what was damaged in transit, abort a
+multipart upload that failed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from archiver.errors import AccessDenied, StorageError, StorageUnavailable
+from archiver.integrity import METADATA_MD5
+from archiver.localfs import CacheRoot
+from archiver.models import MediaRow, Outcome
+from archiver.resolve import open_cache_root
+from archiver.settings import MIB, Settings, UploadOptions
+from archiver.storage import ConditionalWritesUnsupported, ObjectInfo, StoredPart
+from archiver.upload import ObjectStore, Uploader, multipart_etag
+
+
+def md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+@dataclass
+class Stored:
+    body: bytes
+    etag: str
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class FakeStore:
+    """An in-memory S3 with the behaviours the uploader must cope with, switched on per test."""
+
+    conditional_writes: bool = True  # False: If-None-Match on PUT is "not implemented"
+    damage_next_puts: int = 0  # store the next N single PUT bodies with one byte flipped
+    fail_part: int | None = None  # this part number fails
+    deny_puts: bool = False
+    objects: dict[str, Stored] = field(default_factory=dict)
+    calls: list[str] = field(default_factory=list)  # "HEAD", "PUT", "PUT-if-absent", ...
+    uploads: dict[str, dict[int, bytes]] = field(default_factory=dict)
+    upload_metadata: dict[str, dict[str, str]] = field(default_factory=dict)
+    aborted: list[str] = field(default_factory=list)
+
+    async def put_object(
+        self, key: str, body: bytes, md5_hex: str, content_type: str, *, if_absent: bool
+    ) -> str | None:
+        self.calls.append("PUT-if-absent" if if_absent else "PUT")
+        if self.deny_puts:
+            raise AccessDenied(f"S3 denied s3:PutObject on {key}")
+        if if_absent and not self.conditional_writes:
+            raise ConditionalWritesUnsupported(key)
+        if if_absent and key in self.objects:
+            return None  # 412
+        assert md5(body) == md5_hex  # Content-MD5 matches what is sent
+        if self.damage_next_puts:
+            self.damage_next_puts -= 1
+            body = body[:-1] + bytes([body[-1] ^ 1])
+        self.objects[key] = Stored(body, md5(body))
+        return md5(body)
+
+    async def head_object(self, key: str) -> ObjectInfo | None:
+        self.calls.append("HEAD")
+        stored = self.objects.get(key)
+        if stored is None:
+            return None
+        return ObjectInfo(len(stored.body), stored.etag, dict(stored.metadata))
+
+    async def create_multipart(
+        self, key: str, content_type: str, metadata: Mapping[str, str]
+    ) -> str:
+        self.calls.append("CREATE")
+        upload_id = f"upload-{len(self.upload_metadata)}"
+        self.uploads[upload_id] = {}
+        self.upload_metadata[upload_id] = dict(metadata)
+        return upload_id
+
+    async def upload_part(
+        self, key: str, upload_id: str, number: int, body: bytes, md5_hex: str
+    ) -> str:
+        self.calls.append(f"PART-{number}")
+        if number == self.fail_part:
+            raise StorageError(f"part {number} failed (injected)")
+        assert md5(body) == md5_hex
+        self.uploads[upload_id][number] = body
+        return md5(body)
+
+    async def complete_multipart(
+        self, key: str, upload_id: str, parts: Sequence[StoredPart], *, if_absent: bool
+    ) -> str | None:
+        self.calls.append("COMPLETE-if-absent" if if_absent else "COMPLETE")
+        if if_absent and key in self.objects:
+            return None
+        bodies = self.uploads.pop(upload_id)
+        etag = multipart_etag([bytes.fromhex(md5(bodies[p.number])) for p in parts])
+        body = b"".join(bodies[p.number] for p in parts)
+        self.objects[key] = Stored(body, etag, self.upload_metadata[upload_id])
+        return etag
+
+    async def abort_multipart(self, key: str, upload_id: str) -> None:
+        self.calls.append("ABORT")
+        self.aborted.append(upload_id)
+        self.uploads.pop(upload_id, None)
+
+
+def _conforms(store: FakeStore) -> ObjectStore:
+    return store  # mypy checks that the fake follows the protocol
+
+
+@dataclass
+class Rig:
+    root: Path
+    cache: CacheRoot
+    store: FakeStore
+    settings: Settings
+    n: int = 0
+
+    def row(self, data: bytes, *, md5_sum: str | None = None) -> MediaRow:
+        """A row whose file holds `data` (its md5_sum that of `data` unless given)."""
+        self.n += 1
+        (self.root / "images" / f"{md5_sum or md5(data)}.jpg").write_bytes(data)
+        return MediaRow(
+            f"m{self.n:03d}",
+            "image",
+            None,
+            md5_sum or md5(data),
+            "image/jpeg",
+            datetime(2025, 5, 1),
+        )
+
+    def uploader(self, **options: object) -> Uploader:
+        opts = UploadOptions(**options)  # type: ignore[arg-type]
+        return Uploader(self.settings, opts, self.store, cache=self.cache, cwd=self.root)
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    root = tmp_path / "cache" / "media"
+    (root / "images").mkdir(parents=True)
+    settings = Settings(cache_root=root)
+    with open_cache_root(settings) as cache:
+        yield Rig(root, cache, FakeStore(), settings)
+
+
+def body(i: int, size: int = 1000) -> bytes:
+    return bytes([i % 251]) * (size - 8) + i.to_bytes(8, "big")
+
+
+# -- single PUT ----------------------------------------------------------------------------
+
+
+async def test_head_first_until_misses_then_conditional_puts(rig: Rig) -> None:
+    up = rig.uploader(concurrency=1)  # switches after 2 HEADs in a row find nothing
+    for i in range(4):
+        assert (await up.handle(rig.row(body(i)))).outcome is Outcome.UPLOADED
+    assert rig.store.calls == [
+        "HEAD",
+        "PUT-if-absent",
+        "HEAD",
+        "PUT-if-absent",
+        "PUT-if-absent",  # no HEAD: one request per new file
+        "PUT-if-absent",
+    ]
+    assert len(rig.store.objects) == 4
+
+
+async def test_an_intact_object_is_recorded_without_sending_it(rig: Rig) -> None:
+    up = rig.uploader()
+    row = rig.row(body(1))
+    first = await up.handle(row)
+    rig.store.calls.clear()
+    again = await rig.uploader().handle(row)  # a new run
+    assert again.outcome is Outcome.SKIPPED_EXISTING and again.url == first.url
+    assert again.bytes_sent == 0
+    assert rig.store.calls == ["HEAD"]
+
+
+async def test_a_damaged_object_under_the_key_is_replaced(rig: Rig) -> None:
+    data = body(2)
+    row = rig.row(data)
+    key = (await rig.uploader().handle(row)).key
+    assert key is not None
+    rig.store.objects[key] = Stored(b"x" * len(data), md5(b"x" * len(data)))  # same size
+    rig.store.calls.clear()
+    result = await rig.uploader().handle(row)
+    assert result.outcome is Outcome.UPLOADED
+    assert rig.store.calls == ["HEAD", "PUT"]  # unconditional: the key is ours to fix
+    assert rig.store.objects[key].body == data
+
+
+async def test_a_refused_conditional_put_is_judged_by_a_head(rig: Rig) -> None:
+    up = rig.uploader(concurrency=1)
+    for i in range(2):  # two misses: conditional PUTs from now on
+        await up.handle(rig.row(body(i)))
+    intact, damaged = body(10), body(11)
+    intact_row, damaged_row = rig.row(intact), rig.row(damaged)
+    # Another process stores both keys meanwhile: one intact, one with other bytes.
+    probe = rig.uploader(dry_run=True)
+    intact_key = (await probe.handle(intact_row)).key
+    damaged_key = (await probe.handle(damaged_row)).key
+    assert intact_key and damaged_key
+    rig.store.objects[intact_key] = Stored(intact, md5(intact))
+    rig.store.objects[damaged_key] = Stored(b"y" * 10, md5(b"y" * 10))
+    rig.store.calls.clear()
+
+    result = await up.handle(intact_row)
+    assert result.outcome is Outcome.SKIPPED_EXISTING
+    assert rig.store.calls == ["PUT-if-absent", "HEAD"]
+    assert up.existence.head_first  # an object existed: HEAD first again
+
+    rig.store.calls.clear()
+    result = await up.handle(damaged_row)
+    assert result.outcome is Outcome.UPLOADED
+    assert rig.store.calls == ["HEAD", "PUT"]
+    assert rig.store.objects[damaged_key].body == damaged
+
+
+async def test_a_server_without_conditional_writes_keeps_heading_first(rig: Rig) -> None:
+    rig.store.conditional_writes = False
+    up = rig.uploader(concurrency=1)
+    for i in range(4):
+        assert (await up.handle(rig.row(body(i)))).outcome is Outcome.UPLOADED
+    assert rig.store.calls == ["HEAD", "PUT-if-absent", "PUT"] + ["HEAD", "PUT"] * 3
+
+
+async def test_damage_in_transit_is_sent_again_then_failed(rig: Rig) -> None:
+    rig.store.damage_next_puts = 1
+    once = await rig.uploader().handle(rig.row(body(1)))
+    assert once.outcome is Outcome.UPLOADED
+    assert rig.store.calls == ["HEAD", "PUT-if-absent", "PUT"]
+    assert once.bytes_sent == 2 * 1000
+
+    rig.store.calls.clear()
+    rig.store.damage_next_puts = 100
+    always = await rig.uploader().handle(rig.row(body(2)))
+    assert always.outcome is Outcome.FAILED and always.url is None
+    assert "S3 returned ETag" in always.reason
+    assert rig.store.calls == ["HEAD", "PUT-if-absent", "PUT", "PUT", "PUT"]
+
+
+async def test_force_sends_without_asking(rig: Rig) -> None:
+    row = rig.row(body(3))
+    await rig.uploader().handle(row)
+    rig.store.calls.clear()
+    result = await rig.uploader(force=True).handle(row)
+    assert result.outcome is Outcome.UPLOADED and rig.store.calls == ["PUT"]
+
+
+async def test_a_wrong_md5_sum_sends_nothing(rig: Rig) -> None:
+    result = await rig.uploader().handle(rig.row(body(4), md5_sum="0" * 32))
+    assert result.outcome is Outcome.CORRUPT and result.url is None
+    assert rig.store.calls == []  # a small file is hashed as it is read, before any request
+
+
+async def test_a_denied_put_stops_the_run(rig: Rig) -> None:
+    rig.store.deny_puts = True
+    with pytest.raises(StorageUnavailable, match="s3:PutObject"):
+        await rig.uploader().handle(rig.row(body(5)))
+
+
+async def test_rows_sharing_a_key_cause_one_upload(rig: Rig) -> None:
+    import asyncio
+
+    up = rig.uploader()
+    data = body(6)
+    rows = [rig.row(data) for _ in range(3)]
+    results = await asyncio.gather(*(up.handle(r) for r in rows))
+    assert sorted(r.outcome for r in results) == sorted(
+        [Outcome.UPLOADED, Outcome.SKIPPED_EXISTING, Outcome.SKIPPED_EXISTING]
+    )
+    assert rig.store.calls.count("PUT-if-absent") + rig.store.calls.count("PUT") == 1
+
+
+# -- multipart -----------------------------------------------------------------------------
+
+MULTIPART = {"multipart_threshold": 5 * MIB, "part_size": 5 * MIB}
+
+
+def big(i: int) -> bytes:
+    return body(i, 11 * MIB)  # three parts of 5, 5 and 1 MiB
+
+
+async def test_a_multipart_upload_records_the_files_md5(rig: Rig) -> None:
+    data = big(1)
+    result = await rig.uploader(**MULTIPART).handle(rig.row(data))
+    assert result.outcome is Outcome.UPLOADED and result.key
+    stored = rig.store.objects[result.key]
+    assert stored.body == data and stored.metadata == {METADATA_MD5: md5(data)}
+    assert stored.etag.endswith("-3")
+    assert rig.store.calls[0] == "HEAD" and rig.store.calls[-1] == "COMPLETE-if-absent"
+
+
+async def test_a_failed_part_aborts_the_multipart_upload(rig: Rig) -> None:
+    rig.store.fail_part = 2
+    result = await rig.uploader(**MULTIPART).handle(rig.row(big(2)))
+    assert result.outcome is Outcome.FAILED and "part 2" in result.reason
+    assert rig.store.aborted == ["upload-0"] and rig.store.uploads == {}
+    assert rig.store.objects == {}
+
+
+async def test_an_intact_multipart_object_is_skipped_and_one_without_md5_replaced(
+    rig: Rig,
+) -> None:
+    data = big(3)
+    row = rig.row(data)
+    key = (await rig.uploader(**MULTIPART).handle(row)).key
+    assert key is not None
+    rig.store.calls.clear()
+    again = await rig.uploader(**MULTIPART).handle(row)
+    assert again.outcome is Outcome.SKIPPED_EXISTING and rig.store.calls == ["HEAD"]
+
+    # Same size, same ETag shape, but no recorded MD5: it cannot be proved, so it is replaced.
+    rig.store.objects[key].metadata.clear()
+    rig.store.calls.clear()
+    replaced = await rig.uploader(**MULTIPART).handle(row)
+    assert replaced.outcome is Outcome.UPLOADED
+    assert rig.store.calls[0] == "HEAD" and rig.store.calls[-1] == "COMPLETE"
+    assert rig.store.objects[key].metadata == {METADATA_MD5: md5(data)}
+
+
+async def test_a_multipart_file_whose_bytes_differ_from_md5_sum_is_never_sent(rig: Rig) -> None:
+    data = big(4)
+    row = rig.row(data)
+    (rig.root / "images" / f"{md5(data)}.jpg").write_bytes(big(5))  # changed after the row
+    result = await rig.uploader(**MULTIPART).handle(row)
+    assert result.outcome is Outcome.CORRUPT
+    assert rig.store.calls == ["HEAD"]  # hashed whole before any part
