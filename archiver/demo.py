@@ -3,8 +3,8 @@
 It starts an embedded PostgreSQL (the local server binaries, or those bundled by the
 `pgserver` wheel) and a loopback S3 server (moto in server mode), makes a synthetic media
 cache with the awkward cases the README describes (odd paths, missing files, a wrong
-MD5), then runs the real jobs, setup-bucket,
-upload and verify --verify-s3, and stops and removes everything it made.
+MD5), then runs the real jobs, setup-bucket, upload and verify --verify-s3, and stops and
+removes everything it made.
 """
 
 from __future__ import annotations

@@ -105,8 +105,7 @@ class Pipeline:
     def abandon(self) -> None:
         """Cancel the uploads in flight (their rows are not recorded)."""
         self.stop.set()
-        for task in self._tasks:
-            task.cancel()
+        _cancel_all(self._tasks)
 
     async def run(self, rows: AsyncIterator[MediaRow]) -> WriteStats:
         """Process every row of `rows`; raise the first infrastructure error, if any."""

@@ -52,12 +52,27 @@ class PruneReport:
     checked: int = 0
     deleted: int = 0
     bytes_freed: int = 0
-    kept_unverified: int = 0  # the file or its object could not be proved: kept
-    kept_needed: int = 0  # a row not yet archived has the same MD5: kept for its upload
-    invalid: int = 0  # the row itself is unusable (archive_url, md5_sum, created_at, path)
     missing_local: int = 0
     would_delete: dict[str, int] = field(default_factory=dict)  # dry run: path -> size
-    kept: list[Problem] = field(default_factory=list)  # kept_unverified, kept_needed, invalid
+    kept: list[Problem] = field(default_factory=list)  # every row whose file stayed, and why
+
+    @property
+    def kept_unverified(self) -> int:
+        """Rows whose file or object could not be proved: kept."""
+        return self._count("kept_unverified")
+
+    @property
+    def kept_needed(self) -> int:
+        """Rows whose file a row not yet archived needs (same MD5): kept for its upload."""
+        return self._count("kept_needed")
+
+    @property
+    def invalid(self) -> int:
+        """Rows that are unusable themselves (archive_url, md5_sum, created_at, path)."""
+        return self._count("invalid")
+
+    def _count(self, kind: str) -> int:
+        return sum(1 for p in self.kept if p.kind == kind)
 
     @property
     def exit_code(self) -> int:
@@ -82,17 +97,12 @@ class PruneReport:
 
     def keep(self, row: MediaRow, why: str, *, needed: bool = False) -> int:
         """The row's file stays (`needed`: for a row not yet archived); nothing freed."""
-        if needed:
-            self.kept_needed += 1
-        else:
-            self.kept_unverified += 1
         kind = "kept_needed" if needed else "kept_unverified"
         self.kept.append(Problem(row.media_id, kind, why, url=row.archive_url))
         return 0
 
     def refuse(self, row: MediaRow, why: str) -> int:
         """The row cannot be judged (bad archive_url, md5_sum, created_at, path)."""
-        self.invalid += 1
         self.kept.append(Problem(row.media_id, "invalid", why, url=row.archive_url))
         return 0
 

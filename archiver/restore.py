@@ -54,10 +54,13 @@ class RestoreReport:
     selected: int = 0
     restored: int = 0
     already_present: int = 0
-    failed: int = 0
     bytes: int = 0
     would_restore: list[str] = field(default_factory=list)
     failures: list[Problem] = field(default_factory=list)  # invalid, failed, no_such_row
+
+    @property
+    def failed(self) -> int:
+        return len(self.failures)
 
     @property
     def exit_code(self) -> int:
@@ -65,7 +68,6 @@ class RestoreReport:
 
     def fail(self, row: MediaRow, why: str, *, kind: str = "failed") -> int:
         """The row's file was not restored (`kind` "invalid": the row itself is unusable)."""
-        self.failed += 1
         self.failures.append(Problem(row.media_id, kind, why, url=row.archive_url))
         return 0
 
@@ -238,7 +240,6 @@ async def run_restore(
                 for media_id in sorted(set(options.media_ids) - seen):
                     report.selected += 1
                     report.failures.append(Problem(media_id, "no_such_row", "no such row"))
-                    report.failed += 1
     return report
 
 

@@ -68,8 +68,8 @@ class VerifyReport:
     stats: list[StatsRow]
     s3: S3Check | None = None
     local: LocalCheck | None = None
-    problems: list[Problem] = field(default_factory=list)  # missing, mismatched, error,
-    # invalid, missing_local
+    # kinds: missing, mismatched, error, invalid, missing_local
+    problems: list[Problem] = field(default_factory=list)
 
     @property
     def total(self) -> int:
