@@ -10,19 +10,55 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
+from urllib.parse import urlsplit
 
+from archiver.errors import AccessDenied, StorageError
 from archiver.settings import Settings
-from archiver.storage import Storage, Unsupported
+from archiver.storage import Refused, Storage, Unsupported
 
 GLACIER_IR_MIN_BYTES = 128 * 1024  # GLACIER_IR bills at least 128 KiB per object
+SMALL_OBJECTS_STAY = "all_storage_classes_128K"  # TransitionDefaultMinimumObjectSize
 ABORT_INCOMPLETE_DAYS = 7
 TLS_SID = "archiver-deny-insecure-transport"
+PROBE_BODY = b"archiver write probe\n"
+RGW_BPA_BUG = (
+    "Ceph RGW before the fix of its tracker issue 49135 refuses every PutObject while "
+    "BlockPublicAcls is on: on such a server run setup-bucket --no-block-public-acls "
+    "(IgnorePublicAcls still makes any public ACL ineffective)"
+)
 
-IN_PLACE = "already in place"
-CHANGED = "changed"
-WOULD_CHANGE = "would change"
+
+class State(StrEnum):
+    """What became of one setting."""
+
+    IN_PLACE = "already in place"
+    CHANGED = "changed"
+    WOULD_CHANGE = "would change"
+    LEFT_ALONE = "left alone"
+    UNSUPPORTED = "not supported by this server"
+    REFUSED = "refused"
+    OK = "ok"
+
+
+@dataclass(frozen=True)
+class Setting:
+    state: State
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.state}: {self.detail}" if self.detail else str(self.state)
+
+    def as_json(self) -> dict[str, str]:
+        return {"state": self.state.name.lower(), "detail": self.detail}
+
+
+# Without these the bucket is not safe to archive into (it could be made public), or not
+# usable (uploads would be refused): setup-bucket exits 1 when one could not be applied.
+SAFETY_SETTINGS = ("public access block", "write probe")
 
 
 @dataclass(frozen=True)
@@ -32,6 +68,8 @@ class SetupOptions:
     enable_versioning: bool = False
     skip_lifecycle: bool = False
     glacier_days: int = 90
+    block_public_acls: bool = True
+    http_endpoint_url: str | None = None  # the server over plain HTTP (TLS policy check)
 
 
 @dataclass
@@ -42,16 +80,23 @@ class SetupReport:
     region: str | None = None
     exists: bool = False
     created: bool = False
-    settings: dict[str, str] = field(default_factory=dict)
+    settings: dict[str, Setting] = field(default_factory=dict)
+
+    @property
+    def not_applied(self) -> list[str]:
+        """The safety settings (SAFETY_SETTINGS) that could not be applied."""
+        bad = (State.UNSUPPORTED, State.REFUSED)
+        return [n for n in SAFETY_SETTINGS if n in self.settings and self.settings[n].state in bad]
 
     @property
     def exit_code(self) -> int:
-        """0 when the bucket exists (or was made), 1 when --check-only found none."""
-        return 0 if self.exists else 1
+        """0 when the bucket exists (or was made) and is safe to use; 1 when --check-only
+        found none, or a safety setting could not be applied."""
+        return 0 if self.exists and not self.not_applied else 1
 
     @property
     def changed(self) -> bool:
-        return self.created or any(v.startswith(CHANGED) for v in self.settings.values())
+        return self.created or any(v.state is State.CHANGED for v in self.settings.values())
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -60,7 +105,8 @@ class SetupReport:
             "exists": self.exists,
             "created": self.created,
             "changed": self.changed,
-            "settings": dict(self.settings),
+            "settings": {name: v.as_json() for name, v in self.settings.items()},
+            "not_applied": self.not_applied,
         }
 
 
@@ -94,42 +140,58 @@ def lifecycle_rules(prefix: str, glacier_days: int) -> list[dict[str, Any]]:
     ]
 
 
-def _rule_essence(rule: dict[str, Any]) -> tuple[Any, ...]:
-    """What matters in a rule, whatever shape the server echoes it back in."""
+def lifecycle_difference(
+    echoed: list[dict[str, Any]], minimum_size: str | None, wanted: list[dict[str, Any]]
+) -> str | None:
+    """How the rules a server reads back differ from ours (None: ours are in place), field
+    by field, whatever shape the server echoes a rule in. A transition's size filter may be
+    missing only when the bucket-wide minimum size (`minimum_size`, moto's way) keeps objects
+    under 128 KiB where they are: otherwise the rule would move them."""
+    current = {r.get("ID"): r for r in echoed}
+    for rule in wanted:
+        got = current.get(rule["ID"])
+        if got is None:
+            return f"rule {rule['ID']} is missing"
+        for name, want, have in zip(_FIELDS, _fields(rule), _fields(got), strict=True):
+            if have == want:
+                continue
+            if (
+                name == "ObjectSizeGreaterThan"
+                and have is None
+                and minimum_size == SMALL_OBJECTS_STAY
+            ):
+                continue
+            return f"rule {rule['ID']}: {name} is {have!r}, not {want!r}"
+    return None
+
+
+_FIELDS = (
+    "Status",
+    "Prefix",
+    "ObjectSizeGreaterThan",
+    "Transitions",
+    "AbortIncompleteMultipartUpload",
+)
+
+
+def _fields(rule: dict[str, Any]) -> tuple[Any, ...]:
     filt = rule.get("Filter") or {}
     conj = filt.get("And") or filt
-    prefix = conj.get("Prefix", rule.get("Prefix", ""))
-    transitions = tuple(
-        (t.get("Days"), t.get("StorageClass")) for t in rule.get("Transitions") or []
-    )
+    transitions = [(t.get("Days"), t.get("StorageClass")) for t in rule.get("Transitions") or []]
     abort = (rule.get("AbortIncompleteMultipartUpload") or {}).get("DaysAfterInitiation")
     return (
-        rule.get("ID"),
         rule.get("Status"),
-        prefix,
+        conj.get("Prefix", rule.get("Prefix", "")),
         conj.get("ObjectSizeGreaterThan"),
         transitions,
         abort,
     )
 
 
-def _same_rule(echoed: tuple[Any, ...], wanted: tuple[Any, ...]) -> bool:
-    # Some servers (moto) do not keep ObjectSizeGreaterThan; the bucket-wide
-    # TransitionDefaultMinimumObjectSize set beside the rules covers that case.
-    size = 3
-    if echoed[size] is None:
-        return echoed[:size] + echoed[size + 1 :] == wanted[:size] + wanted[size + 1 :]
-    return echoed == wanted
-
-
 def merge_lifecycle(
     existing: list[dict[str, Any]], wanted: list[dict[str, Any]]
-) -> list[dict[str, Any]] | None:
-    """The rules to put (others' rules kept, ours added or replaced), or None when ours are
-    already in place."""
-    current = {r.get("ID"): _rule_essence(r) for r in existing}
-    if all(r["ID"] in current and _same_rule(current[r["ID"]], _rule_essence(r)) for r in wanted):
-        return None
+) -> list[dict[str, Any]]:
+    """The rules to put: others' rules kept, ours added or replaced."""
     ours = {r["ID"] for r in wanted}
     return [r for r in existing if r.get("ID") not in ours] + wanted
 
@@ -172,9 +234,13 @@ def _same_statement(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 # -- applying it ----------------------------------------------------------------------------
 
+Step = Callable[[Storage, Settings, SetupOptions], Awaitable[Setting]]
+
 
 async def setup_bucket(store: Storage, settings: Settings, options: SetupOptions) -> SetupReport:
-    """Create (unless check-only) and configure the bucket; the report of what happened."""
+    """Create (unless check-only) and configure the bucket; the report of what happened.
+    Each setting is applied on its own: one the server refuses is reported and the others
+    still run; the write probe runs last, as the uploads will."""
     report = SetupReport(bucket=store.bucket)
     region = await store.bucket_region()
     report.exists = region is not None
@@ -185,112 +251,271 @@ async def setup_bucket(store: Storage, settings: Settings, options: SetupOptions
         report.exists = True
         region = await store.bucket_region() or options.region
     report.region = region
-    steps = [
+    steps: list[tuple[str, Step]] = [
         ("public access block", _public_access_block),
         ("default encryption", _encryption),
         ("TLS-only policy", _tls_policy),
         ("versioning", _versioning),
         ("lifecycle", _lifecycle),
     ]
+    if not options.check_only:
+        steps.append(("write probe", _write_probe))
     for name, step in steps:
         try:
             report.settings[name] = await step(store, settings, options)
         except Unsupported:
-            report.settings[name] = "not supported by this S3 server (skipped)"
-    if not options.check_only:
-        probe = f"{settings.key_prefix}/.archiver-write-probe-{uuid.uuid4().hex[:12]}"
-        await store.probe_write(probe)
-        report.settings["write probe"] = f"ok (put and deleted {probe})"
+            report.settings[name] = Setting(State.UNSUPPORTED)
+        except Refused as exc:
+            report.settings[name] = Setting(State.REFUSED, str(exc))
     return report
 
 
-def _outcome(options: SetupOptions, detail: str) -> str:
-    return f"{WOULD_CHANGE}: {detail}" if options.check_only else f"{CHANGED}: {detail}"
+async def _converge(
+    options: SetupOptions,
+    read: Callable[[], Awaitable[Any]],
+    difference: Callable[[Any], str | None],
+    write: Callable[[], Awaitable[None]],
+    what: str,
+    *,
+    in_place: str = "",
+) -> Setting:
+    """Read the setting; if it differs from what is wanted, write it and read it back. A
+    server that accepted the write but stores something else is reported as refusing it."""
+    if difference(await read()) is None:
+        return Setting(State.IN_PLACE, in_place)
+    if options.check_only:
+        return Setting(State.WOULD_CHANGE, what)
+    await write()
+    problem = difference(await read())
+    if problem is not None:
+        return Setting(State.REFUSED, f"accepted, but read back: {problem}")
+    return Setting(State.CHANGED, what)
 
 
-async def _public_access_block(store: Storage, _s: Settings, options: SetupOptions) -> str:
-    current = await store.get_setting(
-        "get_public_access_block", ("NoSuchPublicAccessBlockConfiguration",)
-    )
-    config = (current or {}).get("PublicAccessBlockConfiguration") or {}
-    if all(config.get(k) is True for k in PUBLIC_ACCESS_BLOCK):
-        return IN_PLACE
-    if not options.check_only:
-        await store.put_setting(
-            "put_public_access_block", PublicAccessBlockConfiguration=PUBLIC_ACCESS_BLOCK
+def public_access_block(options: SetupOptions) -> dict[str, bool]:
+    return dict(PUBLIC_ACCESS_BLOCK, BlockPublicAcls=options.block_public_acls)
+
+
+async def _public_access_block(store: Storage, _s: Settings, options: SetupOptions) -> Setting:
+    wanted = public_access_block(options)
+
+    async def read() -> dict[str, Any]:
+        current = await store.get_setting(
+            "get_public_access_block", ("NoSuchPublicAccessBlockConfiguration",)
         )
-    return _outcome(options, "all four Block Public Access flags on")
+        return dict((current or {}).get("PublicAccessBlockConfiguration") or {})
+
+    def difference(config: dict[str, Any]) -> str | None:
+        off = [k for k, v in wanted.items() if config.get(k, False) is not v]
+        return f"{', '.join(off)} read back as {[config.get(k) for k in off]}" if off else None
+
+    async def write() -> None:
+        await store.put_setting("put_public_access_block", PublicAccessBlockConfiguration=wanted)
+
+    what = "all four Block Public Access flags on"
+    if not options.block_public_acls:
+        what = "BlockPublicAcls off (--no-block-public-acls), the other three flags on"
+    return await _converge(options, read, difference, write, what, in_place=what)
 
 
-async def _encryption(store: Storage, _s: Settings, options: SetupOptions) -> str:
-    current = await store.get_setting(
-        "get_bucket_encryption", ("ServerSideEncryptionConfigurationNotFoundError",)
-    )
-    rules = ((current or {}).get("ServerSideEncryptionConfiguration") or {}).get("Rules") or []
-    algorithms = {
-        (r.get("ApplyServerSideEncryptionByDefault") or {}).get("SSEAlgorithm") for r in rules
-    }
-    if "AES256" in algorithms:
-        return f"{IN_PLACE} (SSE-S3)"
-    if algorithms & {"aws:kms", "aws:kms:dsse"}:
-        return f"{IN_PLACE} (SSE-KMS, kept)"
-    if not options.check_only:
+async def _encryption(store: Storage, _s: Settings, options: SetupOptions) -> Setting:
+    async def read() -> set[Any]:
+        current = await store.get_setting(
+            "get_bucket_encryption", ("ServerSideEncryptionConfigurationNotFoundError",)
+        )
+        config = (current or {}).get("ServerSideEncryptionConfiguration") or {}
+        return {
+            (r.get("ApplyServerSideEncryptionByDefault") or {}).get("SSEAlgorithm")
+            for r in config.get("Rules") or []
+        }
+
+    def difference(algorithms: set[Any]) -> str | None:
+        if "AES256" in algorithms or algorithms & {"aws:kms", "aws:kms:dsse"}:
+            return None
+        return f"default encryption {sorted(map(str, algorithms)) or 'none'}"
+
+    async def write() -> None:
         await store.put_setting(
             "put_bucket_encryption",
             ServerSideEncryptionConfiguration={
                 "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
             },
         )
-    return _outcome(options, "default encryption SSE-S3")
+
+    setting = await _converge(options, read, difference, write, "default encryption SSE-S3")
+    if setting.state is State.IN_PLACE:
+        kms = "AES256" not in await read()
+        return Setting(State.IN_PLACE, "SSE-KMS, kept" if kms else "SSE-S3")
+    return setting
 
 
-async def _tls_policy(store: Storage, settings: Settings, options: SetupOptions) -> str:
+def plain_http_endpoint(settings: Settings, options: SetupOptions) -> tuple[bool, str | None]:
+    """Where the same server answers without TLS: (known, URL); the URL None means AWS's
+    own endpoint over http. Known for AWS and for an https endpoint on the default port;
+    otherwise only when --http-endpoint-url names it."""
+    if options.http_endpoint_url:
+        return True, options.http_endpoint_url
+    if settings.endpoint_url is None:
+        return True, None
+    parts = urlsplit(settings.endpoint_url)
+    if parts.scheme == "https" and parts.port in (None, 443) and parts.hostname:
+        return True, f"http://{parts.hostname}"
+    return False, None
+
+
+async def _tls_policy(store: Storage, settings: Settings, options: SetupOptions) -> Setting:
     if settings.endpoint_url and settings.endpoint_url.startswith("http://"):
         # The policy denies every plain-HTTP request, this client's included.
-        return "skipped: the endpoint is plain HTTP (the policy would lock this client out)"
-    current = await store.get_setting("get_bucket_policy", ("NoSuchBucketPolicy",))
-    document = merge_policy((current or {}).get("Policy"), store.bucket)
-    if document is None:
-        return IN_PLACE
-    if not options.check_only:
+        return Setting(
+            State.LEFT_ALONE, "the endpoint is plain HTTP (the policy would lock this client out)"
+        )
+
+    async def read() -> str | None:
+        current = await store.get_setting("get_bucket_policy", ("NoSuchBucketPolicy",))
+        return (current or {}).get("Policy")
+
+    def difference(document: str | None) -> str | None:
+        if merge_policy(document, store.bucket) is None:
+            return None
+        return f"no statement {TLS_SID} denying requests without TLS"
+
+    async def write() -> None:
+        document = merge_policy(await read(), store.bucket)
         await store.put_setting("put_bucket_policy", Policy=document)
-    return _outcome(options, "requests without TLS denied")
+
+    setting = await _converge(options, read, difference, write, "requests without TLS denied")
+    if setting.state not in (State.IN_PLACE, State.CHANGED):
+        return setting
+    enforced = await _tls_enforcement(store, settings, options)
+    return Setting(setting.state, f"stored; {enforced}")
 
 
-async def _versioning(store: Storage, _s: Settings, options: SetupOptions) -> str:
-    current = await store.get_setting("get_bucket_versioning", ())
-    status = (current or {}).get("Status") or "never enabled"
+async def _tls_enforcement(store: Storage, settings: Settings, options: SetupOptions) -> str:
+    """Whether a plain-HTTP request is seen to be refused: the only proof the policy works
+    (some servers, Ceph RGW among them, store it without applying it)."""
+    known, url = plain_http_endpoint(settings, options)
+    if not known:
+        return (
+            "enforcement not checked: no plain-HTTP endpoint is known for this server "
+            "(--http-endpoint-url names one)"
+        )
+    status = await store.plain_http_status(url, f"{settings.key_prefix}/.archiver-tls-check")
+    where = url or "AWS's http endpoint"
+    if status is None:
+        return f"enforcement not checked: nothing answered at {where}"
+    if status == 403:
+        return "enforced (a plain-HTTP request was refused)"
+    return (
+        f"NOT enforced: a plain-HTTP request to {where} was answered {status} "
+        "(the server keeps the policy without applying it)"
+    )
+
+
+async def _versioning(store: Storage, _s: Settings, options: SetupOptions) -> Setting:
+    async def read() -> str:
+        current = await store.get_setting("get_bucket_versioning", ())
+        return str((current or {}).get("Status") or "never enabled")
+
+    status = await read()
     if status == "Enabled":
-        return f"{IN_PLACE} (Enabled)"
+        return Setting(State.IN_PLACE, "Enabled")
     if not options.enable_versioning:
-        return f"left alone ({status}; --enable-versioning turns it on)"
-    if not options.check_only:
+        return Setting(State.LEFT_ALONE, f"{status}; --enable-versioning turns it on")
+
+    async def write() -> None:
         await store.put_setting(
             "put_bucket_versioning", VersioningConfiguration={"Status": "Enabled"}
         )
-    return _outcome(options, "versioning enabled")
+
+    def difference(status: str) -> str | None:
+        return None if status == "Enabled" else f"status {status}"
+
+    return await _converge(options, read, difference, write, "versioning enabled")
 
 
-async def _lifecycle(store: Storage, settings: Settings, options: SetupOptions) -> str:
+async def _lifecycle(store: Storage, settings: Settings, options: SetupOptions) -> Setting:
     if options.skip_lifecycle:
-        return "left alone (--skip-lifecycle)"
-    current = await store.get_setting(
-        "get_bucket_lifecycle_configuration", ("NoSuchLifecycleConfiguration",)
-    )
-    existing = list((current or {}).get("Rules") or [])
-    rules = merge_lifecycle(existing, lifecycle_rules(settings.key_prefix, options.glacier_days))
-    if rules is None:
-        return IN_PLACE
-    if not options.check_only:
+        return Setting(State.LEFT_ALONE, "--skip-lifecycle")
+    wanted = lifecycle_rules(settings.key_prefix, options.glacier_days)
+    transition, abort = wanted
+
+    async def read() -> tuple[list[dict[str, Any]], str | None]:
+        current = (
+            await store.get_setting(
+                "get_bucket_lifecycle_configuration", ("NoSuchLifecycleConfiguration",)
+            )
+            or {}
+        )
+        return list(current.get("Rules") or []), current.get("TransitionDefaultMinimumObjectSize")
+
+    async def put(rules: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str | None]:
         await store.put_setting(
             "put_bucket_lifecycle_configuration",
             LifecycleConfiguration={"Rules": rules},
-            TransitionDefaultMinimumObjectSize="all_storage_classes_128K",
+            TransitionDefaultMinimumObjectSize=SMALL_OBJECTS_STAY,
         )
-    return _outcome(
-        options,
+        return await read()
+
+    what = (
         f"{settings.key_prefix}/ to GLACIER_IR after {options.glacier_days} days (objects over "
-        f"128 KiB); incomplete uploads aborted after {ABORT_INCOMPLETE_DAYS} days",
+        f"128 KiB); incomplete uploads aborted after {ABORT_INCOMPLETE_DAYS} days"
+    )
+    existing, minimum = await read()
+    if lifecycle_difference(existing, minimum, wanted) is None:
+        return Setting(State.IN_PLACE, what)
+    if options.check_only:
+        return Setting(State.WOULD_CHANGE, what)
+    # The transition goes in disabled first: a server that drops its size filter would
+    # otherwise move every small object until archiver noticed.
+    trial = dict(transition, Status="Disabled")
+    echoed, minimum = await put(merge_lifecycle(existing, [trial, abort]))
+    size_problem = lifecycle_difference(echoed, minimum, [trial])
+    if size_problem is not None:
+        echoed, minimum = await put(merge_lifecycle(existing, [abort]))
+        kept = lifecycle_difference(echoed, minimum, [abort])
+        aborts = (
+            f"incomplete uploads aborted after {ABORT_INCOMPLETE_DAYS} days"
+            if kept is None
+            else f"the abort rule read back wrong too ({kept})"
+        )
+        return Setting(
+            State.UNSUPPORTED,
+            f"the server did not keep the GLACIER_IR rule's size filter ({size_problem}) "
+            "and keeps no minimum object size, so the rule would move objects under 128 KiB "
+            f"too: it was not kept; {aborts}",
+        )
+    echoed, minimum = await put(merge_lifecycle(existing, wanted))
+    problem = lifecycle_difference(echoed, minimum, wanted)
+    if problem is not None:
+        return Setting(State.REFUSED, f"accepted, but read back: {problem}")
+    return Setting(State.CHANGED, what)
+
+
+async def _write_probe(store: Storage, settings: Settings, options: SetupOptions) -> Setting:
+    """What an upload does (PutObject with Content-MD5, HEAD), then a delete: proves the
+    bucket, as set up, takes archiver's uploads."""
+    key = f"{settings.key_prefix}/.archiver-write-probe-{uuid.uuid4().hex[:12]}"
+    try:
+        await store.probe_write(key, PROBE_BODY)
+    except AccessDenied as exc:
+        reason = str(exc)
+        if "s3:PutObject" in reason and options.block_public_acls and await _blocks_acls(store):
+            reason = f"{reason}; {RGW_BPA_BUG}"
+        return Setting(State.REFUSED, reason)
+    except StorageError as exc:
+        return Setting(State.REFUSED, str(exc))
+    return Setting(State.OK, f"put with Content-MD5, read back and deleted {key}")
+
+
+async def _blocks_acls(store: Storage) -> bool:
+    try:
+        current = await store.get_setting(
+            "get_public_access_block", ("NoSuchPublicAccessBlockConfiguration",)
+        )
+    except (Unsupported, Refused):
+        return False
+    return bool(
+        ((current or {}).get("PublicAccessBlockConfiguration") or {}).get("BlockPublicAcls")
     )
 
 
@@ -300,10 +525,11 @@ def format_setup(report: SetupReport) -> str:
         return f"Bucket s3://{report.bucket}: does not exist"
     state = "created" if report.created else "already exists (owned by you)"
     lines = [f"Bucket s3://{report.bucket} ({report.region}): {state}"]
-    lines += [f"  {name:<21}{status}" for name, status in report.settings.items()]
-    lines.append(
-        "Done: the bucket is set up."
-        if report.changed
-        else "Nothing changed: the bucket was already set up."
-    )
+    lines += [f"  {name:<21}{setting}" for name, setting in report.settings.items()]
+    if report.not_applied:
+        lines.append(f"Not safe to use yet: {', '.join(report.not_applied)} could not be applied.")
+    elif report.changed:
+        lines.append("Done: the bucket is set up.")
+    else:
+        lines.append("Nothing changed: the bucket was already set up.")
     return "\n".join(lines)

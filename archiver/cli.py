@@ -22,7 +22,7 @@ import click
 from dotenv import load_dotenv
 
 from archiver import __version__
-from archiver.errors import ArchiverError
+from archiver.errors import ArchiverError, ConfigError
 from archiver.pipeline import Interrupt
 from archiver.progress import Reporter, format_summary
 from archiver.settings import (
@@ -40,6 +40,7 @@ from archiver.settings import (
     ClientOptions,
     Settings,
     UploadOptions,
+    validate_endpoint,
 )
 from archiver.signals import run_async, run_job
 
@@ -267,6 +268,13 @@ def upload(**params: Any) -> int:
     return summary.exit_code
 
 
+def _plain_http(url: str | None) -> str | None:
+    url = validate_endpoint(url)
+    if url is not None and not url.startswith("http://"):
+        raise ConfigError(f"--http-endpoint-url {url!r} is not a plain http:// URL")
+    return url
+
+
 @cli.command("setup-bucket")
 @config_options
 @click.option(
@@ -283,6 +291,20 @@ def upload(**params: Any) -> int:
     show_default=True,
     help="Days before objects over 128 KiB move to GLACIER_IR.",
 )
+@click.option(
+    "--no-block-public-acls",
+    "block_public_acls",
+    flag_value=False,
+    default=True,
+    help="Leave BlockPublicAcls off (the other three flags stay on): for Ceph RGW before "
+    "the fix of its tracker issue 49135, which refuses every upload while it is on.",
+)
+@click.option(
+    "--http-endpoint-url",
+    metavar="URL",
+    help="The same S3 server over plain HTTP, where setup-bucket checks that its TLS-only "
+    "policy is enforced (known without it for AWS and https endpoints on port 443).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def setup_bucket(**params: Any) -> int:
     """Create the bucket if absent and lock it down (idempotent)."""
@@ -296,6 +318,8 @@ def setup_bucket(**params: Any) -> int:
         enable_versioning=params["enable_versioning"],
         skip_lifecycle=params["skip_lifecycle"],
         glacier_days=params["glacier_days"],
+        block_public_acls=params["block_public_acls"],
+        http_endpoint_url=_plain_http(params["http_endpoint_url"]),
     )
 
     async def job(_interrupt: Interrupt) -> Any:

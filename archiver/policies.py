@@ -43,8 +43,8 @@ class ExistencePolicy:
     HEADing first, which is what catches the rows a crashed or interrupted run uploaded but
     never recorded (they are the first ones the next run pages), switches to conditional
     PUTs once `misses_to_switch` HEADs in a row found nothing, and goes back to HEADing
-    first whenever an object turns out to exist. A server that rejects conditional writes
-    keeps it HEADing first.
+    first whenever an object turns out to exist. A server that rejects conditional writes,
+    or a versioned bucket (where a server may ignore them), keeps it HEADing first.
     """
 
     def __init__(self, misses_to_switch: int, *, conditional_writes: bool = True) -> None:
@@ -65,6 +65,7 @@ class ExistencePolicy:
         self.head_first = True
 
     def no_conditional_writes(self) -> None:
-        """The server does not implement If-None-Match on PUT."""
+        """The server does not implement If-None-Match on PUT, or cannot be trusted to
+        honour it (a versioned bucket)."""
         self.conditional_writes = False
         self.head_first = True

@@ -8,8 +8,10 @@ on); failures that doom every request (no bucket, no credentials, access denied)
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
+import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -33,7 +35,12 @@ from archiver.settings import ClientOptions, Settings
 CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 60.0
 DOWNLOAD_CHUNK_BYTES = 1024 * 1024
-PREFLIGHT_ATTEMPTS = 2  # a dead endpoint at start is reported in seconds
+# Start-up checks (is the bucket there, do the credentials work) answer within
+# PREFLIGHT_TIMEOUT_S in all, whatever the endpoint does: a hung server is reported in
+# seconds, not after every retry of a 60 s read timeout. The uploads keep the long ones.
+PREFLIGHT_ATTEMPTS = 2
+PREFLIGHT_CALL_TIMEOUT_S = 4.0
+PREFLIGHT_TIMEOUT_S = 8.0
 EXTRA_CONNECTIONS = 8  # HEADs and multipart control calls beside the uploads
 
 _FATAL_CODES = frozenset(
@@ -61,6 +68,21 @@ def _no_continue_if_small(request: Any, **_: Any) -> None:
     length = determine_content_length(request.body)
     if length is not None and length < EXPECT_CONTINUE_MIN_BYTES and "Expect" in request.headers:
         del request.headers["Expect"]
+
+
+# The IAM action each bucket-level call needs, to name it when S3 refuses it.
+SETTING_ACTIONS = {
+    "get_public_access_block": "s3:GetBucketPublicAccessBlock",
+    "put_public_access_block": "s3:PutBucketPublicAccessBlock",
+    "get_bucket_encryption": "s3:GetEncryptionConfiguration",
+    "put_bucket_encryption": "s3:PutEncryptionConfiguration",
+    "get_bucket_policy": "s3:GetBucketPolicy",
+    "put_bucket_policy": "s3:PutBucketPolicy",
+    "get_bucket_versioning": "s3:GetBucketVersioning",
+    "put_bucket_versioning": "s3:PutBucketVersioning",
+    "get_bucket_lifecycle_configuration": "s3:GetLifecycleConfiguration",
+    "put_bucket_lifecycle_configuration": "s3:PutLifecycleConfiguration",
+}
 
 
 def content_md5(md5_hex: str) -> str:
@@ -104,6 +126,12 @@ def translate(exc: Exception, bucket: str, doing: str) -> Exception:
             )
         if code in _FATAL_CODES:
             return StorageUnavailable(f"S3 refused {doing} in bucket {bucket!r}: {code}")
+        if code == "MissingContentLength" or _status(exc) == 411:
+            # Every PUT would fail so: botocore's streamed (aws-chunked) checksum bodies.
+            return StorageUnavailable(
+                f"S3 refused {doing}: {code or 411} (this server does not take streamed "
+                "checksum bodies: leave AWS_REQUEST_CHECKSUM_CALCULATION at when_required)"
+            )
         return StorageError(f"{doing} failed: {code or _status(exc)} {exc}")
     return StorageError(f"{doing} failed: {exc.__class__.__name__}: {exc}")
 
@@ -143,11 +171,17 @@ def client_config(options: ClientOptions, *, max_connections: int) -> AioConfig:
 class Storage:
     """The S3 operations archiver uses, on one client."""
 
-    def __init__(self, client: Any, bucket: str, preflight: Any = None) -> None:
+    def __init__(
+        self, client: Any, bucket: str, preflight: Any = None, endpoint_url: str | None = None
+    ) -> None:
         self._s3 = client
         self.bucket = bucket
         # Makes a client for start-up checks: fails in seconds, not after every retry.
         self._preflight = preflight
+        self.endpoint_url = endpoint_url
+        # The bucket keeps versions (GetBucketVersioning said so, or a PUT returned a
+        # version): If-None-Match cannot be trusted there (Ceph RGW 16 ignores it).
+        self.versioned = False
 
     @classmethod
     @asynccontextmanager
@@ -162,17 +196,21 @@ class Storage:
             raise StorageUnavailable(f"AWS profile {settings.profile!r} not found") from exc
         config = client_config(settings.client, max_connections=max_connections)
         quick = config.merge(
-            AioConfig(retries={"mode": "standard", "total_max_attempts": PREFLIGHT_ATTEMPTS})
+            AioConfig(
+                retries={"mode": "standard", "total_max_attempts": PREFLIGHT_ATTEMPTS},
+                connect_timeout=PREFLIGHT_CALL_TIMEOUT_S,
+                read_timeout=PREFLIGHT_CALL_TIMEOUT_S,
+            )
         )
 
-        def preflight() -> Any:
-            return session.client("s3", endpoint_url=settings.endpoint_url, config=quick)
+        def preflight(endpoint_url: str | None, use_ssl: bool) -> Any:
+            return session.client("s3", endpoint_url=endpoint_url, config=quick, use_ssl=use_ssl)
 
         async with session.client(
             "s3", endpoint_url=settings.endpoint_url, config=config
         ) as client:
             client.meta.events.register("before-sign.s3.PutObject", _no_continue_if_small)
-            yield cls(client, settings.bucket, preflight)
+            yield cls(client, settings.bucket, preflight, settings.endpoint_url)
 
     async def _call(self, doing: str, method: str, **params: Any) -> Any:
         try:
@@ -180,19 +218,43 @@ class Storage:
         except (ClientError, BotoCoreError) as exc:
             raise translate(exc, self.bucket, doing) from exc
 
+    @asynccontextmanager
+    async def _quick(
+        self, *, plain_http: bool = False, endpoint_url: str | None = None
+    ) -> AsyncIterator[Any]:
+        """A client for start-up checks (short timeouts, two attempts), and a deadline on
+        the whole check: StorageUnavailable when the endpoint does not answer in time. With
+        `plain_http`, the client talks to `endpoint_url` (or AWS's endpoint) without TLS."""
+        if self._preflight is None:
+            yield self._s3
+            return
+        if plain_http:
+            client = self._preflight(endpoint_url, False)
+        else:
+            client = self._preflight(self.endpoint_url, True)
+        try:
+            async with asyncio.timeout(PREFLIGHT_TIMEOUT_S), client as quick:
+                yield quick
+        except TimeoutError as exc:
+            raise StorageUnavailable(
+                f"S3 did not answer within {PREFLIGHT_TIMEOUT_S:.0f} s "
+                "(check AWS_ENDPOINT_URL_S3 / --endpoint-url and the network)"
+            ) from exc
+
     async def check_bucket(self) -> None:
         """Raise BucketMissing / StorageUnavailable unless the bucket is usable (quickly)."""
-        if self._preflight is not None:
-            async with self._preflight() as quick:
-                await self._check_bucket(quick)
-        else:
-            await self._check_bucket(self._s3)
+        async with self._quick() as client:
+            await self._head_bucket(client, missing_ok=False)
 
-    async def _check_bucket(self, client: Any) -> None:
+    async def _head_bucket(self, client: Any, *, missing_ok: bool) -> bool:
+        """Whether the bucket exists (False only with `missing_ok`); StorageUnavailable or
+        BucketMissing otherwise."""
         try:
             await client.head_bucket(Bucket=self.bucket)
         except ClientError as exc:
             if _status(exc) == 404 or _code(exc) in ("404", "NoSuchBucket", "NotFound"):
+                if missing_ok:
+                    return False
                 raise BucketMissing(
                     f"bucket {self.bucket!r} does not exist (create it with: archiver setup-bucket)"
                 ) from exc
@@ -203,6 +265,7 @@ class Storage:
             raise StorageUnavailable(f"bucket {self.bucket!r} is not usable: {exc}") from exc
         except BotoCoreError as exc:
             raise StorageUnavailable(f"S3 is not reachable: {exc}") from exc
+        return True
 
     async def put_object(
         self, key: str, body: bytes, md5_hex: str, content_type: str, *, if_absent: bool
@@ -228,7 +291,20 @@ class Storage:
             raise translate(exc, self.bucket, f"PUT {key}") from exc
         except BotoCoreError as exc:
             raise translate(exc, self.bucket, f"PUT {key}") from exc
+        if response.get("VersionId") not in (None, "", "null"):
+            self.versioned = True
         return str(response.get("ETag", "")).strip('"')
+
+    async def learn_versioning(self) -> None:
+        """Set `versioned` when the bucket has (or had) versioning on. Best effort: a
+        credential without s3:GetBucketVersioning leaves it to the PUT responses."""
+        try:
+            async with self._quick() as client:
+                response = await client.get_bucket_versioning(Bucket=self.bucket)
+        except (ClientError, BotoCoreError, StorageUnavailable):
+            return
+        if response.get("Status") in ("Enabled", "Suspended"):
+            self.versioned = True
 
     async def head_object(self, key: str) -> ObjectInfo | None:
         """The object's size, ETag and metadata, or None when it does not exist. Only keys of
@@ -343,20 +419,12 @@ class Storage:
 
     async def bucket_region(self) -> str | None:
         """The bucket's region when it exists and is ours to use, None when it does not exist;
-        StorageUnavailable when it exists but is not accessible (someone else's, or denied)."""
-        try:
-            await self._s3.head_bucket(Bucket=self.bucket)
-        except ClientError as exc:
-            if _status(exc) == 404 or _code(exc) in ("404", "NoSuchBucket", "NotFound"):
+        StorageUnavailable when it exists but is not accessible (someone else's, or denied),
+        or the endpoint does not answer in seconds. (Ceph RGW names its zonegroup, often
+        "default".)"""
+        async with self._quick() as client:
+            if not await self._head_bucket(client, missing_ok=True):
                 return None
-            if _status(exc) == 403 or _code(exc) in ("403", *_FATAL_CODES):
-                raise StorageUnavailable(
-                    f"bucket {self.bucket!r} exists but is not accessible: it belongs to "
-                    "another account or these credentials are denied"
-                ) from exc
-            raise translate(exc, self.bucket, "HEAD bucket") from exc
-        except BotoCoreError as exc:
-            raise StorageUnavailable(f"S3 is not reachable: {exc}") from exc
         response = await self._call("reading the bucket location", "get_bucket_location")
         return str(response.get("LocationConstraint") or "us-east-1")
 
@@ -378,43 +446,84 @@ class Storage:
 
     async def get_setting(self, method: str, missing_codes: tuple[str, ...]) -> Any:
         """A bucket-level GET (e.g. `get_bucket_lifecycle_configuration`); None when the
-        setting is absent (one of `missing_codes`). NotImplemented servers raise
-        `Unsupported`."""
+        setting is absent (one of `missing_codes`). Raises `Unsupported` when the server does
+        not implement it and `Refused` when it answers with another error."""
         try:
             return await getattr(self._s3, method)(Bucket=self.bucket)
         except ClientError as exc:
             if _code(exc) in missing_codes:
                 return None
-            if _code(exc) in ("NotImplemented", "XNotImplemented") or _status(exc) == 501:
-                raise Unsupported(method) from exc
-            raise translate(exc, self.bucket, method) from exc
+            raise _setting_error(exc, method) from exc
         except BotoCoreError as exc:
             raise translate(exc, self.bucket, method) from exc
 
     async def put_setting(self, method: str, **params: Any) -> None:
-        """A bucket-level PUT (e.g. `put_bucket_versioning`)."""
+        """A bucket-level PUT (e.g. `put_bucket_versioning`); `Unsupported` / `Refused` as
+        for `get_setting`."""
         try:
             await getattr(self._s3, method)(Bucket=self.bucket, **params)
         except ClientError as exc:
-            if _code(exc) in ("NotImplemented", "XNotImplemented") or _status(exc) == 501:
-                raise Unsupported(method) from exc
-            if _code(exc) in ("MalformedPolicy", "MalformedXML", "InvalidRequest"):
-                raise StorageUnavailable(f"S3 rejected {method}: {exc}") from exc
-            raise translate(exc, self.bucket, method) from exc
+            raise _setting_error(exc, method) from exc
         except BotoCoreError as exc:
             raise translate(exc, self.bucket, method) from exc
 
-    async def probe_write(self, key: str) -> None:
-        """Put and delete one small object (the version too, on a versioned bucket)."""
+    async def probe_write(self, key: str, body: bytes) -> None:
+        """Do what an upload does to one small object, then remove it: PUT with Content-MD5,
+        check the ETag, HEAD it, delete it (its version too, on a versioned bucket).
+        AccessDenied names the action refused; StorageError for anything else."""
+        md5_hex = hashlib.md5(body).hexdigest()
         try:
-            response = await self._s3.put_object(Bucket=self.bucket, Key=key, Body=b"archiver")
+            response = await self._s3.put_object(
+                Bucket=self.bucket, Key=key, Body=body, ContentMD5=content_md5(md5_hex)
+            )
+        except ClientError as exc:
+            if _denied(exc):
+                raise denied(self.bucket, "s3:PutObject", key) from exc
+            raise translate(exc, self.bucket, f"PUT {key}") from exc
+        except BotoCoreError as exc:
+            raise translate(exc, self.bucket, f"PUT {key}") from exc
+        version = response.get("VersionId")
+        try:
+            info = await self.head_object(key)
+            if info is None or info.etag != md5_hex or info.size != len(body):
+                raise StorageError(f"the probe object {key} did not read back as it was sent")
+        finally:
             params: dict[str, Any] = {"Key": key}
-            if response.get("VersionId"):
-                params["VersionId"] = response["VersionId"]
-            await self._s3.delete_object(Bucket=self.bucket, **params)
-        except (ClientError, BotoCoreError) as exc:
-            err = translate(exc, self.bucket, "the write probe")
-            raise StorageUnavailable(str(err)) from exc
+            if version and version != "null":
+                params["VersionId"] = version
+            try:
+                await self._s3.delete_object(Bucket=self.bucket, **params)
+            except ClientError as exc:
+                if _denied(exc):
+                    raise denied(self.bucket, "s3:DeleteObject", key) from exc
+                raise translate(exc, self.bucket, f"DELETE {key}") from exc
+            except BotoCoreError as exc:
+                raise translate(exc, self.bucket, f"DELETE {key}") from exc
+
+    async def plain_http_status(self, endpoint_url: str | None, key: str) -> int | None:
+        """The HTTP status of a signed HEAD of `key` sent without TLS (to `endpoint_url`, or
+        AWS's own endpoint over http), or None when nothing answered there."""
+        try:
+            async with self._quick(plain_http=True, endpoint_url=endpoint_url) as client:
+                await client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            return _status(exc) or None
+        except (BotoCoreError, StorageUnavailable):
+            return None
+        return 200
+
+
+def _setting_error(exc: ClientError, method: str) -> Exception:
+    """A server's refusal of one bucket setting: Unsupported (not implemented) or Refused."""
+    code, status = _code(exc), _status(exc)
+    if code in ("NotImplemented", "XNotImplemented") or status == 501:
+        return Unsupported(method)
+    if _denied(exc):
+        action = SETTING_ACTIONS.get(method, method)
+        return Refused(f"AccessDenied: these credentials need {action}")
+    message = str(exc.response.get("Error", {}).get("Message") or "").strip()
+    detail = f": {message}" if message and message != "None" else ""
+    return Refused(f"{code or 'error'} (HTTP {status}){detail}")
 
 
 class ConditionalWritesUnsupported(Exception):
@@ -423,3 +532,8 @@ class ConditionalWritesUnsupported(Exception):
 
 class Unsupported(Exception):
     """The S3-compatible server does not implement a bucket setting."""
+
+
+class Refused(Exception):
+    """The server refused a bucket setting; the message says why (code, or the IAM action
+    the credentials lack)."""

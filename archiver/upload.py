@@ -26,7 +26,7 @@ from archiver.claims import Claims
 from archiver.content_types import SNIFF_BYTES, choose_ext, content_type_for, needs_sniffing
 from archiver.db import RowFilter
 from archiver.errors import AccessDenied, ArchiverError, StorageError, StorageUnavailable
-from archiver.integrity import METADATA_MD5, object_intact
+from archiver.integrity import METADATA_MD5, mismatch, object_intact
 from archiver.keys import archive_url, as_utc, normalize_md5, object_key
 from archiver.localfs import READ_CHUNK_BYTES, CacheRoot, LocalFile, NotARegularFile, why
 from archiver.models import MediaRow, Outcome, RowResult, Summary
@@ -51,6 +51,8 @@ CLAIM_ROWS_MIN = 100  # rows claimed per statement, at least
 
 class ObjectStore(Protocol):
     """The part of `storage.Storage` the uploader uses."""
+
+    versioned: bool  # If-None-Match is not to be trusted on this bucket
 
     async def put_object(
         self, key: str, body: bytes, md5_hex: str, content_type: str, *, if_absent: bool
@@ -311,6 +313,11 @@ class Uploader:
         self, prep: Prepared, body: bytes, body_md5: str, sent: Sent
     ) -> RowResult:
         assert self.store is not None
+        if self.store.versioned and self.existence.conditional_writes:
+            # A versioned bucket may take a conditional PUT of a stored key as a new version
+            # (Ceph RGW 16 does): only a HEAD tells there.
+            log.info("the bucket keeps versions: a HEAD before every PUT, no If-None-Match")
+            self.existence.no_conditional_writes()
         conditional = not self.options.force
         if conditional and self.existence.head_first:
             intact = await self._existing_intact(prep)
@@ -393,6 +400,17 @@ class Uploader:
                 prep, Outcome.FAILED, reason="a different object appeared", sent=sent
             )
         expected = multipart_etag(part_digests)
+        if not etag:
+            # Some servers (Ceph RGW 16) complete the upload but return no ETag: the stored
+            # object decides, by its ETag and the integrity rule.
+            existing = await self.store.head_object(prep.key)
+            problem = mismatch(existing, prep.md5, f.size)
+            if existing is not None and existing.etag != expected:
+                problem = f"ETag {existing.etag} differs from {expected}"
+            if problem is None:
+                return self._result(prep, Outcome.UPLOADED, sent=sent)
+            reason = f"S3 completed the upload without an ETag, and the stored object: {problem}"
+            return self._result(prep, Outcome.FAILED, reason=reason, sent=sent)
         if etag != expected:
             return self._result(
                 prep,
@@ -509,6 +527,8 @@ async def run_upload(
         db, store = await stack.enter_async_context(
             connected(settings, concurrency=options.concurrency, storage=not options.dry_run)
         )
+        if store is not None and not options.force:
+            await store.learn_versioning()
         row_filter = RowFilter(
             archived=None if options.force else False, media_types=options.media_types
         )

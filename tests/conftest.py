@@ -3,7 +3,8 @@
 - PostgreSQL: `ARCHIVER_TEST_DATABASE_URL` when set (its role needs CREATEDB), else a
   throwaway cluster started from the local binaries (as the `postgres` user when root).
   Each test gets a fresh database, cloned from a template holding `post_media`.
-- S3: one moto server on a free loopback port for the session; each test gets a fresh bucket.
+- S3: one moto server on a free loopback port for the session; tests marked `both_servers`
+  also run against Ceph RGW (tests/rgw.py). Each test gets a fresh bucket.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -21,7 +23,7 @@ import asyncpg
 import boto3
 import pytest
 
-from archiver.demo import s3_server
+from archiver.demo import s3_server as moto_s3_server
 from archiver.localpg import LocalPostgres
 from archiver.sample import POST_MEDIA_DDL
 from archiver.settings import Settings
@@ -118,11 +120,62 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
         await conn.close()
 
 
+@dataclass(frozen=True)
+class S3Server:
+    """A real S3 server of the rig: its name, plain-HTTP URL and (RGW) HTTPS URL and CA."""
+
+    name: str  # "moto" or "rgw"
+    url: str
+    tls_url: str | None = None
+    ca_file: str | None = None
+
+
 @pytest.fixture(scope="session")
-def s3_endpoint() -> Iterator[str]:
-    """URL of a moto S3 server in server mode on a free loopback port (the demo's own)."""
-    with s3_server() as url:
-        yield url
+def moto_server() -> Iterator[S3Server]:
+    """moto in server mode on a free loopback port (the demo's own)."""
+    with moto_s3_server() as url:
+        yield S3Server("moto", url)
+
+
+@pytest.fixture(scope="session")
+def rgw_server() -> Iterator[S3Server]:
+    """Ceph's RADOS Gateway on a throwaway one-node cluster (tests/rgw.py). CI installs its
+    packages and must run it: there, a missing package or a failed start fails every RGW
+    test; elsewhere a machine without the packages skips them, visibly."""
+    from tests.rgw import LocalRGW, missing_binaries
+
+    missing = missing_binaries()
+    if missing:
+        message = (
+            f"Ceph RGW cannot be started: {', '.join(missing)} missing "
+            "(apt-get install --no-install-recommends radosgw ceph-mon ceph-osd)"
+        )
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    try:
+        rgw = LocalRGW.start()
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        pytest.fail(f"Ceph RGW did not start: {exc}")
+    try:
+        yield S3Server("rgw", rgw.http_url, rgw.https_url, str(rgw.ca_file))
+    finally:
+        rgw.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(request: pytest.FixtureRequest) -> S3Server:
+    """The S3 server a test runs against: moto, unless the test is parametrised with
+    `both_servers` (tests/helpers.py), which runs it on moto and on RGW."""
+    name = getattr(request, "param", "moto")
+    server: S3Server = request.getfixturevalue(f"{name}_server")
+    return server
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(s3_server: S3Server) -> str:
+    """The plain-HTTP URL of the test's S3 server."""
+    return s3_server.url
 
 
 @pytest.fixture
@@ -185,47 +238,14 @@ def env(database_url: str, s3_endpoint: str, bucket: str, tmp_path: Path) -> Env
 def s3_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     """A second moto server, over HTTPS with a self-signed certificate: (URL, CA file).
     Needed where plain HTTP would change behaviour (the TLS-only bucket policy)."""
-    import datetime as dt
-    import ipaddress
     import threading
 
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
     from werkzeug.serving import make_server
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=2))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    folder = tmp_path_factory.mktemp("tls")
-    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    from tests.rgw import self_signed_certificate
+
+    cert_file, key_file = self_signed_certificate(tmp_path_factory.mktemp("tls"))
     server = make_server(
         "127.0.0.1",
         0,

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import pytest
 
 from archiver.models import Summary
 from archiver.progress import Reporter
@@ -22,6 +23,9 @@ from archiver.settings import UploadOptions
 from archiver.upload import run_upload
 
 REPO = Path(__file__).resolve().parent.parent
+
+# Runs a test (or, as `pytestmark`, a module) once on moto and once on Ceph RGW.
+both_servers = pytest.mark.parametrize("s3_server", ["moto", "rgw"], indirect=True)
 
 
 @dataclass

@@ -13,7 +13,14 @@ from archiver.policies import ExistencePolicy
 from archiver.sample import SampleRow, file_bytes, insert_rows
 from archiver.settings import MIB, ClientOptions, UploadOptions
 from archiver.upload import run_upload
-from tests.helpers import assert_archive_invariant, md5, media_file, quiet_reporter, upload
+from tests.helpers import (
+    assert_archive_invariant,
+    both_servers,
+    md5,
+    media_file,
+    quiet_reporter,
+    upload,
+)
 from tests.proxy import Corrupt, Request, Respond
 
 
@@ -54,6 +61,7 @@ async def add_files(
     return rows
 
 
+@both_servers
 async def test_a_large_file_goes_up_in_parts_and_round_trips(penv, db, s3, proxy) -> None:
     rng = random.Random(31)
     data = file_bytes(".mp4", 17 * MIB + 123, rng)
@@ -77,6 +85,7 @@ async def test_a_large_file_goes_up_in_parts_and_round_trips(penv, db, s3, proxy
     assert await db.fetchval("SELECT archive_url FROM post_media") == f"s3://{penv.bucket}/{key}"
 
 
+@both_servers
 @pytest.mark.parametrize("fault", [Respond(500), Corrupt()], ids=["500", "corrupted"])
 async def test_a_failed_part_leaves_no_row_and_no_upload(penv, db, s3, proxy, fault) -> None:
     rng = random.Random(32)
@@ -96,6 +105,7 @@ async def test_a_failed_part_leaves_no_row_and_no_upload(penv, db, s3, proxy, fa
     assert s3.list_objects_v2(Bucket=penv.bucket)["KeyCount"] == 0
 
 
+@both_servers
 async def test_a_rerun_records_stored_objects_without_sending_them_again(penv, db, s3, proxy):
     rng = random.Random(33)
     await add_files(penv, db, 40, 3000, rng=rng)
@@ -116,6 +126,7 @@ async def test_a_rerun_records_stored_objects_without_sending_them_again(penv, d
     assert await assert_archive_invariant(db, s3, penv.bucket) == 42
 
 
+@both_servers
 async def test_after_enough_new_objects_it_stops_heading_first(penv, db, s3, proxy) -> None:
     rng = random.Random(34)
     await add_files(penv, db, 60, 1000, rng=rng)
@@ -126,6 +137,7 @@ async def test_after_enough_new_objects_it_stops_heading_first(penv, db, s3, pro
     assert proxy.count(lambda r: r.is_object_put) == 60
 
 
+@both_servers
 @pytest.mark.parametrize("concurrency", [1, 2, 16])
 async def test_rows_sharing_a_key_cause_one_put(penv, db, s3, proxy, concurrency) -> None:
     rng = random.Random(35)
@@ -148,6 +160,7 @@ async def test_rows_sharing_a_key_cause_one_put(penv, db, s3, proxy, concurrency
     assert summary.counts[Outcome.SKIPPED_EXISTING] == 1
 
 
+@both_servers
 async def test_force_uploads_again_even_when_stored(penv, db, s3, proxy) -> None:
     rng = random.Random(36)
     await add_files(penv, db, 5, 800, rng=rng)
@@ -159,6 +172,7 @@ async def test_force_uploads_again_even_when_stored(penv, db, s3, proxy) -> None
     assert all("if-none-match" not in r.headers for r, _ in proxy.requests if r.is_object_put)
 
 
+@both_servers
 async def test_a_damaged_object_under_the_key_is_replaced(penv, db, s3, proxy) -> None:
     rng = random.Random(37)
     rows = await add_files(penv, db, 1, 2000, rng=rng)

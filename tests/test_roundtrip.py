@@ -9,7 +9,7 @@ from pathlib import Path
 
 from archiver.sample import SampleRow, file_bytes, insert_rows
 from archiver.settings import MIB
-from tests.helpers import build_contract_cases, insert_cases, md5, media_file, run_cli
+from tests.helpers import both_servers, build_contract_cases, insert_cases, md5, media_file, run_cli
 from tests.proxy import CorruptResponse
 
 
@@ -21,6 +21,7 @@ async def archived(db) -> list:
     return await db.fetch("SELECT * FROM post_media WHERE archive_url IS NOT NULL")
 
 
+@both_servers
 async def test_upload_prune_restore_round_trips_every_file(env, db, s3) -> None:
     rng = random.Random(70)
     cases = build_contract_cases(env, rng)
@@ -91,6 +92,7 @@ async def upload_three(env, db) -> list[SampleRow]:
     return rows
 
 
+@both_servers
 async def test_prune_keeps_files_whose_object_is_gone_or_different(env, db, s3) -> None:
     rows = await upload_three(env, db)
     keys = [f"cache/2025/04/{r.md5_sum}.jpg" for r in rows]
@@ -106,6 +108,7 @@ async def test_prune_keeps_files_whose_object_is_gone_or_different(env, db, s3) 
         assert (env.cache_root / "images" / f"{r.md5_sum}.jpg").exists() == kept
 
 
+@both_servers
 async def test_prune_never_deletes_outside_the_cache_root(env, db, s3) -> None:
     rows = await upload_three(env, db)
     outside = env.workdir / "outside"
@@ -136,6 +139,7 @@ async def test_prune_never_deletes_outside_the_cache_root(env, db, s3) -> None:
     assert copy.exists() and target.exists() and moved.exists() and inside.is_symlink()
 
 
+@both_servers
 async def test_a_corrupted_download_leaves_no_file_and_fails(penv, db, s3, proxy) -> None:
     rows = await upload_three(penv, db)
     for r in rows:
@@ -171,6 +175,7 @@ async def test_a_corrupted_download_leaves_no_file_and_fails(penv, db, s3, proxy
     assert names == [f"{rows[2].md5_sum}.jpg"]  # no final name, no temporary left behind
 
 
+@both_servers
 async def test_restore_never_replaces_a_different_file(env, db, s3) -> None:
     rows = await upload_three(env, db)
     path = env.cache_root / "images" / f"{rows[0].md5_sum}.jpg"
@@ -182,6 +187,7 @@ async def test_restore_never_replaces_a_different_file(env, db, s3) -> None:
     assert path.read_bytes() == b"a different file"
 
 
+@both_servers
 def test_restore_needs_a_selection(env) -> None:
     out = run_cli(env, "restore")
     assert out.returncode == 2 and "--all-missing" in out.stderr

@@ -14,6 +14,7 @@ from archiver.sample import SampleRow, file_bytes, insert_rows
 from tests.helpers import (
     all_objects,
     assert_archive_invariant,
+    both_servers,
     build_bad_cases,
     build_contract_cases,
     insert_cases,
@@ -24,6 +25,7 @@ from tests.helpers import (
 )
 
 
+@both_servers
 async def test_every_contract_case_ends_as_the_contract_says(env, db, s3) -> None:
     cases = build_contract_cases(env, random.Random(1))
     await insert_cases(db, cases)
@@ -56,6 +58,7 @@ async def test_every_contract_case_ends_as_the_contract_says(env, db, s3) -> Non
     assert await assert_archive_invariant(db, s3, env.bucket) == len(cases) - 1
 
 
+@both_servers
 async def test_bad_rows_are_reported_never_uploaded_and_the_run_goes_on(env, db, s3) -> None:
     rng = random.Random(2)
     bad = build_bad_cases(env, rng)
@@ -76,6 +79,7 @@ async def test_bad_rows_are_reported_never_uploaded_and_the_run_goes_on(env, db,
     assert summary.exit_code == 1
 
 
+@both_servers
 async def test_already_archived_rows_untouched_without_force_rewritten_with_it(env, db, s3):
     rng = random.Random(3)
     data = file_bytes(".jpg", 2048, rng)
@@ -108,6 +112,7 @@ async def test_already_archived_rows_untouched_without_force_rewritten_with_it(e
     assert s3.get_object(Bucket=env.bucket, Key=key)["Body"].read() == data
 
 
+@both_servers
 async def test_dry_run_writes_nothing_anywhere(env, db, s3) -> None:
     cases = build_contract_cases(env, random.Random(4))
     await insert_cases(db, cases)
@@ -123,6 +128,7 @@ async def test_dry_run_writes_nothing_anywhere(env, db, s3) -> None:
     assert summary.as_json()["dry_run"] is True
 
 
+@both_servers
 async def test_limit_archives_exactly_that_many_and_a_second_run_uploads_nothing(env, db, s3):
     rng = random.Random(5)
     rows = []
@@ -148,6 +154,7 @@ async def test_limit_archives_exactly_that_many_and_a_second_run_uploads_nothing
     assert await assert_archive_invariant(db, s3, env.bucket) == 12
 
 
+@both_servers
 async def test_media_type_filter(env, db, s3) -> None:
     cases = build_contract_cases(env, random.Random(6))
     await insert_cases(db, cases)
@@ -157,6 +164,7 @@ async def test_media_type_filter(env, db, s3) -> None:
     assert summary.counts[Outcome.UPLOADED] == 2
 
 
+@both_servers
 async def test_missing_bucket_stops_the_run(env, db) -> None:
     cases = build_contract_cases(env, random.Random(7))[:2]
     await insert_cases(db, cases)
@@ -169,6 +177,7 @@ async def test_missing_bucket_stops_the_run(env, db) -> None:
     assert await db.fetchval("SELECT count(archive_url) FROM post_media") == 0
 
 
+@both_servers
 async def test_unreachable_database_is_a_config_error(env) -> None:
     env.database_url = "postgresql://archiver:s3cret-pw@127.0.0.1:1/nope"
     with pytest.raises(DatabaseUnavailable) as info:
@@ -177,6 +186,7 @@ async def test_unreachable_database_is_a_config_error(env) -> None:
     assert "***" in str(info.value)
 
 
+@both_servers
 async def test_many_rows_with_small_batches_all_recorded(env, db, s3) -> None:
     rng = random.Random(8)
     rows = []

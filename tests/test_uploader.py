@@ -42,6 +42,10 @@ class FakeStore:
     """An in-memory S3 with the behaviours the uploader must cope with, switched on per test."""
 
     conditional_writes: bool = True  # False: If-None-Match on PUT is "not implemented"
+    versioned: bool = False  # the bucket keeps versions (learned at start, or from a PUT)
+    ignores_conditions: bool = False  # takes If-None-Match PUTs of stored keys as new versions
+    complete_without_etag: bool = False  # CompleteMultipartUpload answers <ETag></ETag>
+    complete_other_bytes: bool = False  # ... and stores something else (a broken server)
     damage_next_puts: int = 0  # store the next N single PUT bodies with one byte flipped
     fail_part: int | None = None  # this part number fails
     deny_puts: bool = False
@@ -59,8 +63,10 @@ class FakeStore:
             raise AccessDenied(f"S3 denied s3:PutObject on {key}")
         if if_absent and not self.conditional_writes:
             raise ConditionalWritesUnsupported(key)
-        if if_absent and key in self.objects:
+        if if_absent and key in self.objects and not self.ignores_conditions:
             return None  # 412
+        if self.ignores_conditions:
+            self.versioned = True  # the response carried a VersionId
         assert md5(body) == md5_hex  # Content-MD5 matches what is sent
         if self.damage_next_puts:
             self.damage_next_puts -= 1
@@ -103,8 +109,11 @@ class FakeStore:
         bodies = self.uploads.pop(upload_id)
         etag = multipart_etag([bytes.fromhex(md5(bodies[p.number])) for p in parts])
         body = b"".join(bodies[p.number] for p in parts)
+        if self.complete_other_bytes:
+            body = body[:-1] + bytes([body[-1] ^ 1])
+            etag = multipart_etag([bytes.fromhex(md5(body))] * len(parts))
         self.objects[key] = Stored(body, etag, self.upload_metadata[upload_id])
-        return etag
+        return "" if self.complete_without_etag else etag
 
     async def abort_multipart(self, key: str, upload_id: str) -> None:
         self.calls.append("ABORT")
@@ -247,6 +256,28 @@ async def test_damage_in_transit_is_sent_again_then_failed(rig: Rig) -> None:
     assert rig.store.calls == ["HEAD", "PUT-if-absent", "PUT", "PUT", "PUT"]
 
 
+async def test_a_versioned_bucket_is_headed_before_every_put(rig: Rig) -> None:
+    rig.store.versioned = rig.store.ignores_conditions = True
+    up = rig.uploader(concurrency=1)
+    rows = [rig.row(body(i)) for i in range(4)]
+    for row in rows:
+        assert (await up.handle(row)).outcome is Outcome.UPLOADED
+    assert rig.store.calls == ["HEAD", "PUT"] * 4  # never a conditional PUT
+    rig.store.calls.clear()
+    for row in rows:  # a re-run: nothing is sent again, so no second versions
+        assert (await rig.uploader(concurrency=1).handle(row)).outcome is Outcome.SKIPPED_EXISTING
+    assert rig.store.calls == ["HEAD"] * 4
+
+
+async def test_a_put_that_makes_a_version_turns_conditional_puts_off(rig: Rig) -> None:
+    rig.store.ignores_conditions = True  # versioning not known at start (no permission)
+    up = rig.uploader(concurrency=1)
+    for i in range(5):
+        assert (await up.handle(rig.row(body(i)))).outcome is Outcome.UPLOADED
+    # the first conditional PUT answers with a version: a HEAD before every PUT from then on
+    assert rig.store.calls == ["HEAD", "PUT-if-absent", *["HEAD", "PUT"] * 4]
+
+
 async def test_force_sends_without_asking(rig: Rig) -> None:
     row = rig.row(body(3))
     await rig.uploader().handle(row)
@@ -334,3 +365,18 @@ async def test_a_multipart_file_whose_bytes_differ_from_md5_sum_is_never_sent(ri
     result = await rig.uploader(**MULTIPART).handle(row)
     assert result.outcome is Outcome.CORRUPT
     assert rig.store.calls == ["HEAD"]  # hashed whole before any part
+
+
+async def test_a_multipart_upload_completed_without_an_etag_is_judged_by_a_head(
+    rig: Rig,
+) -> None:
+    rig.store.complete_without_etag = True  # as Ceph RGW 16 answers
+    data = big(6)
+    result = await rig.uploader(**MULTIPART).handle(rig.row(data))
+    assert result.outcome is Outcome.UPLOADED
+    assert rig.store.calls[-2:] == ["COMPLETE-if-absent", "HEAD"]
+
+    rig.store.complete_other_bytes = True
+    bad = await rig.uploader(**MULTIPART).handle(rig.row(big(7)))
+    assert bad.outcome is Outcome.FAILED and "without an ETag" in bad.reason
+    assert "differs" in bad.reason

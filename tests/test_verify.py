@@ -9,9 +9,18 @@ from datetime import datetime
 from archiver.models import Outcome
 from archiver.sample import SampleRow, file_bytes, insert_rows
 from archiver.verify import VerifyOptions, format_report, run_verify
-from tests.helpers import build_contract_cases, insert_cases, md5, media_file, run_cli, upload
+from tests.helpers import (
+    both_servers,
+    build_contract_cases,
+    insert_cases,
+    md5,
+    media_file,
+    run_cli,
+    upload,
+)
 
 
+@both_servers
 async def test_statistics_equal_the_sql_truth(env, db) -> None:
     rng = random.Random(21)
     rows = []
@@ -42,6 +51,7 @@ async def test_statistics_equal_the_sql_truth(env, db) -> None:
     assert "  Video:" in text
 
 
+@both_servers
 async def test_verify_s3_reports_deleted_and_overwritten_objects(env, db, s3) -> None:
     cases = build_contract_cases(env, random.Random(22))
     await insert_cases(db, cases)
@@ -84,6 +94,7 @@ async def test_verify_s3_reports_deleted_and_overwritten_objects(env, db, s3) ->
     assert limited.s3 is not None and limited.s3.checked == 3
 
 
+@both_servers
 async def test_check_local_lists_rows_whose_file_is_gone(env, db, s3) -> None:
     rng = random.Random(23)
     rows = []
