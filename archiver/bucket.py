@@ -1,14 +1,20 @@
 """`archiver setup-bucket`: create the bucket and lock it down, idempotently.
 
-Each setting is read back first and changed only when it differs from what archiver wants,
-so a second run changes nothing and says so. Lifecycle rules and policy statements of
-others are kept: archiver only adds or replaces its own (by rule ID / statement Sid).
-The desired state is built by pure functions, tested without a server.
+Each setting is read first and changed only when it differs from what archiver wants, so a
+second run changes nothing and says so; what was changed is read back and compared field
+by field, because S3-compatible servers accept settings they then store in part (Ceph RGW
+drops a lifecycle rule's size filter) or do not apply (a TLS-only policy). Each setting is
+reported on its own (a `Setting`: in place, changed, not supported, refused, ...) and one
+refused does not stop the others; the write probe runs last, as an upload would. Lifecycle
+rules and policy statements of others are kept: archiver only adds or replaces its own (by
+rule ID / statement Sid). The desired state is built by pure functions, tested without a
+server.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -25,10 +31,11 @@ SMALL_OBJECTS_STAY = "all_storage_classes_128K"  # TransitionDefaultMinimumObjec
 ABORT_INCOMPLETE_DAYS = 7
 TLS_SID = "archiver-deny-insecure-transport"
 PROBE_BODY = b"archiver write probe\n"
+log = logging.getLogger(__name__)
 RGW_BPA_BUG = (
-    "Ceph RGW before the fix of its tracker issue 49135 refuses every PutObject while "
-    "BlockPublicAcls is on: on such a server run setup-bucket --no-block-public-acls "
-    "(IgnorePublicAcls still makes any public ACL ineffective)"
+    "or the server is a Ceph RGW from before the fix of its tracker issue 49135, which "
+    "refuses every PutObject while BlockPublicAcls is on (then run setup-bucket "
+    "--no-block-public-acls: IgnorePublicAcls still makes any public ACL ineffective)"
 )
 
 
@@ -474,15 +481,16 @@ async def _lifecycle(store: Storage, settings: Settings, options: SetupOptions) 
         echoed, minimum = await put(merge_lifecycle(existing, [abort]))
         kept = lifecycle_difference(echoed, minimum, [abort])
         aborts = (
-            f"incomplete uploads aborted after {ABORT_INCOMPLETE_DAYS} days"
+            f"incomplete uploads are aborted after {ABORT_INCOMPLETE_DAYS} days"
             if kept is None
             else f"the abort rule read back wrong too ({kept})"
         )
+        log.info("lifecycle read back without the size filter: %s", size_problem)
         return Setting(
             State.UNSUPPORTED,
-            f"the server did not keep the GLACIER_IR rule's size filter ({size_problem}) "
+            "the server dropped the GLACIER_IR rule's size filter (ObjectSizeGreaterThan) "
             "and keeps no minimum object size, so the rule would move objects under 128 KiB "
-            f"too: it was not kept; {aborts}",
+            f"too: not kept; {aborts}",
         )
     echoed, minimum = await put(merge_lifecycle(existing, wanted))
     problem = lifecycle_difference(echoed, minimum, wanted)
@@ -500,7 +508,7 @@ async def _write_probe(store: Storage, settings: Settings, options: SetupOptions
     except AccessDenied as exc:
         reason = str(exc)
         if "s3:PutObject" in reason and options.block_public_acls and await _blocks_acls(store):
-            reason = f"{reason}; {RGW_BPA_BUG}"
+            reason = f"{reason}, {RGW_BPA_BUG}"
         return Setting(State.REFUSED, reason)
     except StorageError as exc:
         return Setting(State.REFUSED, str(exc))

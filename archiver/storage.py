@@ -467,38 +467,34 @@ class Storage:
         except BotoCoreError as exc:
             raise translate(exc, self.bucket, method) from exc
 
-    async def probe_write(self, key: str, body: bytes) -> None:
-        """Do what an upload does to one small object, then remove it: PUT with Content-MD5,
-        check the ETag, HEAD it, delete it (its version too, on a versioned bucket).
-        AccessDenied names the action refused; StorageError for anything else."""
-        md5_hex = hashlib.md5(body).hexdigest()
+    async def _object_call(self, method: str, action: str, key: str, **params: Any) -> Any:
+        """One request on an object: AccessDenied naming `action` on a 403, translated
+        errors otherwise."""
         try:
-            response = await self._s3.put_object(
-                Bucket=self.bucket, Key=key, Body=body, ContentMD5=content_md5(md5_hex)
-            )
+            return await getattr(self._s3, method)(Bucket=self.bucket, Key=key, **params)
         except ClientError as exc:
             if _denied(exc):
-                raise denied(self.bucket, "s3:PutObject", key) from exc
-            raise translate(exc, self.bucket, f"PUT {key}") from exc
+                raise denied(self.bucket, action, key) from exc
+            raise translate(exc, self.bucket, f"{action} of {key}") from exc
         except BotoCoreError as exc:
-            raise translate(exc, self.bucket, f"PUT {key}") from exc
+            raise translate(exc, self.bucket, f"{action} of {key}") from exc
+
+    async def probe_write(self, key: str, body: bytes) -> None:
+        """Do what an upload does to one small object, then remove it: PUT with Content-MD5,
+        HEAD it, delete it (its version too, on a versioned bucket). AccessDenied names the
+        action refused; StorageError for anything else."""
+        md5_hex = hashlib.md5(body).hexdigest()
+        response = await self._object_call(
+            "put_object", "s3:PutObject", key, Body=body, ContentMD5=content_md5(md5_hex)
+        )
         version = response.get("VersionId")
         try:
             info = await self.head_object(key)
             if info is None or info.etag != md5_hex or info.size != len(body):
                 raise StorageError(f"the probe object {key} did not read back as it was sent")
         finally:
-            params: dict[str, Any] = {"Key": key}
-            if version and version != "null":
-                params["VersionId"] = version
-            try:
-                await self._s3.delete_object(Bucket=self.bucket, **params)
-            except ClientError as exc:
-                if _denied(exc):
-                    raise denied(self.bucket, "s3:DeleteObject", key) from exc
-                raise translate(exc, self.bucket, f"DELETE {key}") from exc
-            except BotoCoreError as exc:
-                raise translate(exc, self.bucket, f"DELETE {key}") from exc
+            extra = {"VersionId": version} if version and version != "null" else {}
+            await self._object_call("delete_object", "s3:DeleteObject", key, **extra)
 
     async def plain_http_status(self, endpoint_url: str | None, key: str) -> int | None:
         """The HTTP status of a signed HEAD of `key` sent without TLS (to `endpoint_url`, or

@@ -102,6 +102,16 @@ def count_objects(endpoint: str, bucket: str) -> int:
     return total
 
 
+def empty_bucket(endpoint: str, bucket: str) -> None:
+    """Delete every object of `bucket` (and the bucket)."""
+    client = s3_client(endpoint)
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+        if keys:
+            client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+    client.delete_bucket(Bucket=bucket)
+
+
 async def _new_database(admin_dsn: str, rows: list[SampleRow]) -> str:
     name = f"bench_{uuid.uuid4().hex[:10]}"
     conn = await asyncpg.connect(admin_dsn)

@@ -103,19 +103,20 @@ class LocalRGW:
         return self.folder / "ceph.conf"
 
     @classmethod
-    def start(cls) -> LocalRGW:
-        """Make and start the cluster; raises RuntimeError with the daemon's log tail."""
+    def start(cls, access_key: str = ACCESS_KEY, secret_key: str = SECRET_KEY) -> LocalRGW:
+        """Make and start the cluster, with one user of these keys; raises RuntimeError
+        with the failing program's error output."""
         folder = Path(tempfile.mkdtemp(prefix="archiver-rgw-"))
         cert_file, key_file = self_signed_certificate(folder)
         rgw = cls(folder, _free_port(), _free_port(), cert_file)
         try:
-            rgw._start(key_file)
+            rgw._start(key_file, access_key, secret_key)
         except BaseException:
             rgw.stop()
             raise
         return rgw
 
-    def _start(self, key_file: Path) -> None:
+    def _start(self, key_file: Path, access_key: str, secret_key: str) -> None:
         d = self.folder
         for sub in ("run", "log", "mon.a", "osd.0", "rgw"):
             (d / sub).mkdir()
@@ -175,8 +176,8 @@ rgw dns name = localhost
         self._daemon(["radosgw", *c, "-n", "client.rgw"], "client.rgw")
         self._wait_for_port(self.http_port, "client.rgw")
         self._run(["radosgw-admin", *c, "user", "create", "--uid", "archiver",
-                   "--display-name", "archiver tests", "--access-key", ACCESS_KEY,
-                   "--secret", SECRET_KEY])  # fmt: skip
+                   "--display-name", "archiver tests", "--access-key", access_key,
+                   "--secret", secret_key])  # fmt: skip
 
     def _run(self, argv: list[str]) -> str:
         out = subprocess.run(argv, capture_output=True, text=True, timeout=START_TIMEOUT_S)

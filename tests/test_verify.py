@@ -20,7 +20,6 @@ from tests.helpers import (
 )
 
 
-@both_servers
 async def test_statistics_equal_the_sql_truth(env, db) -> None:
     rng = random.Random(21)
     rows = []
