@@ -281,18 +281,20 @@ async def _converge(
     options: SetupOptions,
     read: Callable[[], Awaitable[Any]],
     difference: Callable[[Any], str | None],
-    write: Callable[[], Awaitable[None]],
+    write: Callable[[Any], Awaitable[None]],
     what: str,
     *,
-    in_place: str = "",
+    in_place: Callable[[Any], str] = lambda _current: "",
 ) -> Setting:
-    """Read the setting; if it differs from what is wanted, write it and read it back. A
-    server that accepted the write but stores something else is reported as refusing it."""
-    if difference(await read()) is None:
-        return Setting(State.IN_PLACE, in_place)
+    """Read the setting; if it differs from what is wanted, write it (given what was read)
+    and read it back. A server that accepted the write but stores something else is
+    reported as refusing it. `in_place` describes a setting found as wanted."""
+    current = await read()
+    if difference(current) is None:
+        return Setting(State.IN_PLACE, in_place(current))
     if options.check_only:
         return Setting(State.WOULD_CHANGE, what)
-    await write()
+    await write(current)
     problem = difference(await read())
     if problem is not None:
         return Setting(State.REFUSED, f"accepted, but read back: {problem}")
@@ -303,26 +305,30 @@ def public_access_block(options: SetupOptions) -> dict[str, bool]:
     return dict(PUBLIC_ACCESS_BLOCK, BlockPublicAcls=options.block_public_acls)
 
 
+async def _public_access_config(store: Storage) -> dict[str, Any]:
+    current = await store.get_setting(
+        "get_public_access_block", ("NoSuchPublicAccessBlockConfiguration",)
+    )
+    return dict((current or {}).get("PublicAccessBlockConfiguration") or {})
+
+
 async def _public_access_block(store: Storage, _s: Settings, options: SetupOptions) -> Setting:
     wanted = public_access_block(options)
 
     async def read() -> dict[str, Any]:
-        current = await store.get_setting(
-            "get_public_access_block", ("NoSuchPublicAccessBlockConfiguration",)
-        )
-        return dict((current or {}).get("PublicAccessBlockConfiguration") or {})
+        return await _public_access_config(store)
 
     def difference(config: dict[str, Any]) -> str | None:
         off = [k for k, v in wanted.items() if config.get(k, False) is not v]
         return f"{', '.join(off)} read back as {[config.get(k) for k in off]}" if off else None
 
-    async def write() -> None:
+    async def write(_current: object) -> None:
         await store.put_setting("put_public_access_block", PublicAccessBlockConfiguration=wanted)
 
     what = "all four Block Public Access flags on"
     if not options.block_public_acls:
         what = "BlockPublicAcls off (--no-block-public-acls), the other three flags on"
-    return await _converge(options, read, difference, write, what, in_place=what)
+    return await _converge(options, read, difference, write, what, in_place=lambda _c: what)
 
 
 async def _encryption(store: Storage, _s: Settings, options: SetupOptions) -> Setting:
@@ -341,7 +347,7 @@ async def _encryption(store: Storage, _s: Settings, options: SetupOptions) -> Se
             return None
         return f"default encryption {sorted(map(str, algorithms)) or 'none'}"
 
-    async def write() -> None:
+    async def write(_current: object) -> None:
         await store.put_setting(
             "put_bucket_encryption",
             ServerSideEncryptionConfiguration={
@@ -349,11 +355,12 @@ async def _encryption(store: Storage, _s: Settings, options: SetupOptions) -> Se
             },
         )
 
-    setting = await _converge(options, read, difference, write, "default encryption SSE-S3")
-    if setting.state is State.IN_PLACE:
-        kms = "AES256" not in await read()
-        return Setting(State.IN_PLACE, "SSE-KMS, kept" if kms else "SSE-S3")
-    return setting
+    def in_place(algorithms: set[Any]) -> str:
+        return "SSE-S3" if "AES256" in algorithms else "SSE-KMS, kept"
+
+    return await _converge(
+        options, read, difference, write, "default encryption SSE-S3", in_place=in_place
+    )
 
 
 def plain_http_endpoint(settings: Settings, options: SetupOptions) -> tuple[bool, str | None]:
@@ -386,9 +393,8 @@ async def _tls_policy(store: Storage, settings: Settings, options: SetupOptions)
             return None
         return f"no statement {TLS_SID} denying requests without TLS"
 
-    async def write() -> None:
-        document = merge_policy(await read(), store.bucket)
-        await store.put_setting("put_bucket_policy", Policy=document)
+    async def write(current: str | None) -> None:
+        await store.put_setting("put_bucket_policy", Policy=merge_policy(current, store.bucket))
 
     setting = await _converge(options, read, difference, write, "requests without TLS denied")
     if setting.state not in (State.IN_PLACE, State.CHANGED):
@@ -423,13 +429,13 @@ async def _versioning(store: Storage, _s: Settings, options: SetupOptions) -> Se
         current = await store.get_setting("get_bucket_versioning", ())
         return str((current or {}).get("Status") or "never enabled")
 
-    status = await read()
-    if status == "Enabled":
-        return Setting(State.IN_PLACE, "Enabled")
     if not options.enable_versioning:
+        status = await read()
+        if status == "Enabled":
+            return Setting(State.IN_PLACE, status)
         return Setting(State.LEFT_ALONE, f"{status}; --enable-versioning turns it on")
 
-    async def write() -> None:
+    async def write(_current: object) -> None:
         await store.put_setting(
             "put_bucket_versioning", VersioningConfiguration={"Status": "Enabled"}
         )
@@ -437,7 +443,9 @@ async def _versioning(store: Storage, _s: Settings, options: SetupOptions) -> Se
     def difference(status: str) -> str | None:
         return None if status == "Enabled" else f"status {status}"
 
-    return await _converge(options, read, difference, write, "versioning enabled")
+    return await _converge(
+        options, read, difference, write, "versioning enabled", in_place=lambda status: status
+    )
 
 
 async def _lifecycle(store: Storage, settings: Settings, options: SetupOptions) -> Setting:
@@ -517,14 +525,9 @@ async def _write_probe(store: Storage, settings: Settings, options: SetupOptions
 
 async def _blocks_acls(store: Storage) -> bool:
     try:
-        current = await store.get_setting(
-            "get_public_access_block", ("NoSuchPublicAccessBlockConfiguration",)
-        )
+        return bool((await _public_access_config(store)).get("BlockPublicAcls"))
     except (Unsupported, Refused):
         return False
-    return bool(
-        ((current or {}).get("PublicAccessBlockConfiguration") or {}).get("BlockPublicAcls")
-    )
 
 
 def format_setup(report: SetupReport) -> str:

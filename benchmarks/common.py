@@ -12,7 +12,6 @@ import os
 import platform
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,7 @@ from typing import Any
 import asyncpg
 import boto3
 
-from archiver.localpg import LocalPostgres, free_port
+from archiver.localpg import LocalPostgres, free_port, wait_port
 from archiver.sample import POST_MEDIA_DDL, SampleRow, insert_rows
 
 OUT = Path(__file__).resolve().parent / "out"
@@ -40,16 +39,6 @@ AWS_ENV = {
     "AWS_CONFIG_FILE": os.devnull,
     "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
 }
-
-
-def wait_port(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
 
 
 @contextmanager

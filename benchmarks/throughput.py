@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from archiver.localpg import free_port
+from archiver.localpg import free_port, wait_port
 from archiver.sample import SampleRow, make_sample_set, write_media
 from benchmarks.common import (
     AWS_ENV,
@@ -44,7 +44,6 @@ from benchmarks.common import (
     postgres,
     query_value,
     scratch,
-    wait_port,
     write_json,
 )
 

@@ -15,13 +15,14 @@ import ipaddress
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from archiver.localpg import free_port, wait_port
 
 ACCESS_KEY = "testing"  # the suite's AWS_ACCESS_KEY_ID, as on moto
 SECRET_KEY = "testing"
@@ -33,12 +34,6 @@ MEMSTORE_BYTES = 4 << 30  # a cap, not an allocation: memstore holds what is sto
 def missing_binaries() -> list[str]:
     """The Ceph programs this machine lacks (empty when RGW can be started)."""
     return [name for name in BINARIES if shutil.which(name) is None]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
@@ -108,7 +103,7 @@ class LocalRGW:
         with the failing program's error output."""
         folder = Path(tempfile.mkdtemp(prefix="archiver-rgw-"))
         cert_file, key_file = self_signed_certificate(folder)
-        rgw = cls(folder, _free_port(), _free_port(), cert_file)
+        rgw = cls(folder, free_port(), free_port(), cert_file)
         try:
             rgw._start(key_file, access_key, secret_key)
         except BaseException:
@@ -120,7 +115,7 @@ class LocalRGW:
         d = self.folder
         for sub in ("run", "log", "mon.a", "osd.0", "rgw"):
             (d / sub).mkdir()
-        mon_port = _free_port()
+        mon_port = free_port()
         frontends = (
             f"beast endpoint=127.0.0.1:{self.http_port} "
             f"ssl_endpoint=127.0.0.1:{self.https_port} "
@@ -191,13 +186,10 @@ rgw dns name = localhost
         self._run(argv)
 
     def _wait_for_port(self, port: int, name: str) -> None:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    return
-            time.sleep(0.2)
-        raise RuntimeError(f"{name} did not listen on {port}: {self.log_tail(name)}")
+        try:
+            wait_port(port, START_TIMEOUT_S)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{name}: {exc}: {self.log_tail(name)}") from exc
 
     def log_tail(self, name: str, chars: int = 2000) -> str:
         path = self.folder / "log" / f"{name}.log"
