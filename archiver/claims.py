@@ -14,8 +14,10 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 
 from archiver.db import Database, RowFilter
 from archiver.errors import DatabaseError
@@ -28,35 +30,91 @@ DEFAULT_LEASE_S = 300.0
 RENEWALS_PER_LEASE = 3  # renew a third of the way through, so two renewals may fail
 
 
-def new_owner() -> str:
-    """An owner name that says where a claim comes from: host, pid and a random part."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
 PID_MAX = 4_194_304  # Linux's largest possible pid (PID_MAX_LIMIT on 64-bit)
+ZOMBIE_STATES = frozenset("ZX")  # /proc/PID/stat states of a process that has exited
 
 
-def dead_here(owner: str) -> bool:
-    """Whether `owner` was a process on this host that no longer runs. Errs towards "alive":
-    a reused pid only makes us wait for the lease, as for a process on another machine.
-    The owner comes from a table anyone with access can write: on this host, an owner whose
-    pid no process can have (not a number, 0, past PID_MAX) names no live process."""
-    host, _, rest = owner.partition(":")
-    if host != socket.gethostname():
+def proc_stat(pid: int) -> tuple[str, int]:
+    """(state, start time in clock ticks since boot) of process `pid`, from /proc/PID/stat.
+    FileNotFoundError when no such process is visible; OSError when /proc cannot tell."""
+    with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+        text = f.read()
+    # The command name (field 2) is in parentheses and may hold spaces and parentheses.
+    fields = text.rpartition(")")[2].split()
+    try:
+        return fields[0], int(fields[19])  # fields 3 (state) and 22 (starttime)
+    except (IndexError, ValueError) as exc:
+        raise OSError(f"cannot parse /proc/{pid}/stat") from exc
+
+
+def _own_start() -> str:
+    try:
+        return str(proc_stat(os.getpid())[1])
+    except OSError:
+        return "-"  # no /proc (not Linux): liveness falls back to the pid alone
+
+
+def new_owner() -> str:
+    """An owner name that says where a claim comes from: host, pid, the process's start
+    time (so that a later process given the same pid is not taken for it) and a random part."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_own_start()}:{uuid.uuid4().hex[:8]}"
+
+
+def dead_here(
+    owner: str,
+    *,
+    host: str | None = None,
+    stat: Callable[[int], tuple[str, int]] = proc_stat,
+    signal0: Callable[[int, int], None] = os.kill,
+) -> bool:
+    """Whether `owner` was a process on this host that no longer runs: its pid is gone, is a
+    zombie (killed, not yet reaped: `kill(pid, 0)` still succeeds on it), or belongs to a
+    process started at another time than the owner (the pid was reused). Errs towards
+    "alive" when it cannot tell: then the claims wait for their lease, as for a process on
+    another machine. The owner comes from a table anyone with access can write: on this
+    host, an owner whose pid no process can have (not a number, 0, past PID_MAX) names no
+    live process."""
+    owner_host, _, rest = owner.partition(":")
+    if owner_host != (host if host is not None else socket.gethostname()):
         return False
-    pid_text = rest.partition(":")[0]
+    parts = rest.split(":")
+    pid_text = parts[0]
     if not (pid_text.isascii() and pid_text.isdigit()):
         return True
     pid = int(pid_text)
     if not 0 < pid <= PID_MAX:
         return True
+    # host:pid:start:random (start "-" when unknown); host:pid:random before start times.
+    started = parts[1] if len(parts) >= 3 and parts[1].isascii() and parts[1].isdigit() else None
     try:
-        os.kill(pid, 0)
+        signal0(pid, 0)
     except ProcessLookupError:
         return True
     except PermissionError:
-        return False  # it exists, under another user
-    return False
+        pass  # it exists, under another user: /proc may still say more
+    try:
+        state, start = stat(pid)
+    except OSError:  # gone meanwhile, or hidden from us (hidepid): the signal said it exists
+        return False
+    return state in ZOMBIE_STATES or (started is not None and int(started) != start)
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Another process holding live claims on rows this run selected."""
+
+    owner: str
+    rows: int
+    lease_ends: datetime
+    running: bool  # False: a process of this host that died (the next run takes over)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "owner": self.owner,
+            "rows": self.rows,
+            "lease_ends": self.lease_ends.isoformat(),
+            "running": self.running,
+        }
 
 
 @dataclass
@@ -77,8 +135,15 @@ class Claims:
             await self.db.expire(owner)
         return len(dead)
 
-    async def rows(self, *, limit: int | None, page_rows: int) -> AsyncIterator[MediaRow]:
-        """Claim and yield rows in media_id order, at most `limit`."""
+    async def rows(
+        self,
+        *,
+        limit: int | None,
+        page_rows: int,
+        on_page: Callable[[list[MediaRow]], Awaitable[None]] | None = None,
+    ) -> AsyncIterator[MediaRow]:
+        """Claim and yield rows in media_id order, at most `limit`; `on_page` sees each
+        claimed page before its rows are yielded."""
         await self.take_over_the_dead()
         remaining = limit
         after: str | None = None
@@ -93,6 +158,8 @@ class Claims:
                 limit=size,
             )
             page = await self.db.retrying(self.retry, claim)
+            if on_page is not None and page.rows:
+                await on_page(page.rows)
             for row in page.rows:
                 self.held.add(row.media_id)
                 yield row
@@ -120,6 +187,16 @@ class Claims:
                     await self.db.renew(self.owner, sorted(self.held), self.lease_s)
                 except DatabaseError as exc:
                     log.warning("could not renew claims (will try again): %s", exc)
+
+    async def elsewhere(self) -> list[Holder]:
+        """The other processes that still hold rows this run selected, and how many: rows
+        this run could not take. Best effort (an empty list if the database cannot say)."""
+        try:
+            held = await self.db.held_elsewhere(self.row_filter, self.owner)
+        except DatabaseError as exc:
+            log.warning("could not count the rows other processes hold: %s", exc)
+            return []
+        return [Holder(o, n, until, not dead_here(o)) for o, n, until in held]
 
     async def release(self) -> None:
         """Drop every claim of this process (rows that failed become free for others)."""

@@ -227,11 +227,30 @@ def _mib(_ctx: click.Context, _param: click.Parameter, value: float | None) -> i
     metavar="MIB",
     help="Size of each part of a multipart upload, in MiB.",
 )
+@click.option(
+    "--media-id",
+    "media_ids",
+    multiple=True,
+    metavar="ID",
+    help="Only this row (repeatable), tried even when it is a known problem.",
+)
+@click.option(
+    "--retry-problems",
+    is_flag=True,
+    help="Try again the known problems (corrupt or invalid rows unchanged since they failed).",
+)
+@click.option(
+    "--report",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    metavar="FILE",
+    help="Write one JSON line per row handled to FILE, as the run goes.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @click.option("--no-progress", is_flag=True, help="No progress bar or progress lines.")
 @click.option("-v", "--verbose", is_flag=True, help="One line per file.")
 def upload(**params: Any) -> int:
     """Upload every unarchived row's file and record its archive_url."""
+    from archiver.progress import RowLog
     from archiver.upload import run_upload
 
     settings = build_settings(params)
@@ -248,6 +267,8 @@ def upload(**params: Any) -> int:
         multipart_threshold=params["multipart_threshold"],
         part_size=params["part_size"],
         lease_s=params["lease_s"],
+        retry_problems=params["retry_problems"],
+        media_ids=tuple(params["media_ids"]),
     )
     mode = "off" if no_progress else ("bar" if sys.stderr.isatty() else "log")
     reporter = Reporter(
@@ -256,9 +277,17 @@ def upload(**params: Any) -> int:
         dry_run=options.dry_run,
         out=sys.stderr if as_json else sys.stdout,
     )
-    summary = run_async(
-        lambda interrupt: run_upload(settings, options, reporter, interrupt=interrupt)
-    )
+    with contextlib.ExitStack() as stack:
+        on_result = None
+        if params["report"] is not None:
+            report = RowLog(params["report"])
+            stack.callback(report.close)
+            on_result = report.write
+        summary = run_async(
+            lambda interrupt: run_upload(
+                settings, options, reporter, interrupt=interrupt, on_result=on_result
+            )
+        )
     if as_json:
         click.echo(json.dumps(summary.as_json()))
     else:
@@ -333,6 +362,13 @@ def setup_bucket(**params: Any) -> int:
 @config_options
 @click.option("--verify-s3", is_flag=True, help="Check every archived row's object in S3.")
 @click.option("--check-local", is_flag=True, help="List rows whose local file is missing.")
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="With --verify-s3: clear archive_url of rows whose object is missing or not intact, "
+    "so that the next upload sends them again.",
+)
+@click.option("--dry-run", is_flag=True, help="With --repair: list what would be cleared.")
 @click.option("--limit", type=click.IntRange(0), help="Check at most N rows.")
 @click.option(
     "--concurrency",
@@ -352,6 +388,8 @@ def verify(**params: Any) -> int:
         check_local=params["check_local"],
         limit=params["limit"],
         concurrency=params["concurrency"],
+        repair=params["repair"],
+        dry_run=params["dry_run"],
     )
     ran = run_job(lambda interrupt: run_verify(settings, options, interrupt=interrupt))
     return finish(ran, params["as_json"], format_report)
@@ -443,6 +481,26 @@ def restore(**params: Any) -> int:
     progress = _counter("restore", params["no_progress"])
     ran = run_job(lambda interrupt: run_restore(settings, options, progress, interrupt=interrupt))
     return finish(ran, params["as_json"], format_restore)
+
+
+@cli.command()
+@config_options
+@click.option(
+    "--kind",
+    "kinds",
+    type=click.Choice(("corrupt", "invalid", "failed")),
+    multiple=True,
+    help="Only problems of this kind (repeatable).",
+)
+@click.option("--limit", type=click.IntRange(1), help="List at most N problems.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def problems(**params: Any) -> int:
+    """List the rows upload could not archive (corrupt, invalid, failed), oldest id first."""
+    from archiver.problems import format_problems, run_problems
+
+    settings = build_settings(params)
+    ran = run_job(lambda _interrupt: run_problems(settings, params["kinds"], params["limit"]))
+    return finish(ran, params["as_json"], format_problems)
 
 
 @cli.group("db")

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import asyncpg
 
 from archiver.errors import ConfigError, DatabaseError, DatabaseUnavailable
-from archiver.models import MediaRow
+from archiver.models import KnownProblem, MediaRow, ProblemNote
 from archiver.policies import RetryPolicy
 from archiver.settings import redact_dsn, scrub
 
@@ -63,14 +63,16 @@ class RowFilter:
     created_before: datetime | None = None
     media_ids: tuple[str, ...] = ()
 
-    def where(self, first_arg: int) -> tuple[list[str], list[Any]]:
-        """SQL conditions numbered from `$first_arg`, and their arguments."""
+    def where(self, first_arg: int, alias: str = "") -> tuple[list[str], list[Any]]:
+        """SQL conditions numbered from `$first_arg` (on columns of table alias `alias`,
+        e.g. `m`), and their arguments."""
+        a = f"{alias}." if alias else ""
         conditions: list[str] = []
         args: list[Any] = []
         if self.archived is False:
-            conditions.append("archive_url IS NULL")
+            conditions.append(f"{a}archive_url IS NULL")
         elif self.archived is True:
-            conditions.append("archive_url IS NOT NULL")
+            conditions.append(f"{a}archive_url IS NOT NULL")
         for column, value, op in (
             ("media_type", list(self.media_types), "= ANY(${}::text[])"),
             ("created_at", self.created_before, "< ${}"),
@@ -78,7 +80,7 @@ class RowFilter:
         ):
             if value:
                 args.append(value)
-                conditions.append(f"{column} {op.format(first_arg + len(args) - 1)}")
+                conditions.append(f"{a}{column} {op.format(first_arg + len(args) - 1)}")
         return conditions, args
 
 
@@ -126,6 +128,29 @@ CREATE INDEX IF NOT EXISTS idx_post_media_unarchived
     ON post_media (media_id) WHERE archive_url IS NULL
 """
 
+# -- problems: rows that could not be archived, so that re-runs do not fail on them forever --
+# file_size / file_mtime describe the file the row resolved to when it failed (NULL: none),
+# row_fingerprint the row's columns then (`problems.row_fingerprint`): a corrupt or invalid
+# row is tried again only when one of them changed.
+PROBLEMS_DDL = """
+CREATE TABLE IF NOT EXISTS archiver_problems (
+    media_id        TEXT PRIMARY KEY,
+    kind            TEXT NOT NULL,
+    detail          TEXT NOT NULL,
+    first_seen      TIMESTAMPTZ NOT NULL DEFAULT now(),
+    last_seen       TIMESTAMPTZ NOT NULL DEFAULT now(),
+    attempts        INTEGER NOT NULL DEFAULT 1,
+    file_size       BIGINT,
+    file_mtime      DOUBLE PRECISION,
+    row_fingerprint TEXT NOT NULL
+)
+"""
+ARCHIVER_TABLES = (("archiver_claims", CLAIMS_DDL), ("archiver_problems", PROBLEMS_DDL))
+PROBLEM_COLUMNS = (
+    "p.media_id, p.kind, p.detail, p.first_seen, p.last_seen, p.attempts, p.file_size, "
+    "p.file_mtime, p.row_fingerprint"
+)
+
 
 def claim_query(row_filter: RowFilter, *, after: bool) -> str:
     """Claim up to $1 rows for owner $2 for $3 seconds, after media_id $4 (when `after`).
@@ -136,10 +161,9 @@ def claim_query(row_filter: RowFilter, *, after: bool) -> str:
     every row (and on a lone row of NULLs when nothing was claimed) the last candidate id
     and the candidate count, so that paging goes on past rows lost to other processes."""
     first = 5 if after else 4
-    conditions, _ = row_filter.where(first)
+    conditions, _ = row_filter.where(first, "m")
     if after:
         conditions.insert(0, "m.media_id > $4")
-    conditions = [c if c.startswith("m.") else f"m.{c}" for c in conditions]
     where = " AND ".join(conditions) if conditions else "TRUE"
     columns = row_columns("p")
     return f"""
@@ -167,11 +191,24 @@ SELECT {columns}, seen.last_seen, seen.candidates
 """
 
 
+# With claims: record, release the recorded rows' claims, forget their problems and note
+# the new problems ($4..$9), all in one statement (one round trip per batch).
 RECORD_AND_RELEASE_SQL = """
 WITH updated AS (
     {update} RETURNING m.media_id
 ), released AS (
     DELETE FROM archiver_claims c WHERE c.media_id = ANY($1::text[]) AND c.owner = $3
+), solved AS (
+    DELETE FROM archiver_problems p WHERE p.media_id IN (SELECT media_id FROM updated)
+), noted AS (
+    INSERT INTO archiver_problems AS p
+           (media_id, kind, detail, file_size, file_mtime, row_fingerprint)
+    SELECT * FROM unnest($4::text[], $5::text[], $6::text[], $7::bigint[], $8::float8[],
+                         $9::text[])
+    ON CONFLICT (media_id) DO UPDATE
+       SET kind = EXCLUDED.kind, detail = EXCLUDED.detail, last_seen = now(),
+           attempts = p.attempts + 1, file_size = EXCLUDED.file_size,
+           file_mtime = EXCLUDED.file_mtime, row_fingerprint = EXCLUDED.row_fingerprint
 )
 SELECT count(*) FROM updated
 """
@@ -179,9 +216,50 @@ RENEW_SQL = """
 UPDATE archiver_claims SET expires_at = now() + make_interval(secs => $3)
  WHERE owner = $1 AND media_id = ANY($2::text[])
 """
-# At the end of a run: this process's claims, and long-expired ones of processes that died.
+# At the end of a run: this process's claims, long-expired ones of processes that died, and
+# the problems of rows archived by other means (or deleted) since.
 RELEASE_SQL = """
-DELETE FROM archiver_claims WHERE owner = $1 OR expires_at < now() - interval '1 hour'
+WITH released AS (
+    DELETE FROM archiver_claims WHERE owner = $1 OR expires_at < now() - interval '1 hour'
+)
+DELETE FROM archiver_problems p
+ WHERE NOT EXISTS (SELECT 1 FROM post_media m
+                    WHERE m.media_id = p.media_id AND m.archive_url IS NULL)
+"""
+
+
+def held_elsewhere_query(row_filter: RowFilter) -> str:
+    """Owners other than $1 with live claims on rows `row_filter` selects (arguments from
+    $2): each owner, its row count and when its last lease ends."""
+    conditions, _ = row_filter.where(2, "m")
+    where = "".join(f" AND {c}" for c in conditions)
+    return f"""
+SELECT c.owner, count(*) AS rows, max(c.expires_at) AS lease_ends
+  FROM archiver_claims c JOIN post_media m ON m.media_id = c.media_id
+ WHERE c.expires_at > now() AND c.owner <> $1{where}
+ GROUP BY c.owner
+ ORDER BY c.owner
+"""
+
+
+# Problems of rows still waiting to be archived (a record of an archived row is stale).
+LIST_PROBLEMS_SQL = f"""
+SELECT {PROBLEM_COLUMNS} FROM archiver_problems p
+  JOIN post_media m ON m.media_id = p.media_id AND m.archive_url IS NULL
+ WHERE cardinality($1::text[]) = 0 OR p.kind = ANY($1::text[])
+ ORDER BY p.media_id
+ LIMIT $2
+"""
+KNOWN_PROBLEMS_SQL = f"""
+SELECT {PROBLEM_COLUMNS} FROM archiver_problems p WHERE p.media_id = ANY($1::text[])
+"""
+# verify --repair: forget the URL of rows whose object is gone or damaged, unless the row
+# changed meanwhile.
+CLEAR_URLS_SQL = """
+UPDATE post_media AS m
+   SET archive_url = NULL, updated_at = now()
+  FROM unnest($1::text[], $2::text[]) AS v(id, url)
+ WHERE m.media_id = v.id AND m.archive_url = v.url
 """
 
 
@@ -229,6 +307,20 @@ def _row(record: asyncpg.Record) -> MediaRow:
     )
 
 
+def _problem(record: asyncpg.Record) -> KnownProblem:
+    return KnownProblem(
+        media_id=record["media_id"],
+        kind=record["kind"],
+        detail=record["detail"],
+        file_size=record["file_size"],
+        file_mtime=record["file_mtime"],
+        fingerprint=record["row_fingerprint"],
+        first_seen=record["first_seen"],
+        last_seen=record["last_seen"],
+        attempts=int(record["attempts"]),
+    )
+
+
 def _translate(exc: BaseException, doing: str) -> Exception:
     if isinstance(exc, asyncpg.UndefinedTableError):
         return ConfigError("table post_media not found: is DATABASE_URL the right database?")
@@ -253,6 +345,12 @@ async def _keep_session(_connection: asyncpg.Connection) -> None:
     back to the pool: a second round trip per statement. archiver keeps no session state
     (the design that makes it work through transaction-mode poolers), so there is nothing
     to reset; an open transaction would still be rolled back by asyncpg itself."""
+
+
+@dataclass(frozen=True)
+class RowState:
+    archived: bool
+    held: bool  # by another process's live claim
 
 
 @dataclass(frozen=True)
@@ -344,9 +442,11 @@ class Database:
         limit: int | None = None,
         page_rows: int = 500,
         retry: RetryPolicy | None = None,
+        on_page: Callable[[list[MediaRow]], Awaitable[None]] | None = None,
     ) -> AsyncIterator[MediaRow]:
         """Every matching row in media_id order, at most `limit`, a page at a time; a page
-        that fails for a transient reason is asked for again under `retry`."""
+        that fails for a transient reason is asked for again under `retry`. `on_page` sees
+        each page before its rows are yielded."""
         retry = retry or RetryPolicy()
         remaining = limit
         after: str | None = None
@@ -355,6 +455,8 @@ class Database:
             page = await self.retrying(
                 retry, functools.partial(self.fetch_page, row_filter, after=after, limit=size)
             )
+            if on_page is not None and page:
+                await on_page(page)
             for row in page:
                 yield row
             if remaining is not None:
@@ -364,18 +466,38 @@ class Database:
             after = page[-1].media_id
 
     async def record(
-        self, pairs: Sequence[tuple[str, str]], *, force: bool, owner: str | None = None
+        self,
+        pairs: Sequence[tuple[str, str]],
+        *,
+        force: bool,
+        owner: str | None = None,
+        problems: Sequence[ProblemNote] = (),
     ) -> int:
-        """Write `archive_url` for (media_id, url) pairs in one statement, releasing
-        `owner`'s claims on them in the same one; the number of rows updated."""
+        """Write `archive_url` for (media_id, url) pairs in one statement; with `owner`
+        (claims in use), in the same statement release its claims on them, forget their
+        recorded problems and note `problems`. The number of rows updated."""
         update = RECORD_SQL if force else RECORD_SQL + RECORD_GUARD
         ids = [p[0] for p in pairs]
         urls = [p[1] for p in pairs]
         try:
             if owner is None:
                 return _updated_count(await self._pool.execute(update, ids, urls))
+            notes = list({n.media_id: n for n in problems}.values())  # one per row
             sql = RECORD_AND_RELEASE_SQL.format(update=update.strip())
-            return int(await self._pool.fetchval(sql, ids, urls, owner))
+            return int(
+                await self._pool.fetchval(
+                    sql,
+                    ids,
+                    urls,
+                    owner,
+                    [n.media_id for n in notes],
+                    [n.kind for n in notes],
+                    [n.detail for n in notes],
+                    [n.file_size for n in notes],
+                    [n.file_mtime for n in notes],
+                    [n.fingerprint for n in notes],
+                )
+            )
         except _DB_ERRORS as exc:
             raise _translate(exc, "recording archive URLs") from exc
 
@@ -385,26 +507,34 @@ class Database:
         except _DB_ERRORS as exc:
             raise _translate(exc, doing) from exc
 
-    async def ensure_claims(self) -> bool:
-        """Create the claims table when absent; False when we may not (then run unclaimed)."""
-        try:
-            await self._pool.execute(CLAIMS_DDL)
-        except asyncpg.InsufficientPrivilegeError:
-            return False
-        except (
-            asyncpg.DuplicateObjectError,
-            asyncpg.DuplicateTableError,
-            asyncpg.UniqueViolationError,
-        ):
-            # Processes starting together race in CREATE TABLE IF NOT EXISTS (the loser
-            # can fail on the table's row type): the table exists, which is what we want.
-            return True
-        except _DB_ERRORS as exc:
-            raise _translate(exc, "creating archiver_claims") from exc
+    async def _exists(self, relation: str) -> bool:
+        rows = await self._fetch("checking", "SELECT to_regclass($1)", relation)
+        return rows[0][0] is not None
+
+    async def ensure_tables(self) -> bool:
+        """Create archiver_claims and archiver_problems when absent; False when one is
+        missing and we may not create it (then upload runs unclaimed and unrecorded)."""
+        for name, ddl in ARCHIVER_TABLES:
+            if await self._exists(name):
+                continue
+            try:
+                await self._pool.execute(ddl)
+            except asyncpg.InsufficientPrivilegeError:
+                return False
+            except (
+                asyncpg.DuplicateObjectError,
+                asyncpg.DuplicateTableError,
+                asyncpg.UniqueViolationError,
+            ):
+                # Processes starting together race in CREATE TABLE IF NOT EXISTS (the loser
+                # can fail on the table's row type): the table exists, which is what we want.
+                pass
+            except _DB_ERRORS as exc:
+                raise _translate(exc, f"creating {name}") from exc
         return True
 
     async def init(self) -> list[tuple[str, bool]]:
-        """`archiver db init`: (what, created?) for the paging index and the claims table."""
+        """`archiver db init`: (what, created?) for the paging index and the tables."""
         made = []
         for name, ddl in (
             (
@@ -412,11 +542,12 @@ class Database:
                 PAGING_INDEX_DDL,
             ),
             ("table archiver_claims (leases of processes running at once)", CLAIMS_DDL),
+            ("table archiver_problems (rows that could not be archived)", PROBLEMS_DDL),
         ):
             relation = name.split()[1]
-            existed = await self._fetch("checking", "SELECT to_regclass($1)", relation)
+            existed = await self._exists(relation)
             await self._execute(f"creating {relation}", ddl)
-            made.append((name, existed[0][0] is None))
+            made.append((name, not existed))
         return made
 
     async def claim_page(
@@ -467,6 +598,67 @@ class Database:
     async def release(self, owner: str) -> None:
         """Drop `owner`'s claims (and claims that expired long ago)."""
         await self._execute("releasing claims", RELEASE_SQL, owner)
+
+    async def held_elsewhere(
+        self, row_filter: RowFilter, owner: str
+    ) -> list[tuple[str, int, datetime]]:
+        """(owner, rows, last lease end) of every other owner with live claims on rows
+        `row_filter` selects."""
+        _, args = row_filter.where(2)
+        rows = await self._fetch("reading claims", held_elsewhere_query(row_filter), owner, *args)
+        return [(r["owner"], int(r["rows"]), r["lease_ends"]) for r in rows]
+
+    async def known_problems(self, media_ids: Sequence[str]) -> list[KnownProblem]:
+        """The recorded problems of these rows."""
+        rows = await self._fetch("reading problems", KNOWN_PROBLEMS_SQL, list(media_ids))
+        return [_problem(r) for r in rows]
+
+    async def has_problems(self) -> bool:
+        """Whether any problem is recorded (False when the table does not exist)."""
+        if not await self._exists("archiver_problems"):
+            return False
+        sql = "SELECT EXISTS (SELECT FROM archiver_problems)"
+        return bool((await self._fetch("reading problems", sql))[0][0])
+
+    async def problems(
+        self, kinds: Sequence[str] = (), limit: int | None = None
+    ) -> list[KnownProblem]:
+        """Recorded problems of rows not yet archived, in media_id order (of `kinds` when
+        given, at most `limit`); none when the table does not exist."""
+        if not await self._exists("archiver_problems"):
+            return []
+        rows = await self._fetch("reading problems", LIST_PROBLEMS_SQL, list(kinds), limit)
+        return [_problem(r) for r in rows]
+
+    async def clear_urls(self, pairs: Sequence[tuple[str, str]]) -> int:
+        """Set archive_url to NULL for (media_id, url) pairs whose archive_url is still
+        that url; how many rows changed."""
+        status = await self._execute(
+            "clearing archive URLs",
+            CLEAR_URLS_SQL,
+            [p[0] for p in pairs],
+            [p[1] for p in pairs],
+        )
+        return _updated_count(status)
+
+    async def row_states(self, media_ids: Sequence[str], owner: str | None) -> dict[str, RowState]:
+        """What each existing row of `media_ids` is: archived, and (with `owner`, claims in
+        use) held by another owner's live claim."""
+        held = "false"
+        args: list[Any] = [list(media_ids)]
+        if owner is not None:
+            held = (
+                "EXISTS (SELECT 1 FROM archiver_claims c WHERE c.media_id = m.media_id "
+                "AND c.expires_at > now() AND c.owner <> $2)"
+            )
+            args.append(owner)
+        rows = await self._fetch(
+            "reading rows",
+            f"SELECT m.media_id, m.archive_url IS NOT NULL AS archived, {held} AS held "
+            "FROM post_media m WHERE m.media_id = ANY($1::text[])",
+            *args,
+        )
+        return {r["media_id"]: RowState(bool(r["archived"]), bool(r["held"])) for r in rows}
 
     async def unarchived_md5s(self) -> set[bytes]:
         """The MD5s (16-byte digests) of every row not yet archived: their files are still

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 
@@ -36,6 +36,9 @@ class Outcome(enum.StrEnum):
     CORRUPT = "corrupt"
     FAILED = "failed"
     WOULD_UPLOAD = "would_upload"  # dry run only
+    # corrupt or invalid in an earlier run, and neither its row nor its file changed since:
+    # not tried again (archiver_problems, `archiver problems`)
+    KNOWN_PROBLEM = "known_problem"
 
     @property
     def recordable(self) -> bool:
@@ -46,6 +49,44 @@ class Outcome(enum.StrEnum):
     def is_problem(self) -> bool:
         """Whether this outcome makes the run exit 1."""
         return self in (Outcome.INVALID, Outcome.CORRUPT, Outcome.FAILED)
+
+
+@dataclass(frozen=True, slots=True)
+class ProblemNote:
+    """What `archiver_problems` records of a row that ended corrupt, invalid or failed: the
+    file it resolved to then (size and mtime; None when none) and the row's fingerprint."""
+
+    media_id: str
+    kind: str
+    detail: str
+    file_size: int | None
+    file_mtime: float | None
+    fingerprint: str
+
+
+@dataclass(frozen=True, slots=True)
+class KnownProblem(ProblemNote):
+    """A recorded problem, with its history."""
+
+    first_seen: datetime | None = None
+    last_seen: datetime | None = None
+    attempts: int = 1
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "media_id": self.media_id,
+            "kind": self.kind,
+            "detail": self.detail,
+            "attempts": self.attempts,
+            "first_seen": self.first_seen.isoformat() if self.first_seen else None,
+            "last_seen": self.last_seen.isoformat() if self.last_seen else None,
+            "file_size": self.file_size,
+            "file_mtime": (
+                datetime.fromtimestamp(self.file_mtime, UTC).isoformat()
+                if self.file_mtime is not None
+                else None
+            ),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +101,8 @@ class RowResult:
     bytes_sent: int = 0  # object bytes this run sent to S3 for this row
     size: int = 0  # size of the local file, when found
     path: str | None = None
+    file_state: tuple[int, float] | None = None  # (size, mtime) of the file it resolved to
+    note: ProblemNote | None = None  # for archiver_problems, when the outcome is a problem
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +148,9 @@ class Summary:
     interrupted: bool = False
     error: str | None = None  # what stopped the run early (database gone, bucket gone)
     error_exit_code: int = 0
+    claimed_elsewhere: int = 0  # selected rows other processes still held at the end
+    holders: list[Any] = field(default_factory=list)  # claims.Holder of those rows
+    not_selected: list[Problem] = field(default_factory=list)  # --media-id rows not handled
 
     def add(self, result: RowResult) -> None:
         """Count one row's outcome."""
@@ -113,8 +159,9 @@ class Summary:
 
     @property
     def selected(self) -> int:
-        """Rows this run looked at (every outcome, `would_upload` included)."""
-        return sum(self.counts.values())
+        """Rows this run tried (every outcome, `would_upload` included, but the known
+        problems it set aside untried)."""
+        return sum(self.counts.values()) - self.counts[Outcome.KNOWN_PROBLEM]
 
     @property
     def files_per_s(self) -> float:
@@ -125,13 +172,16 @@ class Summary:
 
     @property
     def exit_code(self) -> int:
-        """0, 1 when a row failed, was corrupt or invalid or went unrecorded, 130 if interrupted."""
+        """0; 1 when this run met a problem (a row failed, was corrupt or invalid, went
+        unrecorded, or a --media-id names no row); 130 if interrupted. Known problems, set
+        aside untried, do not fail a run."""
         if self.interrupted:
             return 130
         if self.error:
             return self.error_exit_code or 1
         problems = sum(self.counts[o] for o in Outcome if o.is_problem)
-        return 1 if problems or self.unrecorded else 0
+        no_row = any(p.kind == "no_such_row" for p in self.not_selected)
+        return 1 if problems or self.unrecorded or no_row else 0
 
     def as_json(self) -> dict[str, Any]:
         """The contract's JSON object."""
@@ -145,7 +195,13 @@ class Summary:
             elapsed_s=round(self.elapsed_s, 3),
             files_per_s=round(self.files_per_s, 2),
             dry_run=self.dry_run,
+            known_problem=self.counts[Outcome.KNOWN_PROBLEM],
+            claimed_elsewhere=self.claimed_elsewhere,
         )
+        if self.holders:
+            data["claimed_by"] = [h.as_json() for h in self.holders]
+        if self.not_selected:
+            data["not_selected"] = [p.as_json() for p in self.not_selected]
         if self.dry_run:
             data["would_upload"] = self.counts[Outcome.WOULD_UPLOAD]
         if self.unrecorded:

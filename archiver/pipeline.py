@@ -26,7 +26,8 @@ from archiver.policies import BatchPolicy, RetryPolicy
 log = logging.getLogger(__name__)
 
 Handler = Callable[[MediaRow], Awaitable[RowResult]]
-Recorder = Callable[[Sequence[tuple[str, str]]], Awaitable[int]]
+# Writes a batch of results (rows to record, problems to note); how many rows it recorded.
+Recorder = Callable[[Sequence[RowResult]], Awaitable[int]]
 Clock = Callable[[], float]
 
 QUEUE_ROWS_PER_WORKER = 2  # the row queue holds about 2 x concurrency rows
@@ -171,8 +172,8 @@ class Pipeline:
             except Exception as exc:  # anything else is this row's failure: the run goes on
                 result = RowResult(row.media_id, Outcome.FAILED, reason=unexpected(exc))
             self.on_result(result)
-            if result.outcome.recordable and result.url is not None:
-                results.put_nowait((result.media_id, result.url))
+            if (result.outcome.recordable and result.url is not None) or result.note:
+                results.put_nowait(result)
 
     async def _tick(self, results: asyncio.Queue[object], done: asyncio.Event) -> None:
         # Wakes the writer so that a batch older than max_age_s is flushed even when no
@@ -182,12 +183,12 @@ class Pipeline:
             results.put_nowait(_TICK)
 
     async def _write(self, results: asyncio.Queue[object]) -> None:
-        pending: list[tuple[str, str]] = []
+        pending: list[RowResult] = []
         oldest_at: float | None = None
         try:
             while (item := await results.get()) is not _STOP:
                 if item is not _TICK:
-                    assert isinstance(item, tuple)
+                    assert isinstance(item, RowResult)
                     pending.append(item)
                     oldest_at = oldest_at if oldest_at is not None else self.clock()
                 if self.batch.due(len(pending), oldest_at, self.clock()):
@@ -197,9 +198,9 @@ class Pipeline:
             if pending:
                 await asyncio.shield(self._flush(pending))
 
-    async def _flush(self, batch: list[tuple[str, str]]) -> None:
+    async def _flush(self, batch: list[RowResult]) -> None:
         if self._db_dead:
-            self.stats.unrecorded += len(batch)  # the database is gone: count, don't wait
+            self.stats.unrecorded += _recordable(batch)  # the database is gone: count, don't wait
             return
         for start in range(0, len(batch), self.batch.max_rows):
             chunk = batch[start : start + self.batch.max_rows]
@@ -207,11 +208,11 @@ class Pipeline:
                 self.stats.db_updated += await self._record_with_retry(chunk)
                 self.stats.statements += 1
             except DatabaseError as exc:
-                self.stats.unrecorded += len(chunk)
+                self.stats.unrecorded += _recordable(chunk)
                 self._db_dead = True
                 self._fail(exc)
 
-    async def _record_with_retry(self, chunk: list[tuple[str, str]]) -> int:
+    async def _record_with_retry(self, chunk: list[RowResult]) -> int:
         started = self.clock()
         attempt = 0
         while True:
@@ -226,6 +227,10 @@ class Pipeline:
 
 
 T = TypeVar("T")
+
+
+def _recordable(results: Sequence[RowResult]) -> int:
+    return sum(1 for r in results if r.outcome.recordable)
 
 
 def unexpected(exc: BaseException) -> str:

@@ -3,14 +3,22 @@ per-file lines with -v; warnings for rows that need a look; the end-of-run summa
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import TextIO
+from datetime import UTC
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
 
 from tqdm import tqdm
 
+from archiver.errors import ConfigError
+from archiver.localfs import why
 from archiver.models import Outcome, Problem, RowResult, Summary
+
+if TYPE_CHECKING:
+    from archiver.claims import Holder
 
 LOG_INTERVAL_S = 10.0  # periodic progress line when stderr is not a terminal
 POSTFIX_INTERVAL_S = 0.25  # how often the bar's byte counter is refreshed
@@ -26,6 +34,7 @@ _MARKS = {
     Outcome.CORRUPT: "✗",
     Outcome.FAILED: "✗",
     Outcome.WOULD_UPLOAD: "→",
+    Outcome.KNOWN_PROBLEM: "·",
 }
 
 
@@ -197,11 +206,15 @@ def format_summary(summary: Summary, *, bucket: str) -> str:
     ]
     if summary.unrecorded:
         rows.append(("Not recorded", summary.unrecorded))
+    if c[Outcome.KNOWN_PROBLEM]:
+        rows.append(("Known problems", c[Outcome.KNOWN_PROBLEM]))
+    if summary.claimed_elsewhere:
+        rows.append(("Claimed elsewhere", summary.claimed_elsewhere))
     title = "Upload Summary (dry run: nothing was written)" if summary.dry_run else "Upload Summary"
     lines = [RULE, title, RULE, f"Bucket:  s3://{bucket}"]
-    lines += [f"  {label + ':':<17}{value:>10,}" for label, value in rows]
+    lines += [f"  {label + ':':<19}{value:>8,}" for label, value in rows]
     lines.append(
-        f"  {'Data:':<17}{summary.bytes_uploaded / 1e6:>10,.1f} MB in {summary.elapsed_s:,.1f} s "
+        f"  {'Data:':<19}{summary.bytes_uploaded / 1e6:>8,.1f} MB in {summary.elapsed_s:,.1f} s "
         f"({summary.files_per_s:,.1f} files/s)"
     )
     if summary.interrupted:
@@ -213,8 +226,29 @@ def format_summary(summary: Summary, *, bucket: str) -> str:
             f"  {summary.unrecorded:,} uploads were not recorded: the next run records them "
             "without uploading them again."
         )
+    if c[Outcome.KNOWN_PROBLEM]:
+        lines.append(
+            f"  {c[Outcome.KNOWN_PROBLEM]:,} known problems were set aside, unchanged since they "
+            "failed: `archiver problems` lists them, `--retry-problems` tries them again."
+        )
+    lines += holder_lines(summary.holders)
+    if summary.not_selected:
+        lines.append("  Not handled (--media-id):")
+        lines += problem_lines(summary.not_selected, MAX_WARNINGS)
     lines.append(RULE)
     return "\n".join(lines)
+
+
+def holder_lines(holders: Sequence[Holder]) -> list[str]:
+    """Who holds the rows this run could not take, and until when."""
+    lines = []
+    for h in holders:
+        until = h.lease_ends.astimezone(UTC).strftime("%H:%M:%S UTC")
+        state = "running" if h.running else "no longer running: the next run takes them over"
+        owner = printable(h.owner)
+        rows = f"{h.rows:,} row{'' if h.rows == 1 else 's'}"
+        lines.append(f"  {rows} held by {owner} ({state}; lease ends {until})")
+    return listed(lines, MAX_WARNINGS)
 
 
 class Counter:
@@ -263,3 +297,28 @@ class Counter:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+class RowLog:
+    """`upload --report FILE`: one JSON line per row handled, written as it goes (line
+    buffered, so a crash loses no line of a row already handled)."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            self._file: TextIO = open(path, "w", encoding="utf-8", buffering=1)  # noqa: SIM115
+        except OSError as exc:
+            raise ConfigError(f"cannot write the report {path}: {why(exc)}") from exc
+
+    def write(self, result: RowResult) -> None:
+        line = {
+            "media_id": result.media_id,
+            "outcome": result.outcome.value,
+            "key": result.key,
+            "bytes": result.bytes_sent,
+            "size": result.size if result.path is not None else None,
+            "detail": result.reason or None,
+        }
+        self._file.write(json.dumps(line) + "\n")
+
+    def close(self) -> None:
+        self._file.close()

@@ -11,13 +11,22 @@ from archiver.storage import Storage
 
 
 @asynccontextmanager
+async def database(settings: Settings, *, max_size: int = 3) -> AsyncIterator[Database]:
+    """The database, closed at the end."""
+    db = await Database.connect(settings.require_database(), max_size=max_size)
+    try:
+        yield db
+    finally:
+        await db.close()
+
+
+@asynccontextmanager
 async def connected(
     settings: Settings, *, concurrency: int, storage: bool = True
 ) -> AsyncIterator[tuple[Database, Storage | None]]:
     """The database, and (when `storage`) an S3 client whose bucket was checked usable."""
     async with AsyncExitStack() as stack:
-        db = await Database.connect(settings.require_database())
-        stack.push_async_callback(db.close)
+        db = await stack.enter_async_context(database(settings))
         store: Storage | None = None
         if storage:
             store = await stack.enter_async_context(

@@ -257,6 +257,8 @@ class UploadOptions:
     memory_budget: int = DEFAULT_MEMORY_BUDGET_BYTES
     flush_interval_s: float = 1.0
     lease_s: float = 300.0  # how long a claim on a row lasts unless renewed
+    retry_problems: bool = False  # try known problems again (they are set aside otherwise)
+    media_ids: tuple[str, ...] = ()  # only these rows (their known problems tried again)
 
     def __post_init__(self) -> None:
         if not 1 <= self.concurrency <= MAX_CONCURRENCY:

@@ -15,23 +15,24 @@ import hashlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
 from archiver.budget import ByteBudget
 from archiver.claims import Claims
 from archiver.content_types import SNIFF_BYTES, choose_ext, content_type_for, needs_sniffing
-from archiver.db import RowFilter
+from archiver.db import Database, RowFilter
 from archiver.errors import AccessDenied, ArchiverError, StorageError, StorageUnavailable
 from archiver.integrity import METADATA_MD5, mismatch, object_intact
 from archiver.keys import archive_url, as_utc, normalize_md5, object_key
 from archiver.localfs import READ_CHUNK_BYTES, CacheRoot, LocalFile, NotARegularFile, why
-from archiver.models import MediaRow, Outcome, RowResult, Summary
+from archiver.models import MediaRow, Outcome, Problem, RowResult, Summary
 from archiver.pipeline import Interrupt, Pipeline
 from archiver.policies import BatchPolicy, ExistencePolicy, RetryPolicy
+from archiver.problems import Ledger, note_for, set_aside
 from archiver.resolve import Found, NotFound, Resolver, open_cache_root
 from archiver.services import connected
 from archiver.settings import MAX_PARTS, MIB, Settings, UploadOptions
@@ -86,6 +87,7 @@ class Prepared:
     key: str
     url: str
     content_type: str
+    file_state: tuple[int, float]  # (size, mtime) when it was found, before any read
     body: bytes | None = None  # read with the lookup when small
     body_md5: str | None = None
 
@@ -148,8 +150,10 @@ class Uploader:
         *,
         cache: CacheRoot,
         cwd: Path,
+        ledger: Ledger | None = None,
     ) -> None:
         self.settings = settings
+        self.ledger = ledger
         self.options = options
         self.store = store
         self.cache = cache
@@ -162,15 +166,23 @@ class Uploader:
 
     # -- the lookup, in a worker thread ------------------------------------------------
 
+    def file_state(self, row: MediaRow) -> tuple[int, float] | None:
+        """(size, mtime) of the file the row resolves to, None when none (blocking)."""
+        md5 = normalize_md5(row.md5_sum)
+        found = self.resolver.resolve(row, md5) if md5 is not None else None
+        return (found.size, found.mtime) if isinstance(found, Found) else None
+
     def prepare(self, row: MediaRow, md5: str) -> Prepared | RowResult:
         """Find, stat, maybe read the row's file and derive its key (blocking I/O)."""
+        found = self.resolver.resolve(row, md5)
+        state = (found.size, found.mtime) if isinstance(found, Found) else None
         if row.created_at_bad is not None:
             return RowResult(
                 row.media_id,
                 Outcome.INVALID,
                 reason=f"created_at {row.created_at_bad!r} is outside the years 1-9999",
+                file_state=state,
             )
-        found = self.resolver.resolve(row, md5)
         if isinstance(found, NotFound):
             return RowResult(row.media_id, Outcome.MISSING_LOCAL, reason=found.reason)
         if not isinstance(found, Found):
@@ -188,9 +200,10 @@ class Uploader:
                 with self.cache.open_file(path) as f:
                     head = f.pread(0, SNIFF_BYTES)
         except NotARegularFile as exc:
-            return RowResult(row.media_id, Outcome.INVALID, reason=str(exc))
+            return RowResult(row.media_id, Outcome.INVALID, reason=str(exc), file_state=state)
         except OSError as exc:
-            return RowResult(row.media_id, Outcome.FAILED, reason=f"cannot read {path}: {why(exc)}")
+            reason = f"cannot read {path}: {why(exc)}"
+            return RowResult(row.media_id, Outcome.FAILED, reason=reason, file_state=state)
         ext = choose_ext(path.suffix, row.mime_type, head)
         key = object_key(self.settings.key_prefix, as_utc(row.created_at, found.mtime), md5, ext)
         return Prepared(
@@ -201,6 +214,7 @@ class Uploader:
             key=key,
             url=archive_url(self.settings.bucket, key),
             content_type=content_type_for(row.mime_type, ext),
+            file_state=(found.size, found.mtime),
             body=body,
             body_md5=body_md5,
         )
@@ -208,7 +222,20 @@ class Uploader:
     # -- one row ------------------------------------------------------------------------
 
     async def handle(self, row: MediaRow) -> RowResult:
-        """The outcome of archiving one row (never raises for a per-row problem)."""
+        """The outcome of archiving one row (never raises for a per-row problem); a
+        problem outcome carries the note `archiver_problems` keeps of it."""
+        known = self.ledger.take(row.media_id) if self.ledger is not None else None
+        if known is not None:
+            # Set aside when neither the row nor its file changed: only a lookup, no read.
+            state = await asyncio.to_thread(self.file_state, row)
+            if set_aside(known, row, state):
+                return RowResult(row.media_id, Outcome.KNOWN_PROBLEM, reason=known.detail)
+        result = await self._handle(row)
+        if result.outcome.is_problem:
+            result = replace(result, note=note_for(row, result))
+        return result
+
+    async def _handle(self, row: MediaRow) -> RowResult:
         md5 = normalize_md5(row.md5_sum)
         if md5 is None:
             return RowResult(
@@ -487,6 +514,7 @@ class Uploader:
             bytes_sent=sent.bytes if sent is not None else 0,
             size=prep.size,
             path=str(prep.path),
+            file_state=prep.file_state,
         )
 
     def _corrupt(self, prep: Prepared, actual: str) -> RowResult:
@@ -530,35 +558,36 @@ async def run_upload(
         if store is not None and not options.force:
             await store.learn_versioning()
         row_filter = RowFilter(
-            archived=None if options.force else False, media_types=options.media_types
+            archived=None if options.force else False,
+            media_types=options.media_types,
+            media_ids=options.media_ids,
         )
-        # The total only feeds a progress display: no display, no count(*) round trip.
-        total = await db.count_rows(row_filter) if reporter.wants_total else 0
-        if options.limit is not None:
-            total = min(total, options.limit)
-        uploader = Uploader(settings, options, store, cache=cache, cwd=cwd or Path.cwd())
-        # Claims run only a little ahead of the work, so that processes share the backlog.
-        claim_rows = min(PAGE_ROWS, max(CLAIM_ROWS_MIN, 4 * options.concurrency))
-        claims: Claims | None = None
-        if not options.dry_run and await db.ensure_claims():
-            claims = Claims(
-                db, row_filter, lease_s=options.lease_s, retry=db_retry or RetryPolicy()
-            )
-            rows = claims.rows(limit=options.limit, page_rows=claim_rows)
-        else:  # a dry run, or no right to create the claims table: page without claiming
-            rows = db.rows(row_filter, limit=options.limit, page_rows=PAGE_ROWS)
+        total = await _total(db, row_filter, reporter, options.limit)
+        retry = db_retry or RetryPolicy()
+        ledger: Ledger | None = None
+        if not (options.retry_problems or options.media_ids):  # named rows are always tried
+            ledger = await Ledger.open(db, retry)
+        uploader = Uploader(
+            settings, options, store, cache=cache, cwd=cwd or Path.cwd(), ledger=ledger
+        )
+        rows, claims = await _row_source(db, options, row_filter, ledger, retry)
         owner = claims.owner if claims else None
+        handled: set[str] = set()
 
         def collect(result: RowResult) -> None:
             summary.add(result)
             reporter.result(result)
             if claims is not None:
                 claims.finished(result.media_id)
+            if options.media_ids:
+                handled.add(result.media_id)
             if on_result is not None:
                 on_result(result)
 
-        async def record(pairs: Sequence[tuple[str, str]]) -> int:
-            return await db.record(pairs, force=options.force, owner=owner)
+        async def record(results: Sequence[RowResult]) -> int:
+            pairs = [(r.media_id, r.url) for r in results if r.outcome.recordable and r.url]
+            notes = [r.note for r in results if r.note is not None]
+            return await db.record(pairs, force=options.force, owner=owner, problems=notes)
 
         pipeline = Pipeline(
             handle=uploader.handle,
@@ -568,7 +597,7 @@ async def run_upload(
             on_result=collect,
             stop=interrupt.stop,
             background=[claims.keep] if claims else [],
-            db_retry=db_retry or RetryPolicy(),
+            db_retry=retry,
         )
         interrupt.on_abandon(pipeline.abandon)
         reporter.start(total)
@@ -588,4 +617,54 @@ async def run_upload(
             summary.unrecorded = pipeline.stats.unrecorded
             summary.interrupted = interrupt.triggered
             summary.elapsed_s = time.monotonic() - started
+        if claims is not None and not summary.error:
+            summary.holders = await claims.elsewhere()
+            summary.claimed_elsewhere = sum(h.rows for h in summary.holders)
+        unhandled = sorted(set(options.media_ids) - handled)
+        if unhandled and not (summary.error or interrupt.triggered):
+            summary.not_selected = await _not_selected(db, unhandled, owner)
     return summary
+
+
+async def _total(db: Database, row_filter: RowFilter, reporter: Reporter, limit: int | None) -> int:
+    """The rows a progress display counts towards; no display, no count(*) round trip."""
+    total = await db.count_rows(row_filter) if reporter.wants_total else 0
+    return total if limit is None else min(total, limit)
+
+
+async def _row_source(
+    db: Database,
+    options: UploadOptions,
+    row_filter: RowFilter,
+    ledger: Ledger | None,
+    retry: RetryPolicy,
+) -> tuple[AsyncIterator[MediaRow], Claims | None]:
+    """The rows to handle: claimed a page at a time when the tables are there (or may be
+    created), else paged unclaimed (a dry run, or no right to create them)."""
+    on_page = ledger.load if ledger is not None else None
+    if not options.dry_run and await db.ensure_tables():
+        claims = Claims(db, row_filter, lease_s=options.lease_s, retry=retry)
+        # Claims run only a little ahead of the work, so that processes share the backlog.
+        page_rows = min(PAGE_ROWS, max(CLAIM_ROWS_MIN, 4 * options.concurrency))
+        return claims.rows(limit=options.limit, page_rows=page_rows, on_page=on_page), claims
+    rows = db.rows(row_filter, limit=options.limit, page_rows=PAGE_ROWS, on_page=on_page)
+    return rows, None
+
+
+async def _not_selected(db: Database, media_ids: Sequence[str], owner: str | None) -> list[Problem]:
+    """Why each of the rows named by --media-id was not handled."""
+    states = await db.row_states(media_ids, owner)
+    problems = []
+    for media_id in media_ids:
+        state = states.get(media_id)
+        if state is None:
+            problems.append(Problem(media_id, "no_such_row", "no such row"))
+        elif state.archived:
+            why = "already archived (--force uploads it again)"
+            problems.append(Problem(media_id, "already_archived", why))
+        elif state.held:
+            problems.append(Problem(media_id, "claimed_elsewhere", "held by another process"))
+        else:
+            why = "not selected (--media-type or --limit)"
+            problems.append(Problem(media_id, "not_selected", why))
+    return problems

@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from archiver.db import Database, RowFilter, StatsRow
-from archiver.errors import StorageError
+from archiver.errors import ConfigError, StorageError
 from archiver.integrity import mismatch
 from archiver.keys import NotOurs, row_key
 from archiver.models import MediaRow, Problem
 from archiver.pipeline import Interrupt, for_each
-from archiver.progress import problem_lines
+from archiver.progress import listed, printable, problem_lines
 from archiver.resolve import Found, NotFound, Resolver, resolve_cache_root
 from archiver.services import connected
 from archiver.settings import Settings
@@ -38,6 +38,14 @@ class VerifyOptions:
     check_local: bool = False
     limit: int | None = None
     concurrency: int = 32
+    repair: bool = False  # clear archive_url of rows whose object is missing or mismatched
+    dry_run: bool = False  # with repair: only say what would be cleared
+
+    def __post_init__(self) -> None:
+        if self.repair and not self.verify_s3:
+            raise ConfigError("--repair needs --verify-s3 (it acts on what that check finds)")
+        if self.dry_run and not self.repair:
+            raise ConfigError("--dry-run applies to --repair only (verify itself writes nothing)")
 
 
 @dataclass
@@ -64,12 +72,33 @@ class LocalCheck:
 
 
 @dataclass
+class Repair:
+    """`--repair`: rows whose archive_url was cleared (or would be, on a dry run)."""
+
+    dry_run: bool
+    candidates: list[tuple[str, str]] = field(default_factory=list)  # (media_id, url)
+    no_local_file: list[str] = field(default_factory=list)  # cannot be uploaded again
+    cleared: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            "would_clear" if self.dry_run else "cleared": (
+                len(self.candidates) if self.dry_run else self.cleared
+            ),
+            "media_ids": sorted(m for m, _ in self.candidates),
+            "no_local_file": sorted(self.no_local_file),
+        }
+
+
+@dataclass
 class VerifyReport:
     stats: list[StatsRow]
     s3: S3Check | None = None
     local: LocalCheck | None = None
     # kinds: missing, mismatched, error, invalid, missing_local
     problems: list[Problem] = field(default_factory=list)
+    repair: Repair | None = None
 
     @property
     def total(self) -> int:
@@ -99,13 +128,8 @@ class VerifyReport:
             "s3": self.s3.as_json() if self.s3 else None,
             "local": self.local.as_json() if self.local else None,
             "problems": [p.as_json() for p in self.problems],
+            "repair": self.repair.as_json() if self.repair else None,
         }
-
-
-async def _local_size(resolver: Resolver, row: MediaRow) -> int | None:
-    """The size the object must have: the local file's, else the recorded `file_size`."""
-    found = await resolver.locate(row)
-    return found.size if isinstance(found, Found) else row.file_size
 
 
 async def run_verify(
@@ -128,7 +152,11 @@ async def run_verify(
         if store is not None:
             assert resolver is not None
             report.s3 = S3Check()
+            if options.repair:
+                report.repair = Repair(dry_run=options.dry_run)
             await _check_s3(db, store, settings, options, report, resolver, interrupt, on_progress)
+            if report.repair is not None and report.repair.candidates and not options.dry_run:
+                report.repair.cleared = await db.clear_urls(report.repair.candidates)
         if options.check_local:
             assert resolver is not None
             report.local = LocalCheck()
@@ -166,7 +194,9 @@ async def _check_s3(
             s3.invalid += 1
             return problem(row, "invalid", ours.reason)
         md5, key = ours
-        size = await _local_size(resolver, row)
+        # The size the object must have: the local file's, else the recorded `file_size`.
+        found = await resolver.locate(row)
+        size = found.size if isinstance(found, Found) else row.file_size
         try:
             info = await store.head_object(key)
         except StorageError as exc:  # a 403 or an error on this object: this row's problem
@@ -183,6 +213,10 @@ async def _check_s3(
         else:
             s3.mismatched += 1
             problem(row, "mismatched", verdict)
+        if verdict is not None and report.repair is not None and row.archive_url is not None:
+            report.repair.candidates.append((row.media_id, row.archive_url))
+            if not isinstance(found, Found):
+                report.repair.no_local_file.append(row.media_id)
 
     rows = db.rows(RowFilter(archived=True), limit=options.limit)
     await for_each(
@@ -227,6 +261,27 @@ async def _check_local(
         interrupt=interrupt,
         on_error=invalid,
     )
+
+
+def repair_lines(repair: Repair) -> list[str]:
+    """What --repair did (or would do), and which rows no upload can send again."""
+    n = len(repair.candidates)
+    if repair.dry_run:
+        lines = [f"Repair (dry run): would clear archive_url of {n:,} rows, missing or mismatched."]
+    else:
+        lines = [
+            f"Repair: cleared archive_url of {repair.cleared:,} rows (missing or mismatched); "
+            "the next `archiver upload` sends them again."
+        ]
+        if repair.cleared < n:
+            lines.append(f"  {n - repair.cleared:,} rows changed meanwhile and were left alone.")
+    if repair.no_local_file:
+        lines.append(
+            f"  {len(repair.no_local_file):,} of them have no local file, so no upload can send "
+            "them again (restore the files from a backup):"
+        )
+        lines += listed([f"    {printable(m)}" for m in sorted(repair.no_local_file)], MAX_LISTED)
+    return lines
 
 
 def _pct(part: int, whole: int) -> str:
@@ -274,5 +329,7 @@ def format_report(report: VerifyReport) -> str:
     if report.problems:
         lines += ["", "Problems:"]
         lines += problem_lines(sorted(report.problems, key=lambda p: p.media_id), MAX_LISTED)
+    if report.repair is not None:
+        lines += ["", *repair_lines(report.repair)]
     lines.append(RULE)
     return "\n".join(lines)

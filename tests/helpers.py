@@ -8,6 +8,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -295,3 +296,26 @@ def build_bad_cases(env: Any, rng: random.Random) -> list[Case]:
 
 async def insert_cases(conn: asyncpg.Connection, cases: list[Case]) -> None:
     await insert_rows(conn, [c.row for c in cases])
+
+
+async def make_rows(env, db, n: int, *, size: int = 2000, seed: int = 50) -> list[SampleRow]:
+    """`n` rows, each with its own small JPEG-like file in the cache (ids r0000...)."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        data = file_bytes(".jpg", size + i, rng)
+        media_file(env.cache_root / "images", f"{md5(data)}.jpg", data)
+        rows.append(
+            SampleRow(
+                f"r{i:04d}", "image", md5(data), "image/jpeg", None, datetime(2025, 1 + i % 12, 1)
+            )
+        )
+    await insert_rows(db, rows)
+    return rows
+
+
+def wait_for(predicate, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)

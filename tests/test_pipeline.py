@@ -9,7 +9,7 @@ import pytest
 
 from archiver.budget import ByteBudget
 from archiver.errors import BucketMissing, DatabaseError
-from archiver.models import MediaRow, Outcome, RowResult
+from archiver.models import MediaRow, Outcome, ProblemNote, RowResult
 from archiver.pipeline import Interrupt, Pipeline
 from archiver.policies import BatchPolicy, RetryPolicy
 
@@ -58,13 +58,16 @@ async def aiter(items: list[MediaRow]) -> AsyncIterator[MediaRow]:
 class FakeDb:
     def __init__(self, fail_times: int = 0) -> None:
         self.batches: list[list[tuple[str, str]]] = []
+        self.notes: list[str] = []
         self.fail_times = fail_times
 
-    async def record(self, pairs: Sequence[tuple[str, str]]) -> int:
+    async def record(self, results: Sequence[RowResult]) -> int:
         if self.fail_times:
             self.fail_times -= 1
             raise DatabaseError("connection reset")
-        self.batches.append(list(pairs))
+        pairs = [(r.media_id, r.url) for r in results if r.outcome.recordable and r.url]
+        self.batches.append(pairs)
+        self.notes += [r.note.media_id for r in results if r.note is not None]
         return len(pairs)
 
 
@@ -118,6 +121,28 @@ async def test_only_confirmed_rows_are_recorded() -> None:
     pipeline, _ = make(handle, db)
     await pipeline.run(aiter(rows(50)))
     assert len([p for b in db.batches for p in b]) == 20
+
+
+async def test_problem_notes_go_to_the_writer_but_are_never_counted_as_recorded() -> None:
+    def note(media_id: str) -> ProblemNote:
+        return ProblemNote(media_id, "corrupt", "differs", 10, 1.5, "f")
+
+    async def handle(row: MediaRow) -> RowResult:
+        if int(row.media_id[1:]) % 2:
+            return RowResult(row.media_id, Outcome.CORRUPT, note=note(row.media_id))
+        return uploaded(row)
+
+    db = FakeDb()
+    pipeline, _ = make(handle, db)
+    stats = await pipeline.run(aiter(rows(20)))
+    assert sorted(db.notes) == [f"m{i:05d}" for i in range(1, 20, 2)]
+    assert stats.db_updated == 10 and stats.unrecorded == 0
+
+    gone = FakeDb(fail_times=10**6)
+    pipeline, _ = make(handle, gone, concurrency=1, db_retry=RetryPolicy(0.01, 0.01, 0.05))
+    with pytest.raises(DatabaseError):
+        await pipeline.run(aiter(rows(20)))
+    assert pipeline.stats.unrecorded == 10  # uploads only: a lost note is not an upload
 
 
 async def test_a_small_batch_is_flushed_by_age_while_work_goes_on() -> None:

@@ -9,39 +9,21 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import random
 import signal
-import time
 from collections import Counter
-from datetime import datetime
 
 import pytest
 
-from archiver.sample import SampleRow, file_bytes, insert_rows
 from tests.helpers import (
     all_objects,
     assert_archive_invariant,
+    make_rows,
     md5,
-    media_file,
     run_cli,
     start_cli,
+    wait_for,
 )
 from tests.proxy import Corrupt, Drop, Request, Respond
-
-
-async def make_rows(env, db, n: int, *, size: int = 2000, seed: int = 50) -> list[SampleRow]:
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        data = file_bytes(".jpg", size + i, rng)
-        media_file(env.cache_root / "images", f"{md5(data)}.jpg", data)
-        rows.append(
-            SampleRow(
-                f"r{i:04d}", "image", md5(data), "image/jpeg", None, datetime(2025, 1 + i % 12, 1)
-            )
-        )
-    await insert_rows(db, rows)
-    return rows
 
 
 def object_key(r: Request) -> str:
@@ -55,13 +37,6 @@ def selected(key: str, percent: int) -> bool:
 async def recorded_keys(db, bucket: str) -> set[str]:
     rows = await db.fetch("SELECT archive_url FROM post_media WHERE archive_url IS NOT NULL")
     return {r["archive_url"].removeprefix(f"s3://{bucket}/") for r in rows}
-
-
-def wait_for(predicate, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 async def test_slowdown_on_30_percent_of_puts_is_retried(penv, db, s3, proxy) -> None:

@@ -151,9 +151,9 @@ async def test_the_whole_upload_through_pgbouncer_in_transaction_mode(env, db, s
 async def test_db_init_is_idempotent(env, db) -> None:
     out = run_cli(env, "db", "init")
     assert out.returncode == 0, out.stderr
-    assert out.stdout.count("created:") == 2
+    assert out.stdout.count("created:") == 3
     out = run_cli(env, "db", "init")
-    assert out.returncode == 0 and out.stdout.count("already there:") == 2
+    assert out.returncode == 0 and out.stdout.count("already there:") == 3
     index = await db.fetchval(
         "SELECT indexdef FROM pg_indexes WHERE indexname = 'idx_post_media_unarchived'"
     )
@@ -186,9 +186,10 @@ async def test_processes_starting_together_race_to_create_the_claims_table(env, 
 
     dbs = [await Database.connect(env.database_url) for _ in range(8)]
     try:
-        results = await asyncio.gather(*(d.ensure_claims() for d in dbs))
+        results = await asyncio.gather(*(d.ensure_tables() for d in dbs))
     finally:
         for d in dbs:
             await d.close()
     assert results == [True] * 8
     assert await db.fetchval("SELECT to_regclass('archiver_claims')") is not None
+    assert await db.fetchval("SELECT to_regclass('archiver_problems')") is not None

@@ -1,0 +1,153 @@
+"""Problems: rows that could not be archived, remembered in `archiver_problems` so that a
+scheduled run does not fail on the same rows forever.
+
+A row that ends corrupt, invalid or failed is recorded with what it looked like: its
+columns (a fingerprint) and the file it resolved to (size and mtime, taken before it was
+read). A later run tries a failed row again every time; a corrupt or invalid row only when
+its row or its file changed since, and otherwise counts it as `known_problem` without
+reading the file. A row that archives loses its record in the statement that records it.
+`archiver problems` lists them.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from archiver.db import Database
+from archiver.models import KnownProblem, MediaRow, ProblemNote, RowResult
+from archiver.policies import RetryPolicy
+from archiver.progress import listed, printable
+from archiver.services import database
+from archiver.settings import Settings
+
+# Kinds a run sets aside while neither the row nor its file changed. A failed row (a
+# network error, a deadline, a permission) may succeed at any time: it is always tried.
+SET_ASIDE_KINDS = frozenset({"corrupt", "invalid"})
+KINDS = ("corrupt", "invalid", "failed")
+MAX_LISTED = 1000  # problems listed as text (--json lists them all)
+
+FileState = tuple[int, float] | None  # (size, mtime) of the row's file, None: no file
+
+
+def row_fingerprint(row: MediaRow) -> str:
+    """A digest of the columns that decide what becomes of a row: a change to any of them
+    (a corrected md5_sum, another path, a fixed created_at) makes the row worth a new try."""
+    created = row.created_at.isoformat() if row.created_at is not None else None
+    columns = (
+        row.media_type,
+        row.local_file_path,
+        row.md5_sum,
+        row.mime_type,
+        created,
+        row.created_at_bad,
+    )
+    text = "\x1f".join("\x00" if c is None else c for c in columns)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def note_for(row: MediaRow, result: RowResult) -> ProblemNote:
+    """What `archiver_problems` records of a row whose outcome is a problem."""
+    size, mtime = result.file_state or (None, None)
+    return ProblemNote(
+        media_id=row.media_id,
+        kind=result.outcome.value,
+        detail=result.reason,
+        file_size=size,
+        file_mtime=mtime,
+        fingerprint=row_fingerprint(row),
+    )
+
+
+def set_aside(known: KnownProblem, row: MediaRow, file: FileState) -> bool:
+    """Whether a row with this recorded problem is not tried again: it was corrupt or
+    invalid, and neither its row nor its file changed since."""
+    recorded = None if known.file_size is None else (known.file_size, known.file_mtime)
+    return (
+        known.kind in SET_ASIDE_KINDS
+        and known.fingerprint == row_fingerprint(row)
+        and recorded == file
+    )
+
+
+@dataclass
+class Ledger:
+    """The recorded problems of the rows a run has paged and not yet handled. `active`
+    only when the table exists and holds any: otherwise a page costs no query."""
+
+    db: Database
+    active: bool
+    retry: RetryPolicy
+    _known: dict[str, KnownProblem]
+
+    @classmethod
+    async def open(cls, db: Database, retry: RetryPolicy) -> Ledger:
+        return cls(db, await db.has_problems(), retry, {})
+
+    async def load(self, rows: list[MediaRow]) -> None:
+        """Read the problems of a page of rows (the pager's `on_page`)."""
+        if not self.active:
+            return
+        ids = [r.media_id for r in rows]
+        found = await self.db.retrying(self.retry, functools.partial(self.db.known_problems, ids))
+        for problem in found:
+            if problem.kind in SET_ASIDE_KINDS:
+                self._known[problem.media_id] = problem
+
+    def take(self, media_id: str) -> KnownProblem | None:
+        """The row's recorded problem that may set it aside, if any (asked once per row)."""
+        return self._known.pop(media_id, None)
+
+
+# -- `archiver problems` ------------------------------------------------------------------
+
+
+@dataclass
+class ProblemsReport:
+    problems: list[KnownProblem]
+    exit_code: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        return {"count": len(self.problems), "problems": [p.as_json() for p in self.problems]}
+
+
+async def run_problems(
+    settings: Settings, kinds: Sequence[str] = (), limit: int | None = None
+) -> ProblemsReport:
+    """The recorded problems of rows not yet archived."""
+    async with database(settings) as db:
+        return ProblemsReport(await db.problems(kinds, limit))
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M") if moment else "-"
+
+
+def format_problems(report: ProblemsReport) -> str:
+    """A table: one problem per line, then what to do about them."""
+    if not report.problems:
+        return "No problems recorded: every row archiver tried was archived (or is missing_local)."
+    rows = [
+        (printable(p.media_id), p.kind, str(p.attempts), _when(p.first_seen), _when(p.last_seen))
+        for p in report.problems
+    ]
+    heads = ("media_id", "kind", "attempts", "first seen (UTC)", "last seen (UTC)")
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(heads)]
+
+    def line(cells: Sequence[str], detail: str) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + "  " + detail
+
+    lines = [line(heads, "detail")]
+    body = [line(r, printable(p.detail)) for r, p in zip(rows, report.problems, strict=True)]
+    lines += listed(body, MAX_LISTED, more="more (--json lists all)")
+    n = len(report.problems)
+    lines.append(
+        f"{n:,} problem{'' if n == 1 else 's'}. A failed row is tried again by every upload; "
+        "a corrupt or invalid one when its row or its file changes, or by "
+        "`archiver upload --retry-problems` (or `--media-id ID`)."
+    )
+    return "\n".join(lines)
