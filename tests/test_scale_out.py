@@ -147,6 +147,29 @@ async def test_the_whole_upload_through_pgbouncer_in_transaction_mode(env, db, s
     assert json.loads(out.stdout)["s3"]["ok"] == len(rows) - 1
     assert await assert_archive_invariant(db, s3, env.bucket) == len(rows) - 1
 
+    # The record of problems and verify's repair, through the same pooler.
+    data = b"%PDF-1.4 pooled" * 40
+    media_file(env.cache_root / "documents", f"{md5(data)}.pdf", data + b"!")
+    await insert_rows(
+        db,
+        [
+            SampleRow("z-corrupt", "document", md5(data), "application/pdf", None, None),
+            SampleRow("z-invalid", "document", "nope", "application/pdf", None, None),
+        ],
+    )
+    out = run_cli(env, "upload", "--json", DATABASE_URL=pooled)
+    assert out.returncode == 1 and json.loads(out.stdout)["corrupt"] == 1
+    out = run_cli(env, "upload", "--json", DATABASE_URL=pooled)
+    assert out.returncode == 0 and json.loads(out.stdout)["known_problem"] == 2
+    out = run_cli(env, "problems", "--json", DATABASE_URL=pooled)
+    assert json.loads(out.stdout)["count"] == 2
+    gone = next(c for c in cases if c.key)
+    s3.delete_object(Bucket=env.bucket, Key=gone.key)
+    out = run_cli(env, "verify", "--verify-s3", "--repair", "--json", DATABASE_URL=pooled)
+    assert json.loads(out.stdout)["repair"]["cleared"] == 1
+    out = run_cli(env, "upload", "--json", DATABASE_URL=pooled)
+    assert out.returncode == 0 and json.loads(out.stdout)["uploaded"] == 1
+
 
 async def test_db_init_is_idempotent(env, db) -> None:
     out = run_cli(env, "db", "init")
