@@ -148,7 +148,7 @@ CREATE TABLE IF NOT EXISTS archiver_problems (
 ARCHIVER_TABLES = (("archiver_claims", CLAIMS_DDL), ("archiver_problems", PROBLEMS_DDL))
 PROBLEM_COLUMNS = (
     "p.media_id, p.kind, p.detail, p.first_seen, p.last_seen, p.attempts, p.file_size, "
-    "p.file_mtime, p.row_fingerprint"
+    "p.file_mtime, p.row_fingerprint AS fingerprint"
 )
 
 
@@ -308,17 +308,7 @@ def _row(record: asyncpg.Record) -> MediaRow:
 
 
 def _problem(record: asyncpg.Record) -> KnownProblem:
-    return KnownProblem(
-        media_id=record["media_id"],
-        kind=record["kind"],
-        detail=record["detail"],
-        file_size=record["file_size"],
-        file_mtime=record["file_mtime"],
-        fingerprint=record["row_fingerprint"],
-        first_seen=record["first_seen"],
-        last_seen=record["last_seen"],
-        attempts=int(record["attempts"]),
-    )
+    return KnownProblem(**dict(record.items()))  # PROBLEM_COLUMNS are its field names
 
 
 def _translate(exc: BaseException, doing: str) -> Exception:
