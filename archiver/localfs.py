@@ -147,13 +147,16 @@ class LocalFile(_Closing):
         """Delete the file by its name in the held directory, only if that name still names
         this unchanged file: "deleted", "gone" (nothing has the name any more) or "changed"
         (the file changed, or another file or a symlink has its name: nothing deleted)."""
+        # One look at the name: two rows sharing a file are deleted concurrently, and the
+        # other one's unlink between two looks would make a "gone" file look "changed".
         try:
-            os.stat(self.name, dir_fd=self.dir_fd, follow_symlinks=False)
+            now_name = os.stat(self.name, dir_fd=self.dir_fd, follow_symlinks=False)
+            now_fd = os.fstat(self.fd)
         except FileNotFoundError:
             return "gone"
         except OSError:
             return "changed"
-        if not self.unchanged():
+        if not (_same_file(self.stat, now_fd) and _same_file(self.stat, now_name)):
             return "changed"
         try:
             os.unlink(self.name, dir_fd=self.dir_fd)

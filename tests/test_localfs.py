@@ -4,11 +4,12 @@ special files, deletes only of the very file proved, restores that leave nothing
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
 
-from archiver.localfs import CacheRoot, NewFile, NotARegularFile
+from archiver.localfs import CacheRoot, LocalFile, NewFile, NotARegularFile
 
 
 @pytest.fixture
@@ -63,6 +64,33 @@ def test_nothing_is_deleted_when_the_name_now_names_another_file(root: Path) -> 
     with CacheRoot(root) as cache, cache.open_file(path) as f:
         path.unlink()
         assert f.unlink_if_unchanged() == "gone"
+
+
+def test_two_rows_sharing_a_file_delete_it_at_once_as_deleted_and_gone(root: Path) -> None:
+    # prune-local proves and deletes two rows sharing one file concurrently: the loser must
+    # see the file "gone", never "changed" (which would keep a row and exit 1).
+    path = root / "images" / "shared.jpg"
+    with CacheRoot(root) as cache:
+        for _ in range(300):
+            path.write_bytes(b"shared")
+            a, b = cache.open_file(path), cache.open_file(path)
+            barrier = threading.Barrier(2)
+            outcomes: list[str] = []
+
+            def delete(
+                f: LocalFile, barrier: threading.Barrier = barrier, outcomes: list[str] = outcomes
+            ) -> None:
+                barrier.wait()
+                outcomes.append(f.unlink_if_unchanged())
+
+            threads = [threading.Thread(target=delete, args=(f,)) for f in (a, b)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            a.close()
+            b.close()
+            assert sorted(outcomes) == ["deleted", "gone"]
 
 
 def test_a_new_file_has_no_name_until_published_and_never_replaces_one(root: Path) -> None:
