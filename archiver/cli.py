@@ -23,6 +23,7 @@ from dotenv import load_dotenv
 
 from archiver import __version__
 from archiver.errors import ArchiverError, ConfigError
+from archiver.models import Outcome
 from archiver.pipeline import Interrupt
 from archiver.progress import Reporter, format_summary
 from archiver.settings import (
@@ -488,7 +489,7 @@ def restore(**params: Any) -> int:
 @click.option(
     "--kind",
     "kinds",
-    type=click.Choice(("corrupt", "invalid", "failed")),
+    type=click.Choice([o.value for o in Outcome if o.is_problem]),
     multiple=True,
     help="Only problems of this kind (repeatable).",
 )
@@ -512,17 +513,14 @@ def db_group() -> None:
 @config_options
 def db_init(**params: Any) -> int:
     """Create what makes upload fast and safe at scale (idempotent; upload works without)."""
-    from archiver.db import Database
+    from archiver.services import database
 
     settings = build_settings(params)
 
     async def job(_interrupt: Interrupt) -> list[tuple[str, bool]]:
-        db = await Database.connect(settings.require_database())
-        try:
+        async with database(settings) as db:
             await db.check_schema()
             return await db.init()
-        finally:
-            await db.close()
 
     for what, created in run_async(job):
         click.echo(f"{'created' if created else 'already there'}: {what}")

@@ -497,15 +497,21 @@ class Database:
         except _DB_ERRORS as exc:
             raise _translate(exc, doing) from exc
 
-    async def _exists(self, relation: str) -> bool:
-        rows = await self._fetch("checking", "SELECT to_regclass($1)", relation)
-        return rows[0][0] is not None
+    async def _existing(self, *relations: str) -> set[str]:
+        """Which of `relations` exist (one round trip)."""
+        rows = await self._fetch(
+            "checking",
+            "SELECT r FROM unnest($1::text[]) AS r WHERE to_regclass(r) IS NOT NULL",
+            list(relations),
+        )
+        return {r[0] for r in rows}
 
     async def ensure_tables(self) -> bool:
         """Create archiver_claims and archiver_problems when absent; False when one is
         missing and we may not create it (then upload runs unclaimed and unrecorded)."""
+        existing = await self._existing(*(name for name, _ in ARCHIVER_TABLES))
         for name, ddl in ARCHIVER_TABLES:
-            if await self._exists(name):
+            if name in existing:
                 continue
             try:
                 await self._pool.execute(ddl)
@@ -535,7 +541,7 @@ class Database:
             ("table archiver_problems (rows that could not be archived)", PROBLEMS_DDL),
         ):
             relation = name.split()[1]
-            existed = await self._exists(relation)
+            existed = await self._existing(relation)
             await self._execute(f"creating {relation}", ddl)
             made.append((name, not existed))
         return made
@@ -605,7 +611,7 @@ class Database:
 
     async def has_problems(self) -> bool:
         """Whether any problem is recorded (False when the table does not exist)."""
-        if not await self._exists("archiver_problems"):
+        if not await self._existing("archiver_problems"):
             return False
         sql = "SELECT EXISTS (SELECT FROM archiver_problems)"
         return bool((await self._fetch("reading problems", sql))[0][0])
@@ -615,7 +621,7 @@ class Database:
     ) -> list[KnownProblem]:
         """Recorded problems of rows not yet archived, in media_id order (of `kinds` when
         given, at most `limit`); none when the table does not exist."""
-        if not await self._exists("archiver_problems"):
+        if not await self._existing("archiver_problems"):
             return []
         rows = await self._fetch("reading problems", LIST_PROBLEMS_SQL, list(kinds), limit)
         return [_problem(r) for r in rows]

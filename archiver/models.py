@@ -148,8 +148,8 @@ class Summary:
     interrupted: bool = False
     error: str | None = None  # what stopped the run early (database gone, bucket gone)
     error_exit_code: int = 0
-    claimed_elsewhere: int = 0  # selected rows other processes still held at the end
-    holders: list[Any] = field(default_factory=list)  # claims.Holder of those rows
+    # claims.Holder: the other processes still holding selected rows at the end
+    holders: list[Any] = field(default_factory=list)
     not_selected: list[Problem] = field(default_factory=list)  # --media-id rows not handled
 
     def add(self, result: RowResult) -> None:
@@ -162,6 +162,11 @@ class Summary:
         """Rows this run tried (every outcome, `would_upload` included, but the known
         problems it set aside untried)."""
         return sum(self.counts.values()) - self.counts[Outcome.KNOWN_PROBLEM]
+
+    @property
+    def claimed_elsewhere(self) -> int:
+        """Selected rows this run could not take: other processes held them."""
+        return sum(int(h.rows) for h in self.holders)
 
     @property
     def files_per_s(self) -> float:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,7 +28,6 @@ from archiver.settings import Settings
 # Kinds a run sets aside while neither the row nor its file changed. A failed row (a
 # network error, a deadline, a permission) may succeed at any time: it is always tried.
 SET_ASIDE_KINDS = frozenset({"corrupt", "invalid"})
-KINDS = ("corrupt", "invalid", "failed")
 MAX_LISTED = 1000  # problems listed as text (--json lists them all)
 
 FileState = tuple[int, float] | None  # (size, mtime) of the row's file, None: no file
@@ -82,11 +81,11 @@ class Ledger:
     db: Database
     active: bool
     retry: RetryPolicy
-    _known: dict[str, KnownProblem]
+    _known: dict[str, KnownProblem] = field(default_factory=dict)
 
     @classmethod
     async def open(cls, db: Database, retry: RetryPolicy) -> Ledger:
-        return cls(db, await db.has_problems(), retry, {})
+        return cls(db, await db.has_problems(), retry)
 
     async def load(self, rows: list[MediaRow]) -> None:
         """Read the problems of a page of rows (the pager's `on_page`)."""

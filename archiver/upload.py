@@ -33,7 +33,7 @@ from archiver.models import MediaRow, Outcome, Problem, RowResult, Summary
 from archiver.pipeline import Interrupt, Pipeline
 from archiver.policies import BatchPolicy, ExistencePolicy, RetryPolicy
 from archiver.problems import Ledger, note_for, set_aside
-from archiver.resolve import Found, NotFound, Resolver, open_cache_root
+from archiver.resolve import Found, NotFound, Resolution, Resolver, open_cache_root
 from archiver.services import connected
 from archiver.settings import MAX_PARTS, MIB, Settings, UploadOptions
 from archiver.storage import ConditionalWritesUnsupported, ObjectInfo, StoredPart
@@ -90,6 +90,11 @@ class Prepared:
     file_state: tuple[int, float]  # (size, mtime) when it was found, before any read
     body: bytes | None = None  # read with the lookup when small
     body_md5: str | None = None
+
+
+def _state(found: Resolution) -> tuple[int, float] | None:
+    """What a problem record keeps of the file a row resolved to: size and mtime."""
+    return (found.size, found.mtime) if isinstance(found, Found) else None
 
 
 def multipart_etag(part_digests: Sequence[bytes]) -> str:
@@ -151,9 +156,11 @@ class Uploader:
         cache: CacheRoot,
         cwd: Path,
         ledger: Ledger | None = None,
+        notes: bool = False,
     ) -> None:
         self.settings = settings
         self.ledger = ledger
+        self.notes = notes  # archiver_problems is there to keep problem notes
         self.options = options
         self.store = store
         self.cache = cache
@@ -169,13 +176,12 @@ class Uploader:
     def file_state(self, row: MediaRow) -> tuple[int, float] | None:
         """(size, mtime) of the file the row resolves to, None when none (blocking)."""
         md5 = normalize_md5(row.md5_sum)
-        found = self.resolver.resolve(row, md5) if md5 is not None else None
-        return (found.size, found.mtime) if isinstance(found, Found) else None
+        return _state(self.resolver.resolve(row, md5)) if md5 is not None else None
 
     def prepare(self, row: MediaRow, md5: str) -> Prepared | RowResult:
         """Find, stat, maybe read the row's file and derive its key (blocking I/O)."""
         found = self.resolver.resolve(row, md5)
-        state = (found.size, found.mtime) if isinstance(found, Found) else None
+        state = _state(found)
         if row.created_at_bad is not None:
             return RowResult(
                 row.media_id,
@@ -231,7 +237,7 @@ class Uploader:
             if set_aside(known, row, state):
                 return RowResult(row.media_id, Outcome.KNOWN_PROBLEM, reason=known.detail)
         result = await self._handle(row)
-        if result.outcome.is_problem:
+        if self.notes and result.outcome.is_problem:
             result = replace(result, note=note_for(row, result))
         return result
 
@@ -564,13 +570,21 @@ async def run_upload(
         )
         total = await _total(db, row_filter, reporter, options.limit)
         retry = db_retry or RetryPolicy()
+        # Claims and problem notes need their tables; a dry run writes nothing.
+        tables = not options.dry_run and await db.ensure_tables()
         ledger: Ledger | None = None
         if not (options.retry_problems or options.media_ids):  # named rows are always tried
             ledger = await Ledger.open(db, retry)
         uploader = Uploader(
-            settings, options, store, cache=cache, cwd=cwd or Path.cwd(), ledger=ledger
+            settings,
+            options,
+            store,
+            cache=cache,
+            cwd=cwd or Path.cwd(),
+            ledger=ledger,
+            notes=tables,
         )
-        rows, claims = await _row_source(db, options, row_filter, ledger, retry)
+        rows, claims = _row_source(db, options, row_filter, ledger, retry, claimed=tables)
         owner = claims.owner if claims else None
         handled: set[str] = set()
 
@@ -619,7 +633,6 @@ async def run_upload(
             summary.elapsed_s = time.monotonic() - started
         if claims is not None and not summary.error:
             summary.holders = await claims.elsewhere()
-            summary.claimed_elsewhere = sum(h.rows for h in summary.holders)
         unhandled = sorted(set(options.media_ids) - handled)
         if unhandled and not (summary.error or interrupt.triggered):
             summary.not_selected = await _not_selected(db, unhandled, owner)
@@ -632,17 +645,19 @@ async def _total(db: Database, row_filter: RowFilter, reporter: Reporter, limit:
     return total if limit is None else min(total, limit)
 
 
-async def _row_source(
+def _row_source(
     db: Database,
     options: UploadOptions,
     row_filter: RowFilter,
     ledger: Ledger | None,
     retry: RetryPolicy,
+    *,
+    claimed: bool,
 ) -> tuple[AsyncIterator[MediaRow], Claims | None]:
-    """The rows to handle: claimed a page at a time when the tables are there (or may be
-    created), else paged unclaimed (a dry run, or no right to create them)."""
+    """The rows to handle: claimed a page at a time when the tables are there, else paged
+    unclaimed (a dry run, or no right to create them)."""
     on_page = ledger.load if ledger is not None else None
-    if not options.dry_run and await db.ensure_tables():
+    if claimed:
         claims = Claims(db, row_filter, lease_s=options.lease_s, retry=retry)
         # Claims run only a little ahead of the work, so that processes share the backlog.
         page_rows = min(PAGE_ROWS, max(CLAIM_ROWS_MIN, 4 * options.concurrency))
