@@ -27,7 +27,8 @@ from botocore.exceptions import (
     PartialCredentialsError,
     ProfileNotFound,
 )
-from botocore.utils import determine_content_length
+from botocore.httpchecksum import apply_request_checksum, resolve_checksum_context
+from botocore.utils import determine_content_length, percent_encode
 
 from archiver.errors import AccessDenied, BucketMissing, StorageError, StorageUnavailable
 from archiver.settings import ClientOptions, Settings
@@ -68,6 +69,144 @@ def _no_continue_if_small(request: Any, **_: Any) -> None:
     length = determine_content_length(request.body)
     if length is not None and length < EXPECT_CONTINUE_MIN_BYTES and "Expect" in request.headers:
         del request.headers["Expect"]
+
+
+class PutTemplate:
+    """PutObject into one bucket with the per-run work done once per run.
+
+    botocore's `put_object` does for every call what is the same for every call of a run:
+    it emits the parameter hooks, evaluates the S3 endpoint ruleset (the key is one of its
+    parameters, so its cache never hits), serialises the parameters, rebuilds the user
+    agent and runs the before-call hooks; that is half of a small PUT's client CPU. Here
+    botocore does all of that once, for a probe key, and each PUT is that request with its
+    own key, headers and body, handed to the client's own `_make_request`: botocore still
+    signs it (credentials resolved and refreshed as usual), sends it on the pooled
+    connections, retries it by the configured mode and parses the reply; a reply of 300 or
+    more raises the same ClientError subclass as `put_object` would.
+
+    Only the template's headers that do not depend on the body are kept. The template is
+    not used (`build` returns None) when its request does not have the expected shape: a
+    request checksum computed over the body (AWS_REQUEST_CHECKSUM_CALCULATION=
+    when_supported), or a URL that does not end with the encoded key.
+
+    A PUT made here carries Content-MD5, a signed header, so the body is not hashed again
+    with SHA-256 for the signature over plain http either (botocore already sends
+    UNSIGNED-PAYLOAD over https when a checksum header is present): S3 checks the body
+    against the signed MD5 and refuses any other (BadDigest).
+    """
+
+    PROBE_KEY = "archiver-template/probe key~"  # a space and a tilde: the encoding is checked
+    _PER_REQUEST = ("Content-MD5", "Content-Type", "Content-Length", "Expect", "If-None-Match")
+
+    def __init__(
+        self,
+        client: Any,
+        operation: Any,
+        url_prefix: str,
+        headers: dict[str, str],
+        context: dict[str, Any],
+    ) -> None:
+        self._client = client
+        self._operation = operation
+        self._url_prefix = url_prefix
+        self._headers = headers
+        self._context = context
+
+    @classmethod
+    async def build(cls, client: Any, bucket: str) -> PutTemplate | None:
+        """The template for PUTs into `bucket`, or None when this client's requests do not
+        fit one (see the class docstring)."""
+        operation = client.meta.service_model.operation_model("PutObject")
+        # What botocore's _make_api_call does before it sends, for one probe request.
+        context: dict[str, Any] = {
+            "client_region": client.meta.region_name,
+            "client_config": client.meta.config,
+            "has_streaming_input": operation.has_streaming_input,
+            "auth_type": operation.resolved_auth_type,
+            "unsigned_payload": operation.unsigned_payload,
+            "auth_options": client.meta.service_model.metadata.get("auth"),
+        }
+        params: dict[str, Any] = {
+            "Bucket": bucket,
+            "Key": cls.PROBE_KEY,
+            "Body": b"",
+            "ContentMD5": content_md5(hashlib.md5(b"").hexdigest()),
+            "ContentType": "application/octet-stream",
+        }
+        params = await client._emit_api_params(
+            api_params=params, operation_model=operation, context=context
+        )
+        endpoint_url, extra_headers, properties = await client._resolve_endpoint_ruleset(
+            operation, params, context
+        )
+        if properties:
+            context["endpoint_properties"] = properties
+        request = await client._convert_to_request_dict(
+            api_params=params,
+            operation_model=operation,
+            endpoint_url=endpoint_url,
+            context=context,
+            headers=extra_headers,
+        )
+        resolve_checksum_context(request, operation, params)
+        service_id = client.meta.service_model.service_id.hyphenize()
+        await client.meta.events.emit_until_response(
+            f"before-call.{service_id}.PutObject",
+            model=operation,
+            params=request,
+            request_signer=client._request_signer,
+            context=context,
+        )
+        if (context.get("checksum") or {}).get("request_algorithm"):
+            return None  # a checksum of each body: botocore's own path computes it
+        apply_request_checksum(request)
+        encoded_key = percent_encode(cls.PROBE_KEY, safe="/~")
+        url = str(request["url"])
+        if (
+            request["method"] != "PUT"
+            or request["query_string"]
+            or not url.endswith("/" + encoded_key)
+        ):
+            return None
+        headers = {k: v for k, v in request["headers"].items() if k not in cls._PER_REQUEST}
+        if any(k.lower().startswith("x-amz-checksum-") for k in headers):
+            return None
+        # Content-MD5 is signed: no SHA-256 of the body for the signature (see above).
+        context["client_config"] = client.meta.config.merge(
+            AioConfig(s3={"payload_signing_enabled": False})
+        )
+        return cls(client, operation, url[: -len(encoded_key)], headers, context)
+
+    async def put(
+        self, key: str, body: bytes, content_md5_b64: str, content_type: str, *, if_none_match: bool
+    ) -> dict[str, Any]:
+        """One PUT of `body` at `key`; botocore's parsed reply (ClientError at 300+)."""
+        headers = dict(self._headers)
+        headers["Content-MD5"] = content_md5_b64
+        headers["Content-Type"] = content_type
+        if if_none_match:
+            headers["If-None-Match"] = "*"
+        if len(body) >= EXPECT_CONTINUE_MIN_BYTES:
+            headers["Expect"] = "100-continue"
+        context = dict(self._context)
+        if "signing" in context:
+            context["signing"] = dict(context["signing"])
+        request = {
+            "url_path": "",
+            "query_string": {},
+            "method": "PUT",
+            "headers": headers,
+            "body": body,
+            "url": self._url_prefix + percent_encode(key, safe="/~"),
+            "context": context,
+        }
+        http, parsed = await self._client._make_request(self._operation, request, context)
+        if http.status_code >= 300:
+            code = request["context"].get("error_code_override") or parsed.get("Error", {}).get(
+                "Code"
+            )
+            raise self._client.exceptions.from_code(code)(parsed, "PutObject")
+        return dict(parsed)
 
 
 # The IAM action each bucket-level call needs, to name it when S3 refuses it.
@@ -182,6 +321,9 @@ class Storage:
         # The bucket keeps versions (GetBucketVersioning said so, or a PUT returned a
         # version): If-None-Match cannot be trusted there (Ceph RGW 16 ignores it).
         self.versioned = False
+        self._template: PutTemplate | None = None
+        self._template_tried = False
+        self._template_lock = asyncio.Lock()
 
     @classmethod
     @asynccontextmanager
@@ -210,6 +352,12 @@ class Storage:
             "s3", endpoint_url=settings.endpoint_url, config=config
         ) as client:
             client.meta.events.register("before-sign.s3.PutObject", _no_continue_if_small)
+            # botocore rebuilds the user agent for every request, to add the features a call
+            # used; the one built with the request is kept (a fifth of a PUT's hook time).
+            client.meta.events.unregister(
+                "request-created.s3",
+                client._user_agent_creator.rebuild_and_replace_user_agent_handler,
+            )
             yield cls(client, settings.bucket, preflight, settings.endpoint_url)
 
     async def _call(self, doing: str, method: str, **params: Any) -> Any:
@@ -267,6 +415,15 @@ class Storage:
             raise StorageUnavailable(f"S3 is not reachable: {exc}") from exc
         return True
 
+    async def _put_template(self) -> PutTemplate | None:
+        """The run's PutObject template, built by the first PUT (None: botocore's own path)."""
+        if not self._template_tried:
+            async with self._template_lock:
+                if not self._template_tried:
+                    self._template = await PutTemplate.build(self._s3, self.bucket)
+                    self._template_tried = True
+        return self._template
+
     async def put_object(
         self, key: str, body: bytes, md5_hex: str, content_type: str, *, if_absent: bool
     ) -> str | None:
@@ -280,7 +437,13 @@ class Storage:
         if if_absent:
             params["IfNoneMatch"] = "*"
         try:
-            response = await self._s3.put_object(Bucket=self.bucket, **params)
+            template = await self._put_template()
+            if template is not None:
+                response = await template.put(
+                    key, body, params["ContentMD5"], content_type, if_none_match=if_absent
+                )
+            else:
+                response = await self._s3.put_object(Bucket=self.bucket, **params)
         except ClientError as exc:
             if if_absent and (_status(exc) == 412 or _code(exc) == "PreconditionFailed"):
                 return None
