@@ -35,6 +35,7 @@ from archiver.settings import Settings
 
 _MEDIA_TYPE_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 _MD5_NAME_RE = re.compile(r"[0-9a-f]{32}\.")
+REAL_DIRS_REMEMBERED = 1024  # directories whose real path a Resolver keeps
 INDEX_MAX_AGE_S = 5.0  # a changed directory is listed again at most this often
 
 
@@ -76,6 +77,8 @@ def media_dir(cache_root: Path, media_type: str | None) -> Path | None:
 
 
 def _confine(candidate: Path, root: Path, via: str) -> Found | Refused:
+    """The file at `candidate` with every symlink on the way resolved, when that is a
+    regular file inside `root`."""
     try:
         real = candidate.resolve(strict=True)
     except (OSError, RuntimeError, ValueError) as exc:  # vanished, loop, permission
@@ -86,20 +89,27 @@ def _confine(candidate: Path, root: Path, via: str) -> Found | Refused:
         st = real.stat()  # the one stat of the file: its size and mtime travel with it
     except OSError:
         st = None
+    return _found(candidate, real, st, via)
+
+
+def _found(candidate: Path, real: Path, st: os.stat_result | None, via: str) -> Found | Refused:
     if st is None or not stat.S_ISREG(st.st_mode):
         return Refused(f"{candidate} is not a regular file")
     linked = Path(os.path.abspath(candidate)) != real
     return Found(real, via, st.st_size, st.st_mtime, through_link=linked)
 
 
-def _exists(path: Path) -> bool:
-    """Whether something is at `path` (symlinks followed). OSError or ValueError for a path
-    that cannot be looked up at all (too long, a loop, no permission, a NUL byte)."""
+def _lookup(path: Path) -> os.stat_result | None:
+    """What is at `path` itself (lstat), or None when nothing is there, or a symlink that
+    leads nowhere. OSError or ValueError for a path that cannot be looked up at all (too
+    long, a loop, no permission, a NUL byte)."""
     try:
-        os.stat(path)
+        st = os.lstat(path)
+        if stat.S_ISLNK(st.st_mode):
+            os.stat(path)
     except (FileNotFoundError, NotADirectoryError):
-        return False
-    return True
+        return None
+    return st
 
 
 def _rank(name: str) -> tuple[bool, str]:
@@ -123,6 +133,7 @@ class Resolver:
     clock: Callable[[], float] = time.monotonic
     listdir: Callable[[Path], list[str]] = os.listdir
     _indexes: dict[Path, _Index] = field(default_factory=dict)
+    _real_dirs: dict[Path, Path] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     async def locate(self, row: MediaRow) -> Resolution:
@@ -139,8 +150,8 @@ class Resolver:
             try:
                 given = Path(row.local_file_path)
                 candidate = given if given.is_absolute() else self.cwd / given
-                if _exists(candidate):
-                    return _confine(candidate, self.root, "local_file_path")
+                if (st := _lookup(candidate)) is not None:
+                    return self._confine(candidate, st, "local_file_path")
             except (OSError, ValueError) as exc:
                 return Refused(f"local_file_path cannot be looked up: {why(exc)}")
         directory = media_dir(self.root, row.media_type)
@@ -150,18 +161,41 @@ class Resolver:
             mime_ext = ext_for_mime(row.mime_type)
             if mime_ext:
                 candidate = directory / f"{md5}{mime_ext}"
-                if _exists(candidate):
-                    return _confine(candidate, self.root, "mime_type")
+                if (st := _lookup(candidate)) is not None:
+                    return self._confine(candidate, st, "mime_type")
             for fresh in (False, True):
                 name = self._index(directory, fresh=fresh).get(md5)
                 if name is None:
                     break
                 candidate = directory / name
-                if _exists(candidate):
-                    return _confine(candidate, self.root, "glob")
+                if (st := _lookup(candidate)) is not None:
+                    return self._confine(candidate, st, "glob")
         except (OSError, ValueError) as exc:
             return Refused(f"cannot look in {directory}: {why(exc)}")
         return NotFound(f"no local file for {md5} under {directory}")
+
+    def _confine(self, candidate: Path, st: os.stat_result, via: str) -> Found | Refused:
+        """`_confine`, cheaper for the common case: a regular file (not a symlink) is its
+        directory's real path plus its name, and the real path of each directory is looked
+        up once per run (a run sees a handful). Reads stay safe if a directory is swapped
+        for a symlink later: files are opened from the root, one component at a time,
+        refusing symlinks (localfs.CacheRoot.open_file)."""
+        if not stat.S_ISREG(st.st_mode):
+            return _confine(candidate, self.root, via)
+        parent = candidate.parent
+        real_parent = self._real_dirs.get(parent)
+        if real_parent is None:
+            try:
+                real_parent = parent.resolve(strict=True)
+            except (OSError, RuntimeError, ValueError) as exc:
+                return Refused(f"cannot resolve {candidate}: {why(exc)}")
+            if len(self._real_dirs) >= REAL_DIRS_REMEMBERED:
+                self._real_dirs.clear()  # hostile rows naming many directories
+            self._real_dirs[parent] = real_parent
+        real = real_parent / candidate.name
+        if not real.is_relative_to(self.root):
+            return Refused(f"{candidate} resolves outside the cache root")
+        return _found(candidate, real, st, via)
 
     def _index(self, directory: Path, *, fresh: bool) -> dict[str, str]:
         """The directory's `{md5}.*` index, listed now when `fresh` or when it changed since

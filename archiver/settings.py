@@ -29,7 +29,7 @@ MAX_PART_SIZE_BYTES = 5 * 1024 * MIB
 MAX_PARTS = 10_000  # S3's limit per multipart upload
 # Bytes of file content held in memory at once across all workers (single PUT bodies and
 # multipart parts together). Each 8 MiB part in flight costs about 20-25 MB of RSS.
-DEFAULT_MEMORY_BUDGET_BYTES = 48 * MIB
+PARTS_IN_FLIGHT_MAX = 8  # parts held in memory at once by default, whatever the concurrency
 
 MEDIA_TYPES = ("image", "video", "document")
 
@@ -254,7 +254,7 @@ class UploadOptions:
     media_types: tuple[str, ...] = ()
     multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD_BYTES
     part_size: int = DEFAULT_PART_SIZE_BYTES
-    memory_budget: int = DEFAULT_MEMORY_BUDGET_BYTES
+    memory_budget: int | None = None  # bytes of file content held at once; None: byte_budget
     flush_interval_s: float = 1.0
     lease_s: float = 300.0  # how long a claim on a row lasts unless renewed
     retry_problems: bool = False  # try known problems again (they are set aside otherwise)
@@ -273,9 +273,19 @@ class UploadOptions:
             raise ConfigError("--multipart-threshold must be at least 5 MiB")
         if self.lease_s < 1:
             raise ConfigError("--lease must be at least 1 second")
-        if self.memory_budget < self.part_size:
+        if self.memory_budget is not None and self.memory_budget < self.part_size:
             # One part must fit, or a large file could never start.
             object.__setattr__(self, "memory_budget", self.part_size)
         unknown = set(self.media_types) - set(MEDIA_TYPES)
         if unknown:
             raise ConfigError(f"unknown media type(s): {', '.join(sorted(unknown))}")
+
+    @property
+    def byte_budget(self) -> int:
+        """Bytes of file content held in memory at once across all workers: `memory_budget`
+        when given, else a part for every four uploads in flight, between 2 and
+        PARTS_IN_FLIGHT_MAX parts (64 MiB at the defaults: 32 in flight, 8 MiB parts)."""
+        if self.memory_budget is not None:
+            return self.memory_budget
+        parts = min(PARTS_IN_FLIGHT_MAX, max(2, self.concurrency // 4))
+        return parts * self.part_size

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -292,6 +293,50 @@ class ObjectInfo:
 class StoredPart:
     number: int
     etag: str
+    crc32: str | None = None  # base64 CRC32 S3 checked, on uploads with part checksums
+
+
+@dataclass(frozen=True, slots=True)
+class Completed:
+    """What CompleteMultipartUpload answered: the ETag (empty from some servers) and, on an
+    upload with part checksums, the checksum of the parts' checksums (`...-N`)."""
+
+    etag: str
+    crc32: str | None = None
+
+
+def crc32_b64(data: bytes | memoryview) -> str:
+    """The base64 x-amz-checksum-crc32 value of `data`."""
+    return base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode("ascii")
+
+
+def composite_crc32(part_checksums: Sequence[str]) -> str:
+    """The checksum S3 gives a multipart object made of parts with these CRC32 checksums:
+    the CRC32 of their concatenated values, dash, part count."""
+    joined = b"".join(base64.b64decode(c) for c in part_checksums)
+    return f"{crc32_b64(joined)}-{len(part_checksums)}"
+
+
+# Error codes of a part refused for a checksum that does not match its bytes.
+_CHECKSUM_MISMATCH_CODES = frozenset(
+    {"BadDigest", "InvalidDigest", "XAmzContentChecksumMismatch", "InvalidRequest"}
+)
+
+
+def _unsigned_payload_when_checksummed(config: Any) -> Callable[..., None]:
+    """A before-sign handler: a body sent with a checksum header (Content-MD5 or
+    x-amz-checksum-*, both signed) is not hashed again with SHA-256 for the signature, over
+    http either (botocore does so itself only for Content-MD5 over https). S3 checks the
+    body against the signed checksum and refuses any other."""
+
+    def handler(request: Any, **_: Any) -> None:
+        headers = request.headers
+        if "Content-MD5" in headers or any(
+            k.lower().startswith("x-amz-checksum-") for k in headers
+        ):
+            request.context["client_config"] = config
+
+    return handler
 
 
 def client_config(options: ClientOptions, *, max_connections: int) -> AioConfig:
@@ -324,6 +369,8 @@ class Storage:
         self._template: PutTemplate | None = None
         self._template_tried = False
         self._template_lock = asyncio.Lock()
+        self._part_checksums: bool | None = None  # the server checks CRC32 part checksums
+        self._probe_lock = asyncio.Lock()
 
     @classmethod
     @asynccontextmanager
@@ -351,7 +398,10 @@ class Storage:
         async with session.client(
             "s3", endpoint_url=settings.endpoint_url, config=config
         ) as client:
-            client.meta.events.register("before-sign.s3.PutObject", _no_continue_if_small)
+            unsigned = client.meta.config.merge(AioConfig(s3={"payload_signing_enabled": False}))
+            client.meta.events.register(
+                "before-sign.s3.UploadPart", _unsigned_payload_when_checksummed(unsigned)
+            )
             # botocore rebuilds the user agent for every request, to add the features a call
             # used; the one built with the request is kept (a fifth of a PUT's hook time).
             client.meta.events.unregister(
@@ -422,6 +472,10 @@ class Storage:
                 if not self._template_tried:
                     self._template = await PutTemplate.build(self._s3, self.bucket)
                     self._template_tried = True
+                    if self._template is None:  # the template decides it for its own PUTs
+                        self._s3.meta.events.register(
+                            "before-sign.s3.PutObject", _no_continue_if_small
+                        )
         return self._template
 
     async def put_object(
@@ -492,22 +546,37 @@ class Storage:
         )
 
     async def create_multipart(
-        self, key: str, content_type: str, metadata: Mapping[str, str]
+        self, key: str, content_type: str, metadata: Mapping[str, str], *, crc32: bool = False
     ) -> str:
-        """Start a multipart upload; its UploadId."""
+        """Start a multipart upload (with CRC32 part checksums when `crc32`); its UploadId."""
+        extra = {"ChecksumAlgorithm": "CRC32"} if crc32 else {}
         response = await self._call(
             f"starting multipart upload of {key}",
             "create_multipart_upload",
             Key=key,
             ContentType=content_type,
             Metadata=dict(metadata),
+            **extra,
         )
         return str(response["UploadId"])
 
     async def upload_part(
-        self, key: str, upload_id: str, number: int, body: bytes, md5_hex: str
-    ) -> str:
-        """Upload one part with Content-MD5; its ETag."""
+        self,
+        key: str,
+        upload_id: str,
+        number: int,
+        body: bytes,
+        *,
+        md5_hex: str | None = None,
+        crc32: str | None = None,
+    ) -> StoredPart:
+        """Upload one part with Content-MD5 (`md5_hex`) or a CRC32 checksum (`crc32`,
+        base64); its ETag, and the CRC32 S3 answered with."""
+        extra: dict[str, Any] = {}
+        if md5_hex is not None:
+            extra["ContentMD5"] = content_md5(md5_hex)
+        if crc32 is not None:
+            extra.update(ChecksumAlgorithm="CRC32", ChecksumCRC32=crc32)
         response = await self._call(
             f"uploading part {number} of {key}",
             "upload_part",
@@ -515,20 +584,26 @@ class Storage:
             UploadId=upload_id,
             PartNumber=number,
             Body=body,
-            ContentMD5=content_md5(md5_hex),
+            **extra,
         )
-        return str(response.get("ETag", "")).strip('"')
+        etag = str(response.get("ETag", "")).strip('"')
+        return StoredPart(number, etag, response.get("ChecksumCRC32"))
 
     async def complete_multipart(
         self, key: str, upload_id: str, parts: Sequence[StoredPart], *, if_absent: bool
-    ) -> str | None:
-        """Complete a multipart upload; its ETag, or None when `if_absent` and the key exists."""
+    ) -> Completed | None:
+        """Complete a multipart upload; what S3 answered, or None when `if_absent` and the
+        key exists."""
+        listed: list[dict[str, Any]] = []
+        for p in parts:
+            part: dict[str, Any] = {"PartNumber": p.number, "ETag": f'"{p.etag}"'}
+            if p.crc32 is not None:
+                part["ChecksumCRC32"] = p.crc32
+            listed.append(part)
         params: dict[str, Any] = {
             "Key": key,
             "UploadId": upload_id,
-            "MultipartUpload": {
-                "Parts": [{"PartNumber": p.number, "ETag": f'"{p.etag}"'} for p in parts]
-            },
+            "MultipartUpload": {"Parts": listed},
         }
         if if_absent:
             params["IfNoneMatch"] = "*"
@@ -540,7 +615,47 @@ class Storage:
             raise translate(exc, self.bucket, f"completing {key}") from exc
         except BotoCoreError as exc:
             raise translate(exc, self.bucket, f"completing {key}") from exc
-        return str(response.get("ETag", "")).strip('"')
+        return Completed(str(response.get("ETag", "")).strip('"'), response.get("ChecksumCRC32"))
+
+    async def checks_part_checksums(self, probe_key: str) -> bool:
+        """Whether this server checks the CRC32 checksum of each part (AWS S3 does; moto
+        and Ceph RGW 16 do not). Asked once per run, by sending one part of 8 bytes with a
+        wrong checksum to a multipart upload at `probe_key` that is then aborted: a server
+        that checks refuses it. Where it does, a part needs no MD5 of its own (the whole
+        file's MD5 is all the hashing a byte costs); where it does not, or the probe cannot
+        tell, parts carry Content-MD5 and their ETags are compared."""
+        async with self._probe_lock:
+            if self._part_checksums is None:
+                self._part_checksums = await self._probe_part_checksums(probe_key)
+        return self._part_checksums
+
+    async def _probe_part_checksums(self, key: str) -> bool:
+        try:
+            response = await self._s3.create_multipart_upload(
+                Bucket=self.bucket, Key=key, ChecksumAlgorithm="CRC32"
+            )
+        except (ClientError, BotoCoreError):
+            return False  # the uploads themselves will say what is wrong
+        upload_id = str(response["UploadId"])
+        probe = b"archiver"
+        wrong = base64.b64encode((zlib.crc32(probe) ^ 1).to_bytes(4, "big")).decode("ascii")
+        try:
+            await self._s3.upload_part(
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=upload_id,
+                PartNumber=1,
+                Body=probe,
+                ChecksumAlgorithm="CRC32",
+                ChecksumCRC32=wrong,
+            )
+        except ClientError as exc:
+            return _status(exc) == 400 and _code(exc) in _CHECKSUM_MISMATCH_CODES
+        except BotoCoreError:
+            return False
+        finally:
+            await self.abort_multipart(key, upload_id)
+        return False  # took a part whose checksum does not match: it does not check them
 
     async def abort_multipart(self, key: str, upload_id: str) -> None:
         """Abort a multipart upload so that no parts are left behind (best effort)."""

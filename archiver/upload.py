@@ -2,10 +2,13 @@
 
 Per row: validate `md5_sum` and `created_at`, find the file (confined to the cache root),
 derive the key, and store the file only when its bytes hash to `md5_sum`: a small file is
-read once and hashed, a large one is hashed whole before any part is sent. A row is recorded
-only when S3 confirms the content: the ETag of a single PUT equals the MD5, the ETag of a
-multipart upload equals the MD5 of its parts' MD5s; an existing object is accepted when the
-integrity rule (`integrity.py`) says it holds the file.
+read once and hashed before it is sent; a large one is read once, in parts, its MD5 growing
+as they are sent, and its upload is completed only when that MD5 is `md5_sum` (else
+aborted). A row is recorded only when S3 confirms the content: the ETag of a single PUT
+equals the MD5; a multipart upload's parts were each checked (by a CRC32 the server checks,
+or by their ETags, the MD5 of each part) and the completed object answers with the checksum
+(or ETag) of exactly those parts; an existing object is accepted when the integrity rule
+(`integrity.py`) says it holds the file.
 """
 
 from __future__ import annotations
@@ -14,12 +17,13 @@ import asyncio
 import hashlib
 import logging
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from archiver.budget import ByteBudget
 from archiver.claims import Claims
@@ -28,7 +32,7 @@ from archiver.db import Database, RowFilter
 from archiver.errors import AccessDenied, ArchiverError, StorageError, StorageUnavailable
 from archiver.integrity import METADATA_MD5, mismatch, object_intact
 from archiver.keys import archive_url, as_utc, normalize_md5, object_key
-from archiver.localfs import READ_CHUNK_BYTES, CacheRoot, LocalFile, NotARegularFile, why
+from archiver.localfs import CacheRoot, LocalFile, NotARegularFile, why
 from archiver.models import MediaRow, Outcome, Problem, RowResult, Summary
 from archiver.pipeline import Interrupt, Pipeline
 from archiver.policies import BatchPolicy, ExistencePolicy, RetryPolicy
@@ -36,7 +40,14 @@ from archiver.problems import Ledger, note_for, set_aside
 from archiver.resolve import Found, NotFound, Resolution, Resolver, open_cache_root
 from archiver.services import connected
 from archiver.settings import MAX_PARTS, MIB, Settings, UploadOptions
-from archiver.storage import ConditionalWritesUnsupported, ObjectInfo, StoredPart
+from archiver.storage import (
+    Completed,
+    ConditionalWritesUnsupported,
+    ObjectInfo,
+    StoredPart,
+    composite_crc32,
+    crc32_b64,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,16 +73,25 @@ class ObjectStore(Protocol):
     async def head_object(self, key: str) -> ObjectInfo | None: ...
 
     async def create_multipart(
-        self, key: str, content_type: str, metadata: dict[str, str]
+        self, key: str, content_type: str, metadata: dict[str, str], *, crc32: bool = False
     ) -> str: ...
 
     async def upload_part(
-        self, key: str, upload_id: str, number: int, body: bytes, md5_hex: str
-    ) -> str: ...
+        self,
+        key: str,
+        upload_id: str,
+        number: int,
+        body: bytes,
+        *,
+        md5_hex: str | None = None,
+        crc32: str | None = None,
+    ) -> StoredPart: ...
 
     async def complete_multipart(
         self, key: str, upload_id: str, parts: Sequence[StoredPart], *, if_absent: bool
-    ) -> str | None: ...
+    ) -> Completed | None: ...
+
+    async def checks_part_checksums(self, probe_key: str) -> bool: ...
 
     async def abort_multipart(self, key: str, upload_id: str) -> None: ...
 
@@ -117,31 +137,19 @@ class Sent:
     bytes: int = 0
 
 
-def hash_parts(f: LocalFile, part_size: int) -> tuple[str, list[bytes]]:
-    """The MD5 of the whole file and of each `part_size` part, in one read a chunk at a time
-    (memory stays bounded): the whole is proved before any byte is sent."""
-    whole = hashlib.md5()
-    digests = []
-    for offset in range(0, f.size, part_size):
-        part = hashlib.md5()
-        end = min(offset + part_size, f.size)
-        pos = offset
-        while pos < end:
-            chunk = f.pread(pos, min(READ_CHUNK_BYTES, end - pos))
-            if not chunk:
-                raise StorageError(f"the file shrank while it was read (at byte {pos})")
-            whole.update(chunk)
-            part.update(chunk)
-            pos += len(chunk)
-        digests.append(part.digest())
-    return whole.hexdigest(), digests
-
-
 def _read_part(f: LocalFile, offset: int, length: int) -> bytes:
     data = f.pread(offset, length)
     if len(data) != length:
         raise StorageError(f"the file shrank while it was sent (wanted {length} bytes at {offset})")
     return data
+
+
+def read_part(f: LocalFile, offset: int, length: int, whole: Any, crc32: bool) -> tuple[bytes, str]:
+    """One part, read once: added to the whole file's MD5 (parts are read in order) and
+    checked by its own CRC32 (base64) or MD5 (hex) (blocking)."""
+    data = _read_part(f, offset, length)
+    whole.update(data)
+    return data, crc32_b64(data) if crc32 else hashlib.md5(data).hexdigest()
 
 
 class Uploader:
@@ -165,9 +173,9 @@ class Uploader:
         self.store = store
         self.cache = cache
         self.resolver = Resolver(cache.path, cwd)
-        self.budget = ByteBudget(options.memory_budget)
+        self.budget = ByteBudget(options.byte_budget)
         self.existence = ExistencePolicy(misses_to_switch=2 * options.concurrency)
-        self.inline_max = min(INLINE_READ_MAX_BYTES, options.memory_budget // options.concurrency)
+        self.inline_max = min(INLINE_READ_MAX_BYTES, options.byte_budget // options.concurrency)
         self._inflight: dict[str, asyncio.Future[RowResult]] = {}
         self._done: OrderedDict[str, None] = OrderedDict()
 
@@ -389,42 +397,38 @@ class Uploader:
             if intact:
                 return self._result(prep, Outcome.SKIPPED_EXISTING)
             force = intact is False or not self.existence.conditional_writes
+        probe_key = f"{self.settings.key_prefix}/archiver-probe-{uuid.uuid4().hex}"
+        crc32 = await self.store.checks_part_checksums(probe_key)
         f = await asyncio.to_thread(self.cache.open_file, prep.path)
         try:
             part_size = part_size_for(f.size, self.options.part_size)
-            # The whole file is proved before anything is sent: a wrong md5_sum costs a read
-            # of the file, never its upload. Each part's digest comes from this same read,
-            # and each part's ETag must equal it, so the bytes sent are the bytes proved.
-            digest, part_digests = await asyncio.to_thread(hash_parts, f, part_size)
-            if digest != prep.md5:
-                return self._corrupt(prep, digest)
-            return await self._send_multipart(prep, f, part_size, part_digests, sent, force=force)
+            return await self._send_multipart(prep, f, part_size, sent, force=force, crc32=crc32)
         finally:
             f.close()
 
     async def _send_multipart(
-        self,
-        prep: Prepared,
-        f: LocalFile,
-        part_size: int,
-        part_digests: list[bytes],
-        sent: Sent,
-        *,
-        force: bool,
+        self, prep: Prepared, f: LocalFile, part_size: int, sent: Sent, *, force: bool, crc32: bool
     ) -> RowResult:
+        """Each byte is read once: the whole file's MD5 grows as the parts are read, in
+        order, and each part carries its own check (CRC32 where the server checks it,
+        else Content-MD5 and its ETag). A file whose bytes do not hash to md5_sum is never
+        completed: its upload is aborted, and nothing is stored."""
         assert self.store is not None
         upload_id = await self.store.create_multipart(
-            prep.key, prep.content_type, {METADATA_MD5: prep.md5}
+            prep.key, prep.content_type, {METADATA_MD5: prep.md5}, crc32=crc32
         )
         try:
-            parts = await self._send_parts(prep, f, upload_id, part_size, part_digests, sent)
-            etag = await self.store.complete_multipart(
+            parts, digest = await self._send_parts(prep, f, upload_id, part_size, sent, crc32)
+            if digest != prep.md5:
+                await asyncio.shield(self.store.abort_multipart(prep.key, upload_id))
+                return self._corrupt(prep, digest)
+            completed = await self.store.complete_multipart(
                 prep.key, upload_id, parts, if_absent=not force
             )
         except BaseException:
             await asyncio.shield(self.store.abort_multipart(prep.key, upload_id))
             raise
-        if etag is None:  # another process completed the same key meanwhile
+        if completed is None:  # another process completed the same key meanwhile
             await self.store.abort_multipart(prep.key, upload_id)
             existing = await self.store.head_object(prep.key)
             if object_intact(existing, prep.md5, f.size):
@@ -432,26 +436,39 @@ class Uploader:
             return self._result(
                 prep, Outcome.FAILED, reason="a different object appeared", sent=sent
             )
-        expected = multipart_etag(part_digests)
-        if not etag:
-            # Some servers (Ceph RGW 16) complete the upload but return no ETag: the stored
-            # object decides, by its ETag and the integrity rule.
-            existing = await self.store.head_object(prep.key)
-            problem = mismatch(existing, prep.md5, f.size)
-            if existing is not None and existing.etag != expected:
-                problem = f"ETag {existing.etag} differs from {expected}"
-            if problem is None:
-                return self._result(prep, Outcome.UPLOADED, sent=sent)
-            reason = f"S3 completed the upload without an ETag, and the stored object: {problem}"
-            return self._result(prep, Outcome.FAILED, reason=reason, sent=sent)
-        if etag != expected:
-            return self._result(
-                prep,
-                Outcome.FAILED,
-                reason=f"S3 returned ETag {etag!r}, expected {expected}",
-                sent=sent,
-            )
+        problem = await self._completed_problem(prep, f.size, parts, completed)
+        if problem is not None:
+            return self._result(prep, Outcome.FAILED, reason=problem, sent=sent)
         return self._result(prep, Outcome.UPLOADED, sent=sent)
+
+    async def _completed_problem(
+        self, prep: Prepared, size: int, parts: Sequence[StoredPart], completed: Completed
+    ) -> str | None:
+        """Why the completed object is not shown to be the parts sent, or None when it is:
+        by the checksum of the parts' CRC32s, or by the ETag (the MD5 of their MD5s)."""
+        assert self.store is not None
+        expected_etag: str | None = None
+        if parts and parts[0].crc32 is not None:
+            expected = composite_crc32([p.crc32 or "" for p in parts])
+            if completed.crc32 and completed.crc32.split("-")[0] == expected.split("-")[0]:
+                return None  # (some servers leave the part count off)
+            if completed.crc32:
+                return f"S3 returned checksum {completed.crc32!r}, expected {expected}"
+        else:
+            expected_etag = multipart_etag([bytes.fromhex(p.etag) for p in parts])
+            if completed.etag:
+                if completed.etag == expected_etag:
+                    return None
+                return f"S3 returned ETag {completed.etag!r}, expected {expected_etag}"
+        # Some servers (Ceph RGW 16) complete the upload but return no ETag (or checksum):
+        # the stored object decides, by the integrity rule (and its ETag, when known).
+        existing = await self.store.head_object(prep.key)
+        problem = mismatch(existing, prep.md5, size)
+        if existing is not None and expected_etag and existing.etag != expected_etag:
+            problem = f"ETag {existing.etag} differs from {expected_etag}"
+        if problem is None:
+            return None
+        return f"S3 completed the upload without an ETag, and the stored object: {problem}"
 
     async def _send_parts(
         self,
@@ -459,28 +476,39 @@ class Uploader:
         f: LocalFile,
         upload_id: str,
         part_size: int,
-        digests: list[bytes],
         sent: Sent,
-    ) -> list[StoredPart]:
-        """Read parts in order and upload them concurrently within the byte budget, each
-        with the digest proved by `hash_parts`; the stored parts in order."""
+        crc32: bool,
+    ) -> tuple[list[StoredPart], str]:
+        """Read parts in order (the whole file's MD5 grows with them) and upload them
+        concurrently within the byte budget; the stored parts in order, and the file's MD5."""
         assert self.store is not None
         store = self.store
         parts: dict[int, StoredPart] = {}
         errors: list[Exception] = []
+        whole = hashlib.md5()
 
-        async def send(number: int, data: bytes, digest: str, taken: int) -> None:
+        async def send(number: int, data: bytes, check: str, taken: int) -> None:
             try:
                 for _ in range(INTEGRITY_ATTEMPTS):
-                    etag = await store.upload_part(prep.key, upload_id, number, data, digest)
+                    if crc32:  # the server refuses a part whose bytes do not match
+                        stored = await store.upload_part(
+                            prep.key, upload_id, number, data, crc32=check
+                        )
+                        answered = stored.crc32
+                    else:
+                        stored = await store.upload_part(
+                            prep.key, upload_id, number, data, md5_hex=check
+                        )
+                        answered = stored.etag
                     sent.bytes += len(data)
-                    if etag == digest:
+                    if answered == check:
                         break
-                if etag != digest:
+                if answered != check:
+                    what = "checksum" if crc32 else "ETag"
                     raise StorageError(
-                        f"part {number}: S3 returned ETag {etag!r}, expected {digest}"
+                        f"part {number}: S3 returned {what} {answered!r}, expected {check}"
                     )
-                parts[number] = StoredPart(number, etag)
+                parts[number] = stored
             except (ArchiverError, OSError) as exc:
                 errors.append(exc)  # stop sending more; the caller aborts the upload
             finally:
@@ -494,17 +522,18 @@ class Uploader:
                     await self.budget.release(taken)
                     break
                 try:
-                    data = await asyncio.to_thread(_read_part, f, offset, length)
+                    data, check = await asyncio.to_thread(
+                        read_part, f, offset, length, whole, crc32
+                    )
                 except (ArchiverError, OSError) as exc:
                     await self.budget.release(taken)
                     errors.append(exc)
                     break
-                digest = digests[number - 1].hex()
-                tg.create_task(send(number, data, digest, taken), name=f"part-{number}")
+                tg.create_task(send(number, data, check, taken), name=f"part-{number}")
                 del data
         if errors:
             raise errors[0]
-        return [parts[n] for n in sorted(parts)]
+        return [parts[n] for n in sorted(parts)], whole.hexdigest()
 
     # -- results ------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from archiver.models import Outcome
 from archiver.policies import ExistencePolicy
 from archiver.sample import SampleRow, file_bytes, insert_rows
 from archiver.settings import MIB, ClientOptions, UploadOptions
+from archiver.storage import Storage, composite_crc32, crc32_b64
 from archiver.upload import run_upload
 from tests.helpers import (
     assert_archive_invariant,
@@ -80,8 +81,52 @@ async def test_a_large_file_goes_up_in_parts_and_round_trips(penv, db, s3, proxy
     assert obj["Body"].read() == data
     assert obj["ETag"].strip('"').endswith("-4")  # 5+5+5+2 MiB
     assert obj["Metadata"] == {"md5": md5(data)}
-    assert proxy.count(lambda r: r.is_part_put) == 4
-    assert proxy.count(lambda r: r.is_object_put) == 0
+    parts = [r for r, _ in proxy.requests if r.is_part_put and r.path.endswith(key)]
+    assert len(parts) == 4 and proxy.count(lambda r: r.is_object_put) == 0
+    # Neither server checks a part's CRC32 (the run's probe, one part of 8 bytes with a
+    # wrong checksum, was taken): so each part carries Content-MD5, checked by its ETag.
+    probes = [r for r, _ in proxy.requests if r.is_part_put and "archiver-probe-" in r.path]
+    assert [p.body_length for p in probes] == [8]
+    assert all("content-md5" in {h.lower() for h in p.headers} for p in parts)
+    assert s3.list_multipart_uploads(Bucket=penv.bucket).get("Uploads", []) == []
+    assert await db.fetchval("SELECT archive_url FROM post_media") == f"s3://{penv.bucket}/{key}"
+
+
+async def test_crc32_part_checksums_as_a_server_that_checks_them_is_sent_them(
+    penv, db, s3, proxy, monkeypatch
+) -> None:
+    """moto takes CRC32 part checksums without checking them (so the probe says no); as AWS
+    S3 checks them, the run is told so here, to send the requests of that mode to a real
+    HTTP server: parts with x-amz-checksum-crc32 and no Content-MD5, and a completed object
+    whose checksum of checksums is the one computed here."""
+
+    async def checks(self: Storage, probe_key: str) -> bool:
+        return True
+
+    monkeypatch.setattr(Storage, "checks_part_checksums", checks)
+    rng = random.Random(32)
+    data = file_bytes(".mp4", 12 * MIB + 7, rng)
+    media_file(penv.cache_root / "videos", f"{md5(data)}.mp4", data)
+    await insert_rows(
+        db, [SampleRow("crc", "video", md5(data), "video/mp4", None, datetime(2025, 7, 5))]
+    )
+
+    summary = await upload(penv, multipart_threshold=8 * MIB, part_size=5 * MIB)
+
+    key = f"cache/2025/07/{md5(data)}.mp4"
+    assert summary.counts[Outcome.UPLOADED] == 1
+    assert s3.get_object(Bucket=penv.bucket, Key=key)["Body"].read() == data
+    parts = [r for r, _ in proxy.requests if r.is_part_put]
+    assert len(parts) == 3
+    for part in parts:
+        names = {h.lower() for h in part.headers}
+        assert "x-amz-checksum-crc32" in names and "content-md5" not in names
+    stored = s3.head_object(Bucket=penv.bucket, Key=key, ChecksumMode="ENABLED")
+    sizes = [5 * MIB, 5 * MIB, 2 * MIB + 7]
+    offsets = [0, 5 * MIB, 10 * MIB]
+    crcs = [crc32_b64(data[o : o + n]) for o, n in zip(offsets, sizes, strict=True)]
+    # AWS answers "<checksum>-3"; moto's HEAD leaves the part count off.
+    assert stored["ChecksumCRC32"].split("-")[0] == composite_crc32(crcs).split("-")[0]
     assert await db.fetchval("SELECT archive_url FROM post_media") == f"s3://{penv.bucket}/{key}"
 
 

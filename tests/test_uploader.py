@@ -22,7 +22,14 @@ from archiver.localfs import CacheRoot
 from archiver.models import MediaRow, Outcome
 from archiver.resolve import open_cache_root
 from archiver.settings import MIB, Settings, UploadOptions
-from archiver.storage import ConditionalWritesUnsupported, ObjectInfo, StoredPart
+from archiver.storage import (
+    Completed,
+    ConditionalWritesUnsupported,
+    ObjectInfo,
+    StoredPart,
+    composite_crc32,
+    crc32_b64,
+)
 from archiver.upload import ObjectStore, Uploader, multipart_etag
 
 
@@ -48,6 +55,8 @@ class FakeStore:
     complete_other_bytes: bool = False  # ... and stores something else (a broken server)
     damage_next_puts: int = 0  # store the next N single PUT bodies with one byte flipped
     fail_part: int | None = None  # this part number fails
+    checks_crc32: bool = False  # refuses a part whose CRC32 does not match (as AWS S3 does)
+    crc_mismatch_part: int | None = None  # answers this part with another CRC32
     deny_puts: bool = False
     objects: dict[str, Stored] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)  # "HEAD", "PUT", "PUT-if-absent", ...
@@ -82,38 +91,60 @@ class FakeStore:
         return ObjectInfo(len(stored.body), stored.etag, dict(stored.metadata))
 
     async def create_multipart(
-        self, key: str, content_type: str, metadata: Mapping[str, str]
+        self, key: str, content_type: str, metadata: Mapping[str, str], *, crc32: bool = False
     ) -> str:
-        self.calls.append("CREATE")
+        self.calls.append("CREATE-crc32" if crc32 else "CREATE")
         upload_id = f"upload-{len(self.upload_metadata)}"
         self.uploads[upload_id] = {}
         self.upload_metadata[upload_id] = dict(metadata)
         return upload_id
 
     async def upload_part(
-        self, key: str, upload_id: str, number: int, body: bytes, md5_hex: str
-    ) -> str:
+        self,
+        key: str,
+        upload_id: str,
+        number: int,
+        body: bytes,
+        *,
+        md5_hex: str | None = None,
+        crc32: str | None = None,
+    ) -> StoredPart:
         self.calls.append(f"PART-{number}")
         if number == self.fail_part:
             raise StorageError(f"part {number} failed (injected)")
-        assert md5(body) == md5_hex
+        if md5_hex is not None:
+            assert md5(body) == md5_hex
+        if crc32 is not None and self.checks_crc32:
+            assert crc32_b64(body) == crc32  # else S3 answers BadDigest
         self.uploads[upload_id][number] = body
-        return md5(body)
+        answered = crc32_b64(body) if crc32 is not None and self.checks_crc32 else None
+        if number == self.crc_mismatch_part:
+            answered = crc32_b64(b"other")
+        return StoredPart(number, md5(body), answered)
 
     async def complete_multipart(
         self, key: str, upload_id: str, parts: Sequence[StoredPart], *, if_absent: bool
-    ) -> str | None:
+    ) -> Completed | None:
         self.calls.append("COMPLETE-if-absent" if if_absent else "COMPLETE")
         if if_absent and key in self.objects:
             return None
         bodies = self.uploads.pop(upload_id)
         etag = multipart_etag([bytes.fromhex(md5(bodies[p.number])) for p in parts])
         body = b"".join(bodies[p.number] for p in parts)
+        checksum = None
+        if all(p.crc32 for p in parts):
+            checksum = composite_crc32([crc32_b64(bodies[p.number]) for p in parts])
         if self.complete_other_bytes:
             body = body[:-1] + bytes([body[-1] ^ 1])
             etag = multipart_etag([bytes.fromhex(md5(body))] * len(parts))
         self.objects[key] = Stored(body, etag, self.upload_metadata[upload_id])
-        return "" if self.complete_without_etag else etag
+        if self.complete_without_etag:
+            return Completed("")
+        return Completed(etag, checksum)
+
+    async def checks_part_checksums(self, probe_key: str) -> bool:
+        self.calls.append("PROBE")
+        return self.checks_crc32
 
     async def abort_multipart(self, key: str, upload_id: str) -> None:
         self.calls.append("ABORT")
@@ -358,13 +389,40 @@ async def test_an_intact_multipart_object_is_skipped_and_one_without_md5_replace
     assert rig.store.objects[key].metadata == {METADATA_MD5: md5(data)}
 
 
-async def test_a_multipart_file_whose_bytes_differ_from_md5_sum_is_never_sent(rig: Rig) -> None:
+async def test_a_multipart_file_whose_bytes_differ_from_md5_sum_is_never_completed(
+    rig: Rig,
+) -> None:
     data = big(4)
     row = rig.row(data)
     (rig.root / "images" / f"{md5(data)}.jpg").write_bytes(big(5))  # changed after the row
     result = await rig.uploader(**MULTIPART).handle(row)
     assert result.outcome is Outcome.CORRUPT
-    assert rig.store.calls == ["HEAD"]  # hashed whole before any part
+    # Read once: hashed as its parts were sent, and the upload aborted, not completed.
+    assert "COMPLETE" not in " ".join(rig.store.calls) and rig.store.calls[-1] == "ABORT"
+    assert rig.store.aborted == ["upload-0"] and rig.store.uploads == {}
+    assert rig.store.objects == {}
+
+
+async def test_where_the_server_checks_crc32_parts_carry_no_md5_of_their_own(rig: Rig) -> None:
+    rig.store.checks_crc32 = True
+    data = big(8)
+    result = await rig.uploader(**MULTIPART).handle(rig.row(data))
+    assert result.outcome is Outcome.UPLOADED and result.key
+    assert rig.store.objects[result.key].body == data
+    assert rig.store.calls[:3] == ["HEAD", "PROBE", "CREATE-crc32"]
+
+    # A part answered with another checksum than the one sent is not taken as stored.
+    rig.store.crc_mismatch_part = 2
+    bad = await rig.uploader(**MULTIPART).handle(rig.row(big(9)))
+    assert bad.outcome is Outcome.FAILED and "part 2: S3 returned checksum" in bad.reason
+    assert rig.store.calls[-1] == "ABORT"
+
+
+async def test_where_the_server_does_not_check_crc32_parts_carry_content_md5(rig: Rig) -> None:
+    data = big(10)
+    result = await rig.uploader(**MULTIPART).handle(rig.row(data))
+    assert result.outcome is Outcome.UPLOADED
+    assert rig.store.calls[:3] == ["HEAD", "PROBE", "CREATE"]
 
 
 async def test_a_multipart_upload_completed_without_an_etag_is_judged_by_a_head(
