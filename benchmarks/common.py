@@ -54,18 +54,22 @@ def compile_bytecode() -> None:
 
 
 @contextmanager
-def moto_process() -> Iterator[str]:
-    """moto's S3 server in a process of its own; its URL."""
+def moto_process(tls: tuple[Path, Path] | None = None) -> Iterator[str]:
+    """moto's S3 server in a process of its own; its URL. With `tls` (certificate and key
+    files) it serves https only."""
     port = free_port()
+    argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    if tls is not None:
+        argv += ["-c", str(tls[0]), "-k", str(tls[1])]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        argv,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env={**os.environ, **AWS_ENV},
     )
     try:
         wait_port(port)
-        yield f"http://127.0.0.1:{port}"
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     finally:
         proc.terminate()
         proc.wait(10)

@@ -20,6 +20,7 @@ from benchmarks.common import (
     archived_rows,
     archiver_cmd,
     archiver_env,
+    compile_bytecode,
     count_objects,
     machine,
     markdown_table,
@@ -67,6 +68,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sets (a smoke run)")
     args = parser.parse_args()
+    compile_bytecode()
     big_mb, n_large, each_mb = (60, 8, 20) if args.quick else (300, 40, 20)
     small_counts = (200, 2000) if args.quick else (2000, 20000)
 

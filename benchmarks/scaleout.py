@@ -20,6 +20,7 @@ from benchmarks.common import (
     archived_rows,
     archiver_cmd,
     archiver_env,
+    compile_bytecode,
     count_objects,
     machine,
     markdown_table,
@@ -72,6 +73,7 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=4000)
     parser.add_argument("--size", type=int, default=20_000, help="bytes per file")
     args = parser.parse_args()
+    compile_bytecode()
     table = []
     with scratch("archiver-bench-scale-") as work, postgres() as pg, moto_process() as endpoint:
         root = work / "cache" / "media"
