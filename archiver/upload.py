@@ -508,7 +508,8 @@ class Uploader:
                     raise StorageError(
                         f"part {number}: S3 returned {what} {answered!r}, expected {check}"
                     )
-                parts[number] = stored
+                # The mode decides which check the completed object answers with.
+                parts[number] = StoredPart(number, stored.etag, check if crc32 else None)
             except (ArchiverError, OSError) as exc:
                 errors.append(exc)  # stop sending more; the caller aborts the upload
             finally:
