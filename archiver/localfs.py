@@ -115,6 +115,16 @@ class LocalFile(_Closing):
             length -= len(chunk)
         return b"".join(chunks)
 
+    def pread_into(self, view: memoryview, offset: int) -> int:
+        """Fill `view` from `offset`; the number of bytes read (fewer only at the end)."""
+        done = 0
+        while done < len(view):
+            n = os.preadv(self.fd, [view[done:]], offset + done)
+            if not n:
+                break
+            done += n
+        return done
+
     def read_all(self) -> bytes:
         """The whole content, to the end of the file as it is now."""
         chunks = []

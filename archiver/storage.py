@@ -88,7 +88,7 @@ class Body(Payload):
     botocore takes its length, and rewinds it before a retry (each write starts at the
     beginning anyway)."""
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes | memoryview) -> None:
         super().__init__(data)
         self._size = self._length = len(data)
         self._position = 0  # of read(), which archiver's requests never need
@@ -234,7 +234,13 @@ class PutTemplate:
         return cls(client, operation, url[: -len(encoded_key)], headers, context)
 
     async def put(
-        self, key: str, body: bytes, content_md5_b64: str, content_type: str, *, if_none_match: bool
+        self,
+        key: str,
+        body: bytes | memoryview,
+        content_md5_b64: str,
+        content_type: str,
+        *,
+        if_none_match: bool,
     ) -> dict[str, Any]:
         """One PUT of `body` at `key`; botocore's parsed reply (ClientError at 300+)."""
         headers = dict(self._headers)
@@ -534,7 +540,13 @@ class Storage:
         return self._template
 
     async def put_object(
-        self, key: str, body: bytes, md5_hex: str, content_type: str, *, if_absent: bool
+        self,
+        key: str,
+        body: bytes | memoryview,
+        md5_hex: str,
+        content_type: str,
+        *,
+        if_absent: bool,
     ) -> str | None:
         """PUT one object with Content-MD5; its ETag, or None when `if_absent` and it exists."""
         params: dict[str, Any] = {
@@ -551,7 +563,8 @@ class Storage:
                 response = await template.put(
                     key, body, params["ContentMD5"], content_type, if_none_match=if_absent
                 )
-            else:
+            else:  # botocore takes bytes, not a view of a reused buffer
+                params["Body"] = bytes(body)
                 response = await self._s3.put_object(Bucket=self.bucket, **params)
         except ClientError as exc:
             if if_absent and (_status(exc) == 412 or _code(exc) == "PreconditionFailed"):
@@ -620,7 +633,7 @@ class Storage:
         key: str,
         upload_id: str,
         number: int,
-        body: bytes,
+        body: bytes | memoryview,
         *,
         md5_hex: str | None = None,
         crc32: str | None = None,

@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from archiver.budget import ByteBudget
+from archiver.budget import BufferPool, ByteBudget
 from archiver.claims import Claims
 from archiver.content_types import SNIFF_BYTES, choose_ext, content_type_for, needs_sniffing
 from archiver.db import Database, RowFilter
@@ -67,7 +67,13 @@ class ObjectStore(Protocol):
     versioned: bool  # If-None-Match is not to be trusted on this bucket
 
     async def put_object(
-        self, key: str, body: bytes, md5_hex: str, content_type: str, *, if_absent: bool
+        self,
+        key: str,
+        body: bytes | memoryview,
+        md5_hex: str,
+        content_type: str,
+        *,
+        if_absent: bool,
     ) -> str | None: ...
 
     async def head_object(self, key: str) -> ObjectInfo | None: ...
@@ -81,7 +87,7 @@ class ObjectStore(Protocol):
         key: str,
         upload_id: str,
         number: int,
-        body: bytes,
+        body: bytes | memoryview,
         *,
         md5_hex: str | None = None,
         crc32: str | None = None,
@@ -137,19 +143,16 @@ class Sent:
     bytes: int = 0
 
 
-def _read_part(f: LocalFile, offset: int, length: int) -> bytes:
-    data = f.pread(offset, length)
-    if len(data) != length:
-        raise StorageError(f"the file shrank while it was sent (wanted {length} bytes at {offset})")
-    return data
-
-
-def read_part(f: LocalFile, offset: int, length: int, whole: Any, crc32: bool) -> tuple[bytes, str]:
-    """One part, read once: added to the whole file's MD5 (parts are read in order) and
-    checked by its own CRC32 (base64) or MD5 (hex) (blocking)."""
-    data = _read_part(f, offset, length)
-    whole.update(data)
-    return data, crc32_b64(data) if crc32 else hashlib.md5(data).hexdigest()
+def read_part(f: LocalFile, view: memoryview, offset: int, whole: Any, crc32: bool) -> str:
+    """One part, read once into `view`: added to the whole file's MD5 (parts are read in
+    order); its own check, a CRC32 (base64) or an MD5 (hex) (blocking)."""
+    got = f.pread_into(view, offset)
+    if got != len(view):
+        raise StorageError(
+            f"the file shrank while it was sent (wanted {len(view)} bytes at {offset})"
+        )
+    whole.update(view)
+    return crc32_b64(view) if crc32 else hashlib.md5(view).hexdigest()
 
 
 class Uploader:
@@ -174,6 +177,9 @@ class Uploader:
         self.cache = cache
         self.resolver = Resolver(cache.path, cwd)
         self.budget = ByteBudget(options.byte_budget)
+        self.buffers = BufferPool(
+            options.part_size, keep=max(1, options.byte_budget // options.part_size)
+        )
         self.existence = ExistencePolicy(misses_to_switch=2 * options.concurrency)
         self.inline_max = min(INLINE_READ_MAX_BYTES, options.byte_budget // options.concurrency)
         self._inflight: dict[str, asyncio.Future[RowResult]] = {}
@@ -303,6 +309,13 @@ class Uploader:
                 prep, Outcome.FAILED, reason=f"not stored within {deadline_s:.0f} s", sent=sent
             )
 
+    def _read_into(self, path: Path, view: memoryview) -> str:
+        """Fill `view` from the file (its first bytes, if it grew since it was found); the
+        MD5 of what was read."""
+        with self.cache.open_file(path) as f:
+            got = f.pread_into(view, 0)
+        return hashlib.md5(view[:got]).hexdigest()
+
     def _read(self, path: Path) -> tuple[bytes, str]:
         with self.cache.open_file(path) as f:
             body = f.read_all()
@@ -315,10 +328,14 @@ class Uploader:
             if prep.body is not None:
                 return await self._store_single(prep, prep.body, prep.body_md5 or "", sent)
             async with self.budget.hold(prep.size):
-                body, body_md5 = await asyncio.to_thread(self._read, prep.path)
-                if body_md5 != prep.md5:
-                    return self._corrupt(prep, body_md5)
-                return await self._store_single(prep, body, body_md5, sent)
+                view = self.buffers.take(prep.size)
+                try:
+                    body_md5 = await asyncio.to_thread(self._read_into, prep.path, view)
+                    if body_md5 != prep.md5:
+                        return self._corrupt(prep, body_md5)
+                    return await self._store_single(prep, view, body_md5, sent)
+                finally:
+                    self.buffers.give(view)
         except AccessDenied as exc:
             # Every key is under the same prefix and policy: one denial dooms every row.
             raise StorageUnavailable(str(exc)) from exc
@@ -341,7 +358,9 @@ class Uploader:
         self.existence.present()
         return object_intact(existing, prep.md5, prep.size)
 
-    async def _put(self, prep: Prepared, body: bytes, sent: Sent, *, if_absent: bool) -> str | None:
+    async def _put(
+        self, prep: Prepared, body: bytes | memoryview, sent: Sent, *, if_absent: bool
+    ) -> str | None:
         assert self.store is not None
         etag = await self.store.put_object(
             prep.key, body, prep.md5, prep.content_type, if_absent=if_absent
@@ -351,7 +370,7 @@ class Uploader:
         return etag
 
     async def _store_single(
-        self, prep: Prepared, body: bytes, body_md5: str, sent: Sent
+        self, prep: Prepared, body: bytes | memoryview, body_md5: str, sent: Sent
     ) -> RowResult:
         assert self.store is not None
         if self.store.versioned and self.existence.conditional_writes:
@@ -487,7 +506,7 @@ class Uploader:
         errors: list[Exception] = []
         whole = hashlib.md5()
 
-        async def send(number: int, data: bytes, check: str, taken: int) -> None:
+        async def send(number: int, data: memoryview, check: str, taken: int) -> None:
             try:
                 for _ in range(INTEGRITY_ATTEMPTS):
                     if crc32:  # the server refuses a part whose bytes do not match
@@ -513,6 +532,7 @@ class Uploader:
             except (ArchiverError, OSError) as exc:
                 errors.append(exc)  # stop sending more; the caller aborts the upload
             finally:
+                self.buffers.give(data)
                 await self.budget.release(taken)
 
         async with asyncio.TaskGroup() as tg:
@@ -522,16 +542,16 @@ class Uploader:
                 if errors:
                     await self.budget.release(taken)
                     break
+                view = self.buffers.take(length)
                 try:
-                    data, check = await asyncio.to_thread(
-                        read_part, f, offset, length, whole, crc32
-                    )
+                    check = await asyncio.to_thread(read_part, f, view, offset, whole, crc32)
                 except (ArchiverError, OSError) as exc:
+                    self.buffers.give(view)
                     await self.budget.release(taken)
                     errors.append(exc)
                     break
-                tg.create_task(send(number, data, check, taken), name=f"part-{number}")
-                del data
+                tg.create_task(send(number, view, check, taken), name=f"part-{number}")
+                del view
         if errors:
             raise errors[0]
         return [parts[n] for n in sorted(parts)], whole.hexdigest()

@@ -65,9 +65,16 @@ class FakeStore:
     aborted: list[str] = field(default_factory=list)
 
     async def put_object(
-        self, key: str, body: bytes, md5_hex: str, content_type: str, *, if_absent: bool
+        self,
+        key: str,
+        body: bytes | memoryview,
+        md5_hex: str,
+        content_type: str,
+        *,
+        if_absent: bool,
     ) -> str | None:
         self.calls.append("PUT-if-absent" if if_absent else "PUT")
+        body = bytes(body)  # the uploader reuses its buffers
         if self.deny_puts:
             raise AccessDenied(f"S3 denied s3:PutObject on {key}")
         if if_absent and not self.conditional_writes:
@@ -104,12 +111,13 @@ class FakeStore:
         key: str,
         upload_id: str,
         number: int,
-        body: bytes,
+        body: bytes | memoryview,
         *,
         md5_hex: str | None = None,
         crc32: str | None = None,
     ) -> StoredPart:
         self.calls.append(f"PART-{number}")
+        body = bytes(body)  # the uploader reuses its buffers
         if number == self.fail_part:
             raise StorageError(f"part {number} failed (injected)")
         if md5_hex is not None:
