@@ -1,11 +1,11 @@
 """`archiver upload`: what one row means, and the run that wires database, S3 and pipeline.
 
 Per row: validate `md5_sum` and `created_at`, find the file (confined to the cache root),
-derive the key, and store the file only when its bytes hash to `md5_sum`: a small file is
-read once and hashed before it is sent; a large one is read once, in parts, its MD5 growing
-as they are sent, and its upload is completed only when that MD5 is `md5_sum` (else
-aborted). A row is recorded only when S3 confirms the content: the ETag of a single PUT
-equals the MD5; a multipart upload's parts were each checked (by a CRC32 the server checks,
+derive the key, and store the file only when its bytes hash to `md5_sum`: no byte is sent
+before the file is proved (a small file, or a large one that fits the byte budget, is read
+once, into memory; a larger one is hashed first, then read again a part at a time). A row
+is recorded only when S3 confirms the content: the ETag of a single PUT equals the MD5; a
+multipart upload's parts were each checked (by a CRC32 the server checks,
 or by their ETags, the MD5 of each part) and the completed object answers with the checksum
 (or ETag) of exactly those parts; an existing object is accepted when the integrity rule
 (`integrity.py`) says it holds the file.
@@ -18,12 +18,13 @@ import hashlib
 import logging
 import time
 import uuid
+import zlib
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from archiver.budget import BufferPool, ByteBudget
 from archiver.claims import Claims
@@ -32,7 +33,7 @@ from archiver.db import Database, RowFilter
 from archiver.errors import AccessDenied, ArchiverError, StorageError, StorageUnavailable
 from archiver.integrity import METADATA_MD5, mismatch, object_intact
 from archiver.keys import archive_url, as_utc, normalize_md5, object_key
-from archiver.localfs import CacheRoot, LocalFile, NotARegularFile, why
+from archiver.localfs import READ_CHUNK_BYTES, CacheRoot, LocalFile, NotARegularFile, why
 from archiver.models import MediaRow, Outcome, Problem, RowResult, Summary
 from archiver.pipeline import Interrupt, Pipeline
 from archiver.policies import BatchPolicy, ExistencePolicy, RetryPolicy
@@ -143,16 +144,50 @@ class Sent:
     bytes: int = 0
 
 
-def read_part(f: LocalFile, view: memoryview, offset: int, whole: Any, crc32: bool) -> str:
-    """One part, read once into `view`: added to the whole file's MD5 (parts are read in
-    order); its own check, a CRC32 (base64) or an MD5 (hex) (blocking)."""
-    got = f.pread_into(view, offset)
-    if got != len(view):
-        raise StorageError(
-            f"the file shrank while it was sent (wanted {len(view)} bytes at {offset})"
-        )
-    whole.update(view)
-    return crc32_b64(view) if crc32 else hashlib.md5(view).hexdigest()
+def read_held(f: LocalFile, views: Sequence[memoryview]) -> str:
+    """Fill `views` with the file, part after part; the whole file's MD5 (blocking)."""
+    whole = hashlib.md5()
+    offset = 0
+    for view in views:
+        if f.pread_into(view, offset) != len(view):
+            raise StorageError(f"the file shrank while it was read (at byte {offset})")
+        whole.update(view)
+        offset += len(view)
+    return whole.hexdigest()
+
+
+def part_check(data: memoryview, crc32: bool) -> str:
+    """What a part is sent with: its CRC32 (base64) or its MD5 (hex)."""
+    return crc32_b64(data) if crc32 else hashlib.md5(data).hexdigest()
+
+
+def hash_streamed(f: LocalFile, part_size: int) -> tuple[str, list[int]]:
+    """The whole file's MD5 and each part's CRC32, in one read a chunk at a time (memory
+    stays bounded): the file is proved before a byte is sent (blocking)."""
+    whole = hashlib.md5()
+    crcs = []
+    chunk = memoryview(bytearray(min(READ_CHUNK_BYTES, part_size)))
+    for offset in range(0, f.size, part_size):
+        end = min(offset + part_size, f.size)
+        crc = 0
+        pos = offset
+        while pos < end:
+            got = f.pread_into(chunk[: min(len(chunk), end - pos)], pos)
+            if not got:
+                raise StorageError(f"the file shrank while it was read (at byte {pos})")
+            whole.update(chunk[:got])
+            crc = zlib.crc32(chunk[:got], crc)
+            pos += got
+        crcs.append(crc)
+    return whole.hexdigest(), crcs
+
+
+def reread_part(f: LocalFile, view: memoryview, offset: int, crc: int, crc32: bool) -> str:
+    """A part read again to be sent (a file larger than the byte budget): its bytes must be
+    those proved by `hash_streamed` (the same CRC32); its check (blocking)."""
+    if f.pread_into(view, offset) != len(view) or zlib.crc32(view) != crc:
+        raise StorageError(f"the file changed while it was sent (the part at byte {offset})")
+    return part_check(view, crc32)
 
 
 class Uploader:
@@ -408,6 +443,12 @@ class Uploader:
         return self._result(prep, Outcome.FAILED, reason=reason, sent=sent)
 
     async def _store_multipart(self, prep: Prepared, sent: Sent) -> RowResult:
+        """No byte is sent before the file is proved to hash to md5_sum. A file that fits
+        the byte budget (64 MiB at the defaults) is read once, into reused buffers, and
+        sent from them; a larger one is read twice (hashed a chunk at a time, then sent a
+        part at a time, each part's CRC32 compared with the first read's). Each part
+        carries its own check: a CRC32 where the server checks it (a byte is then hashed
+        with MD5 once), else Content-MD5, its ETag compared."""
         assert self.store is not None
         force = self.options.force
         if not force:
@@ -416,31 +457,157 @@ class Uploader:
             if intact:
                 return self._result(prep, Outcome.SKIPPED_EXISTING)
             force = intact is False or not self.existence.conditional_writes
-        probe_key = f"{self.settings.key_prefix}/archiver-probe-{uuid.uuid4().hex}"
-        crc32 = await self.store.checks_part_checksums(probe_key)
         f = await asyncio.to_thread(self.cache.open_file, prep.path)
         try:
             part_size = part_size_for(f.size, self.options.part_size)
-            return await self._send_multipart(prep, f, part_size, sent, force=force, crc32=crc32)
+            if f.size <= self.budget.capacity:
+                return await self._multipart_held(prep, f, part_size, sent, force=force)
+            return await self._multipart_streamed(prep, f, part_size, sent, force=force)
         finally:
             f.close()
 
-    async def _send_multipart(
-        self, prep: Prepared, f: LocalFile, part_size: int, sent: Sent, *, force: bool, crc32: bool
+    async def _part_checksums(self) -> bool:
+        """Whether parts carry CRC32s (the server checks them), asked once per run."""
+        assert self.store is not None
+        probe_key = f"{self.settings.key_prefix}/archiver-probe-{uuid.uuid4().hex}"
+        return await self.store.checks_part_checksums(probe_key)
+
+    async def _multipart_held(
+        self, prep: Prepared, f: LocalFile, part_size: int, sent: Sent, *, force: bool
     ) -> RowResult:
-        """Each byte is read once: the whole file's MD5 grows as the parts are read, in
-        order, and each part carries its own check (CRC32 where the server checks it,
-        else Content-MD5 and its ETag). A file whose bytes do not hash to md5_sum is never
-        completed: its upload is aborted, and nothing is stored."""
+        taken = await self.budget.acquire(f.size)
+        views = [self.buffers.take(min(part_size, f.size - o)) for o in range(0, f.size, part_size)]
+        try:
+            digest = await asyncio.to_thread(read_held, f, views)
+            if digest != prep.md5:
+                return self._corrupt(prep, digest)
+            crc32 = await self._part_checksums()
+            checks = await asyncio.to_thread(lambda: [part_check(v, crc32) for v in views])
+
+            async def send(upload_id: str) -> list[StoredPart]:
+                errors: list[Exception] = []
+                stored: dict[int, StoredPart] = {}
+                async with asyncio.TaskGroup() as tg:
+                    for number, (view, check) in enumerate(zip(views, checks, strict=True), 1):
+                        tg.create_task(
+                            self._send_part(
+                                prep, upload_id, number, view, check, crc32, sent, stored, errors
+                            )
+                        )
+                if errors:
+                    raise errors[0]
+                return [stored[n] for n in sorted(stored)]
+
+            return await self._multipart(prep, f.size, sent, send, force=force, crc32=crc32)
+        finally:
+            for view in views:
+                self.buffers.give(view)
+            await self.budget.release(taken)
+
+    async def _multipart_streamed(
+        self, prep: Prepared, f: LocalFile, part_size: int, sent: Sent, *, force: bool
+    ) -> RowResult:
+        digest, crcs = await asyncio.to_thread(hash_streamed, f, part_size)
+        if digest != prep.md5:
+            return self._corrupt(prep, digest)
+        crc32 = await self._part_checksums()
+
+        async def send(upload_id: str) -> list[StoredPart]:
+            errors: list[Exception] = []
+            stored: dict[int, StoredPart] = {}
+
+            async def one(number: int, view: memoryview, check: str, taken: int) -> None:
+                try:
+                    await self._send_part(
+                        prep, upload_id, number, view, check, crc32, sent, stored, errors
+                    )
+                finally:
+                    self.buffers.give(view)
+                    await self.budget.release(taken)
+
+            async with asyncio.TaskGroup() as tg:
+                for number, offset in enumerate(range(0, f.size, part_size), start=1):
+                    length = min(part_size, f.size - offset)
+                    taken = await self.budget.acquire(length)
+                    if errors:
+                        await self.budget.release(taken)
+                        break
+                    view = self.buffers.take(length)
+                    try:
+                        check = await asyncio.to_thread(
+                            reread_part, f, view, offset, crcs[number - 1], crc32
+                        )
+                    except (ArchiverError, OSError) as exc:
+                        self.buffers.give(view)
+                        await self.budget.release(taken)
+                        errors.append(exc)
+                        break
+                    tg.create_task(one(number, view, check, taken), name=f"part-{number}")
+                    del view
+            if errors:
+                raise errors[0]
+            return [stored[n] for n in sorted(stored)]
+
+        return await self._multipart(prep, f.size, sent, send, force=force, crc32=crc32)
+
+    async def _send_part(
+        self,
+        prep: Prepared,
+        upload_id: str,
+        number: int,
+        data: memoryview,
+        check: str,
+        crc32: bool,
+        sent: Sent,
+        stored: dict[int, StoredPart],
+        errors: list[Exception],
+    ) -> None:
+        """Upload one part until S3 answers with its check (the CRC32 it checked, or the
+        part's MD5 as ETag); a failure goes to `errors`, which stops the sending."""
+        assert self.store is not None
+        try:
+            for _ in range(INTEGRITY_ATTEMPTS):
+                if crc32:  # the server refuses a part whose bytes do not match
+                    part = await self.store.upload_part(
+                        prep.key, upload_id, number, data, crc32=check
+                    )
+                    answered = part.crc32
+                else:
+                    part = await self.store.upload_part(
+                        prep.key, upload_id, number, data, md5_hex=check
+                    )
+                    answered = part.etag
+                sent.bytes += len(data)
+                if answered == check:
+                    break
+            if answered != check:
+                what = "checksum" if crc32 else "ETag"
+                raise StorageError(
+                    f"part {number}: S3 returned {what} {answered!r}, expected {check}"
+                )
+            # The mode decides which check the completed object answers with.
+            stored[number] = StoredPart(number, part.etag, check if crc32 else None)
+        except (ArchiverError, OSError) as exc:
+            errors.append(exc)
+
+    async def _multipart(
+        self,
+        prep: Prepared,
+        size: int,
+        sent: Sent,
+        send: Callable[[str], Awaitable[list[StoredPart]]],
+        *,
+        force: bool,
+        crc32: bool,
+    ) -> RowResult:
+        """Start a multipart upload, `send` its parts, complete it and check the result;
+        aborted on any failure, so no parts are left behind."""
         assert self.store is not None
         upload_id = await self.store.create_multipart(
             prep.key, prep.content_type, {METADATA_MD5: prep.md5}, crc32=crc32
         )
         try:
-            parts, digest = await self._send_parts(prep, f, upload_id, part_size, sent, crc32)
-            if digest != prep.md5:
-                await asyncio.shield(self.store.abort_multipart(prep.key, upload_id))
-                return self._corrupt(prep, digest)
+            parts = await send(upload_id)
             completed = await self.store.complete_multipart(
                 prep.key, upload_id, parts, if_absent=not force
             )
@@ -450,12 +617,12 @@ class Uploader:
         if completed is None:  # another process completed the same key meanwhile
             await self.store.abort_multipart(prep.key, upload_id)
             existing = await self.store.head_object(prep.key)
-            if object_intact(existing, prep.md5, f.size):
+            if object_intact(existing, prep.md5, size):
                 return self._result(prep, Outcome.SKIPPED_EXISTING, sent=sent)
             return self._result(
                 prep, Outcome.FAILED, reason="a different object appeared", sent=sent
             )
-        problem = await self._completed_problem(prep, f.size, parts, completed)
+        problem = await self._completed_problem(prep, size, parts, completed)
         if problem is not None:
             return self._result(prep, Outcome.FAILED, reason=problem, sent=sent)
         return self._result(prep, Outcome.UPLOADED, sent=sent)
@@ -488,73 +655,6 @@ class Uploader:
         if problem is None:
             return None
         return f"S3 completed the upload without an ETag, and the stored object: {problem}"
-
-    async def _send_parts(
-        self,
-        prep: Prepared,
-        f: LocalFile,
-        upload_id: str,
-        part_size: int,
-        sent: Sent,
-        crc32: bool,
-    ) -> tuple[list[StoredPart], str]:
-        """Read parts in order (the whole file's MD5 grows with them) and upload them
-        concurrently within the byte budget; the stored parts in order, and the file's MD5."""
-        assert self.store is not None
-        store = self.store
-        parts: dict[int, StoredPart] = {}
-        errors: list[Exception] = []
-        whole = hashlib.md5()
-
-        async def send(number: int, data: memoryview, check: str, taken: int) -> None:
-            try:
-                for _ in range(INTEGRITY_ATTEMPTS):
-                    if crc32:  # the server refuses a part whose bytes do not match
-                        stored = await store.upload_part(
-                            prep.key, upload_id, number, data, crc32=check
-                        )
-                        answered = stored.crc32
-                    else:
-                        stored = await store.upload_part(
-                            prep.key, upload_id, number, data, md5_hex=check
-                        )
-                        answered = stored.etag
-                    sent.bytes += len(data)
-                    if answered == check:
-                        break
-                if answered != check:
-                    what = "checksum" if crc32 else "ETag"
-                    raise StorageError(
-                        f"part {number}: S3 returned {what} {answered!r}, expected {check}"
-                    )
-                # The mode decides which check the completed object answers with.
-                parts[number] = StoredPart(number, stored.etag, check if crc32 else None)
-            except (ArchiverError, OSError) as exc:
-                errors.append(exc)  # stop sending more; the caller aborts the upload
-            finally:
-                self.buffers.give(data)
-                await self.budget.release(taken)
-
-        async with asyncio.TaskGroup() as tg:
-            for number, offset in enumerate(range(0, f.size, part_size), start=1):
-                length = min(part_size, f.size - offset)
-                taken = await self.budget.acquire(length)
-                if errors:
-                    await self.budget.release(taken)
-                    break
-                view = self.buffers.take(length)
-                try:
-                    check = await asyncio.to_thread(read_part, f, view, offset, whole, crc32)
-                except (ArchiverError, OSError) as exc:
-                    self.buffers.give(view)
-                    await self.budget.release(taken)
-                    errors.append(exc)
-                    break
-                tg.create_task(send(number, view, check, taken), name=f"part-{number}")
-                del view
-        if errors:
-            raise errors[0]
-        return [parts[n] for n in sorted(parts)], whole.hexdigest()
 
     # -- results ------------------------------------------------------------------------
 

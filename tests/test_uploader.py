@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from archiver import upload as upload_module
 from archiver.errors import AccessDenied, StorageError, StorageUnavailable
 from archiver.integrity import METADATA_MD5
 from archiver.localfs import CacheRoot
@@ -397,18 +398,47 @@ async def test_an_intact_multipart_object_is_skipped_and_one_without_md5_replace
     assert rig.store.objects[key].metadata == {METADATA_MD5: md5(data)}
 
 
-async def test_a_multipart_file_whose_bytes_differ_from_md5_sum_is_never_completed(
-    rig: Rig,
+@pytest.mark.parametrize("budget", [None, 5 * MIB], ids=["held", "streamed"])
+async def test_a_multipart_file_whose_bytes_differ_from_md5_sum_is_never_sent(
+    rig: Rig, budget: int | None
 ) -> None:
     data = big(4)
     row = rig.row(data)
     (rig.root / "images" / f"{md5(data)}.jpg").write_bytes(big(5))  # changed after the row
-    result = await rig.uploader(**MULTIPART).handle(row)
+    result = await rig.uploader(**MULTIPART, memory_budget=budget).handle(row)
     assert result.outcome is Outcome.CORRUPT
-    # Read once: hashed as its parts were sent, and the upload aborted, not completed.
-    assert "COMPLETE" not in " ".join(rig.store.calls) and rig.store.calls[-1] == "ABORT"
-    assert rig.store.aborted == ["upload-0"] and rig.store.uploads == {}
-    assert rig.store.objects == {}
+    assert rig.store.calls == ["HEAD"]  # proved before anything is sent, not even a probe
+
+
+async def test_a_file_larger_than_the_budget_is_proved_then_sent_part_by_part(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """5 MiB of budget and an 11 MiB file: it is hashed a chunk at a time, then read again
+    a part at a time; a part whose bytes are not those proved is not sent."""
+    streamed = {**MULTIPART, "memory_budget": 5 * MIB}
+    data = big(11)
+    result = await rig.uploader(**streamed).handle(rig.row(data))
+    assert result.outcome is Outcome.UPLOADED and result.key
+    assert rig.store.objects[result.key].body == data
+
+    changed = big(12)
+    row = rig.row(changed)
+    path = rig.root / "images" / f"{md5(changed)}.jpg"
+    proved = upload_module.hash_streamed
+
+    def then_changed(f: object, part_size: int) -> tuple[str, list[int]]:
+        result = proved(f, part_size)  # type: ignore[arg-type]
+        path.write_bytes(big(13))  # same size, other bytes, after the proof
+        return result
+
+    monkeypatch.setattr(upload_module, "hash_streamed", then_changed)
+    rig.store.calls.clear()
+    bad = await rig.uploader(**streamed).handle(row)
+    assert bad.outcome is Outcome.FAILED and "changed while it was sent" in bad.reason
+    assert not any(c.startswith("PART") for c in rig.store.calls)
+    assert rig.store.calls[-1] == "ABORT" and changed not in [
+        o.body for o in rig.store.objects.values()
+    ]
 
 
 async def test_where_the_server_checks_crc32_parts_carry_no_md5_of_their_own(rig: Rig) -> None:
