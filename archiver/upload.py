@@ -5,9 +5,9 @@ derive the key, and store the file only when its bytes hash to `md5_sum`: no byt
 before the file is proved (a small file, or a large one that fits the byte budget, is read
 once, into memory; a larger one is hashed first, then read again a part at a time). A row
 is recorded only when S3 confirms the content: the ETag of a single PUT equals the MD5; a
-multipart upload's parts were each checked (by a CRC32 the server checks,
-or by their ETags, the MD5 of each part) and the completed object answers with the checksum
-(or ETag) of exactly those parts; an existing object is accepted when the integrity rule
+multipart upload's parts were each checked (by a CRC32 the server checks, or by their
+ETags, the MD5 of each part) and the completed object answers with the checksum (or ETag)
+of exactly those parts; an existing object is accepted when the integrity rule
 (`integrity.py`) says it holds the file.
 """
 
