@@ -58,11 +58,12 @@ class BufferPool:
         self._free: list[bytearray] = []
 
     def take(self, nbytes: int) -> memoryview:
-        """A writable buffer of `nbytes` (a fresh one when larger than `size`)."""
-        if nbytes > self.size:
+        """A writable buffer of `nbytes`: a kept one for a whole part (`size`), a fresh one of
+        just that size otherwise (the last part of a file, a single PUT), so that the byte
+        budget, which counts `nbytes`, bounds what is held."""
+        if nbytes != self.size:
             return memoryview(bytearray(nbytes))
-        buffer = self._free.pop() if self._free else bytearray(self.size)
-        return memoryview(buffer)[:nbytes]
+        return memoryview(self._free.pop() if self._free else bytearray(self.size))
 
     def give(self, view: memoryview) -> None:
         """Give back what `take` returned, once nothing sends from it any more."""
