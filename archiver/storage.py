@@ -30,7 +30,7 @@ from botocore.exceptions import (
     PartialCredentialsError,
     ProfileNotFound,
 )
-from botocore.httpchecksum import apply_request_checksum, resolve_checksum_context
+from botocore.httpchecksum import resolve_checksum_context
 from botocore.utils import determine_content_length, percent_encode
 
 from archiver.errors import AccessDenied, BucketMissing, StorageError, StorageUnavailable
@@ -145,10 +145,9 @@ class PutTemplate:
     request checksum computed over the body (AWS_REQUEST_CHECKSUM_CALCULATION=
     when_supported), or a URL that does not end with the encoded key.
 
-    A PUT made here carries Content-MD5, a signed header, so the body is not hashed again
-    with SHA-256 for the signature over plain http either (botocore already sends
-    UNSIGNED-PAYLOAD over https when a checksum header is present): S3 checks the body
-    against the signed MD5 and refuses any other (BadDigest).
+    A PUT made here carries Content-MD5, a signed header, so its body is not hashed again
+    with SHA-256 for the signature, over plain http either: the client's before-sign
+    handler for every checksummed PUT and part (`_unsigned_payload_when_checksummed`).
     """
 
     PROBE_KEY = "archiver-template/probe key~"  # a space and a tilde: the encoding is checked
@@ -215,7 +214,6 @@ class PutTemplate:
         )
         if (context.get("checksum") or {}).get("request_algorithm"):
             return None  # a checksum of each body: botocore's own path computes it
-        apply_request_checksum(request)
         encoded_key = percent_encode(cls.PROBE_KEY, safe="/~")
         url = str(request["url"])
         if (
@@ -227,10 +225,6 @@ class PutTemplate:
         headers = {k: v for k, v in request["headers"].items() if k not in cls._PER_REQUEST}
         if any(k.lower().startswith("x-amz-checksum-") for k in headers):
             return None
-        # Content-MD5 is signed: no SHA-256 of the body for the signature (see above).
-        context["client_config"] = client.meta.config.merge(
-            AioConfig(s3={"payload_signing_enabled": False})
-        )
         return cls(client, operation, url[: -len(encoded_key)], headers, context)
 
     async def put(
@@ -264,9 +258,7 @@ class PutTemplate:
         }
         http, parsed = await self._client._make_request(self._operation, request, context)
         if http.status_code >= 300:
-            code = request["context"].get("error_code_override") or parsed.get("Error", {}).get(
-                "Code"
-            )
+            code = context.get("error_code_override") or parsed.get("Error", {}).get("Code")
             raise self._client.exceptions.from_code(code)(parsed, "PutObject")
         return dict(parsed)
 
@@ -459,10 +451,11 @@ class Storage:
         async with session.client(
             "s3", endpoint_url=settings.endpoint_url, config=config
         ) as client:
-            unsigned = client.meta.config.merge(AioConfig(s3={"payload_signing_enabled": False}))
-            client.meta.events.register(
-                "before-sign.s3.UploadPart", _unsigned_payload_when_checksummed(unsigned)
+            unsigned = _unsigned_payload_when_checksummed(
+                client.meta.config.merge(AioConfig(s3={"payload_signing_enabled": False}))
             )
+            for operation in ("PutObject", "UploadPart"):
+                client.meta.events.register(f"before-sign.s3.{operation}", unsigned)
             # botocore rebuilds the user agent for every request, to add the features a call
             # used; the one built with the request is kept (a fifth of a PUT's hook time).
             client.meta.events.unregister(

@@ -476,8 +476,11 @@ class Uploader:
         self, prep: Prepared, f: LocalFile, part_size: int, sent: Sent, *, force: bool
     ) -> RowResult:
         taken = await self.budget.acquire(f.size)
-        views = [self.buffers.take(min(part_size, f.size - o)) for o in range(0, f.size, part_size)]
+        views: list[memoryview] = []
         try:
+            views += (
+                self.buffers.take(min(part_size, f.size - o)) for o in range(0, f.size, part_size)
+            )
             digest = await asyncio.to_thread(read_held, f, views)
             if digest != prep.md5:
                 return self._corrupt(prep, digest)
@@ -566,17 +569,11 @@ class Uploader:
         part's MD5 as ETag); a failure goes to `errors`, which stops the sending."""
         assert self.store is not None
         try:
+            # A CRC32 the server refuses a part for when it does not match, or Content-MD5.
+            sent_with = {"crc32": check} if crc32 else {"md5_hex": check}
             for _ in range(INTEGRITY_ATTEMPTS):
-                if crc32:  # the server refuses a part whose bytes do not match
-                    part = await self.store.upload_part(
-                        prep.key, upload_id, number, data, crc32=check
-                    )
-                    answered = part.crc32
-                else:
-                    part = await self.store.upload_part(
-                        prep.key, upload_id, number, data, md5_hex=check
-                    )
-                    answered = part.etag
+                part = await self.store.upload_part(prep.key, upload_id, number, data, **sent_with)
+                answered = part.crc32 if crc32 else part.etag
                 sent.bytes += len(data)
                 if answered == check:
                     break
