@@ -68,6 +68,11 @@ class Setting:
 SAFETY_SETTINGS = ("public access block", "write probe")
 
 
+def json_name(name: str) -> str:
+    """A setting's key in `--json`: `TLS-only policy` -> `tls_only_policy`."""
+    return name.lower().replace(" ", "_").replace("-", "_")
+
+
 @dataclass(frozen=True)
 class SetupOptions:
     region: str
@@ -112,8 +117,8 @@ class SetupReport:
             "exists": self.exists,
             "created": self.created,
             "changed": self.changed,
-            "settings": {name: v.as_json() for name, v in self.settings.items()},
-            "not_applied": self.not_applied,
+            "settings": {json_name(name): v.as_json() for name, v in self.settings.items()},
+            "not_applied": [json_name(name) for name in self.not_applied],
         }
 
 

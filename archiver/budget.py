@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 
@@ -74,3 +75,28 @@ class BufferPool:
             and len(self._free) < self.keep
         ):
             self._free.append(buffer)
+
+
+class Throttle:
+    """`--max-bandwidth`: paces the bytes sent by every worker together to `rate` bytes per
+    second. Each body (a PUT or a part) reserves its time on one shared schedule before it
+    is sent, so a run holds the rate on average without any burst above it: the first body
+    goes at once, each next one when the ones before it would have taken their time at
+    the rate."""
+
+    def __init__(self, rate: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate
+        self._clock = clock
+        self._next = 0.0  # when the schedule is free again
+
+    def delay(self, nbytes: int) -> float:
+        """Reserve `nbytes` on the schedule: how long to wait before sending them."""
+        now = self._clock()
+        start = max(now, self._next)
+        self._next = start + nbytes / self.rate
+        return start - now
+
+    async def take(self, nbytes: int) -> None:
+        wait = self.delay(nbytes)
+        if wait > 0:
+            await asyncio.sleep(wait)

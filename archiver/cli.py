@@ -14,18 +14,25 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-from dotenv import load_dotenv
 
-from archiver import __version__
+from archiver import __version__, envfile
 from archiver.errors import ArchiverError, ConfigError
 from archiver.models import Outcome
 from archiver.pipeline import Interrupt
-from archiver.progress import Reporter, format_summary
+from archiver.progress import (
+    LOG_INTERVAL_S,
+    RUN_LOG,
+    Progress,
+    Reporter,
+    event,
+    format_summary,
+    open_log_file,
+)
 from archiver.settings import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_BUCKET,
@@ -38,9 +45,11 @@ from archiver.settings import (
     MAX_CONCURRENCY,
     MEDIA_TYPES,
     MIB,
+    STORAGE_CLASSES,
     ClientOptions,
     Settings,
     UploadOptions,
+    parse_bandwidth,
     validate_endpoint,
 )
 from archiver.signals import run_async, run_job
@@ -53,88 +62,185 @@ def _load_env_file(ctx: click.Context, _param: click.Parameter, value: str | Non
     if path:
         if not Path(path).is_file():
             raise click.BadParameter(f"{path} is not a file", param_hint="--env-file")
-        load_dotenv(path, override=False)
     elif Path(".env").is_file():
-        load_dotenv(".env", override=False)
+        path = ".env"
+    if path:
+        for warning in envfile.load(Path(path)):
+            click.echo(f"archiver: warning: {warning}", err=True)
+        ctx.meta["archiver.env_loaded"] = str(Path(path).resolve())
 
 
-def config_options(func: F) -> F:
-    """The options every command shares (they all build a Settings)."""
-    options = [
-        click.option(
-            "--env-file",
-            type=click.Path(dir_okay=False),
-            is_eager=True,
-            expose_value=False,
-            callback=_load_env_file,
-            help="Read variables from this file instead of ./.env.",
-        ),
-        click.option(
-            "--database-url",
-            envvar="DATABASE_URL",
-            metavar="DSN",
-            help="PostgreSQL DSN (env DATABASE_URL).",
-        ),
-        click.option(
-            "--bucket",
-            envvar="ARCHIVER_BUCKET",
-            default=DEFAULT_BUCKET,
-            show_default=True,
-            help="Target bucket (env ARCHIVER_BUCKET).",
-        ),
-        click.option(
-            "--key-prefix",
-            envvar="ARCHIVER_KEY_PREFIX",
-            default=DEFAULT_KEY_PREFIX,
-            show_default=True,
-            help="First part of every key (env ARCHIVER_KEY_PREFIX).",
-        ),
-        click.option(
-            "--cache-root",
-            envvar="ARCHIVER_CACHE_ROOT",
-            default=DEFAULT_CACHE_ROOT,
-            show_default=True,
-            type=click.Path(file_okay=False, path_type=Path),
-            help="Local media cache (env ARCHIVER_CACHE_ROOT).",
-        ),
-        click.option(
-            "--profile",
-            envvar="AWS_PROFILE",
-            help="AWS profile (env AWS_PROFILE; default: the AWS credential chain).",
-        ),
-        click.option(
-            "--region",
-            envvar=["AWS_REGION", "AWS_DEFAULT_REGION"],
-            default=DEFAULT_REGION,
-            show_default=True,
-            help="AWS region.",
-        ),
-        click.option(
-            "--endpoint-url",
-            envvar=["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"],
-            metavar="URL",
-            help="S3-compatible endpoint (MinIO, R2, moto).",
-        ),
-    ]
+def _env_file_option(func: F) -> F:
+    return click.option(
+        "--env-file",
+        type=click.Path(dir_okay=False),
+        is_eager=True,
+        expose_value=False,
+        callback=_load_env_file,
+        metavar="PATH",
+        help="Read variables from PATH instead of ./.env.",
+    )(func)
+
+
+def _apply(func: F, options: list[Callable[[F], F]]) -> F:
     for option in reversed(options):
         func = option(func)
     return func
 
 
+DATABASE_OPTIONS = [
+    click.option(
+        "--database-url",
+        envvar="DATABASE_URL",
+        metavar="DSN",
+        help="PostgreSQL DSN (env DATABASE_URL).",
+    ),
+]
+S3_OPTIONS = [
+    click.option(
+        "--bucket",
+        envvar="ARCHIVER_BUCKET",
+        default=DEFAULT_BUCKET,
+        show_default=True,
+        help="Target bucket (env ARCHIVER_BUCKET).",
+    ),
+    click.option(
+        "--key-prefix",
+        envvar="ARCHIVER_KEY_PREFIX",
+        default=DEFAULT_KEY_PREFIX,
+        show_default=True,
+        help="First part of every key (env ARCHIVER_KEY_PREFIX).",
+    ),
+    click.option(
+        "--profile",
+        envvar="AWS_PROFILE",
+        help="AWS profile (env AWS_PROFILE; default: the AWS credential chain).",
+    ),
+    click.option(
+        "--region",
+        envvar=["AWS_REGION", "AWS_DEFAULT_REGION"],
+        default=DEFAULT_REGION,
+        show_default=True,
+        help="AWS region (env AWS_REGION, then AWS_DEFAULT_REGION).",
+    ),
+    click.option(
+        "--endpoint-url",
+        envvar=["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"],
+        metavar="URL",
+        help="S3-compatible endpoint: MinIO, R2, Ceph, moto (env AWS_ENDPOINT_URL_S3, then "
+        "AWS_ENDPOINT_URL).",
+    ),
+]
+CACHE_OPTIONS = [
+    click.option(
+        "--cache-root",
+        envvar="ARCHIVER_CACHE_ROOT",
+        default=DEFAULT_CACHE_ROOT,
+        show_default=True,
+        type=click.Path(file_okay=False, path_type=Path),
+        help="Local media cache (env ARCHIVER_CACHE_ROOT).",
+    ),
+]
+
+
+def config_options(
+    *, database: bool = True, s3: bool = True, cache: bool = True
+) -> Callable[[F], F]:
+    """The configuration options a command uses (and only those), each naming its
+    environment variable; `--env-file` for all."""
+
+    def decorate(func: F) -> F:
+        options: list[Callable[[F], F]] = [_env_file_option]
+        if database:
+            options += DATABASE_OPTIONS
+        if s3:
+            options += S3_OPTIONS
+        if cache:
+            options += CACHE_OPTIONS
+        return _apply(func, options)
+
+    return decorate
+
+
+def run_options(func: F) -> F:
+    """What every long job (upload, verify, prune-local, restore) shows and logs."""
+    return _apply(
+        func,
+        [
+            click.option(
+                "--json", "as_json", is_flag=True, help="Print one JSON object on stdout."
+            ),
+            click.option("--no-progress", is_flag=True, help="No progress bar or progress lines."),
+            click.option("-v", "--verbose", is_flag=True, help="One line per row."),
+            click.option(
+                "--progress-interval",
+                envvar="ARCHIVER_PROGRESS_INTERVAL",
+                type=click.FloatRange(0),
+                default=LOG_INTERVAL_S,
+                show_default=True,
+                metavar="SECONDS",
+                help="Seconds between progress lines when stderr is not a terminal, and in "
+                "--log-file (env ARCHIVER_PROGRESS_INTERVAL).",
+            ),
+            click.option(
+                "--log-file",
+                envvar="ARCHIVER_LOG_FILE",
+                type=click.Path(dir_okay=False, path_type=Path),
+                metavar="FILE",
+                help="Append timestamped progress, warnings and the summary to FILE "
+                "(env ARCHIVER_LOG_FILE).",
+            ),
+            click.option(
+                "--log-format",
+                envvar="ARCHIVER_LOG_FORMAT",
+                type=click.Choice(["text", "json"]),
+                default="text",
+                show_default=True,
+                help="--log-file as text lines or JSON lines (env ARCHIVER_LOG_FORMAT).",
+            ),
+        ],
+    )
+
+
 def build_settings(params: dict[str, Any]) -> Settings:
-    """A Settings from the shared options (removed from `params`)."""
+    """A Settings from the shared options (removed from `params`); the defaults for the
+    options a command does not have."""
     return Settings(
-        database_url=params.pop("database_url") or None,
-        bucket=params.pop("bucket"),
-        key_prefix=params.pop("key_prefix"),
-        cache_root=params.pop("cache_root"),
-        profile=params.pop("profile") or None,
-        region=params.pop("region") or DEFAULT_REGION,
-        endpoint_url=params.pop("endpoint_url") or None,
+        database_url=params.pop("database_url", None) or None,
+        bucket=params.pop("bucket", DEFAULT_BUCKET),
+        key_prefix=params.pop("key_prefix", DEFAULT_KEY_PREFIX),
+        cache_root=params.pop("cache_root", Path(DEFAULT_CACHE_ROOT)),
+        profile=params.pop("profile", None) or None,
+        region=params.pop("region", None) or DEFAULT_REGION,
+        endpoint_url=params.pop("endpoint_url", None) or None,
         # AWS_RETRY_MODE, AWS_MAX_ATTEMPTS, AWS_REQUEST_CHECKSUM_CALCULATION: read here, for
         # every command, and passed to botocore explicitly (see `ClientOptions`).
         client=ClientOptions.from_env(os.environ),
     )
+
+
+def progress_mode(no_progress: bool) -> str:
+    return "off" if no_progress else ("bar" if sys.stderr.isatty() else "log")
+
+
+@contextlib.contextmanager
+def run_log(params: dict[str, Any], command: str) -> Iterator[None]:
+    """`--log-file`: the run's events (start, progress, warnings, summary) appended to it."""
+    path, fmt = params.pop("log_file", None), params.pop("log_format", "text")
+    if path is None:
+        yield
+        return
+    handler = open_log_file(path, fmt)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    RUN_LOG.setLevel(logging.INFO)
+    event("start", f"archiver {__version__} {command}", command=command, pid=os.getpid())
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+        RUN_LOG.setLevel(logging.NOTSET)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -153,33 +259,51 @@ def cli(ctx: click.Context, env_file: str | None) -> None:
 
 def finish(ran: tuple[Any, bool], as_json: bool, text: Callable[[Any], str]) -> int:
     """Print a job's report, as one JSON object or as text; its exit code (130 when it was
-    interrupted: what it had done is in the report)."""
+    interrupted: what it had done is in the report). The run log gets the same object."""
     report, interrupted = ran
+    data = report.as_json()
+    if interrupted:
+        data["interrupted"] = True
+    code = 130 if interrupted else int(report.exit_code)
+    event("end", f"finished, exit code {code}", exit_code=code, report=data)
     if as_json:
-        data = report.as_json()
-        if interrupted:
-            data["interrupted"] = True
         click.echo(json.dumps(data))
     else:
         click.echo(text(report))
         if interrupted:
             click.echo("Interrupted: the counts above are what was done; run again to finish.")
-    return 130 if interrupted else int(report.exit_code)
+    return code
 
 
 def _mib(_ctx: click.Context, _param: click.Parameter, value: float | None) -> int | None:
     return None if value is None else int(value * MIB)
 
 
+def _bandwidth(_ctx: click.Context, _param: click.Parameter, value: str | None) -> int | None:
+    if value is None or value == "":
+        return None
+    try:
+        return parse_bandwidth(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+def concurrency_option(what: str) -> Callable[[F], F]:
+    return click.option(
+        "--concurrency",
+        type=click.IntRange(1, MAX_CONCURRENCY),
+        default=DEFAULT_CONCURRENCY,
+        show_default=True,
+        help=f"{what} in flight at once.",
+    )
+
+
+DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]
+
+
 @cli.command()
-@config_options
-@click.option(
-    "--concurrency",
-    type=click.IntRange(1, MAX_CONCURRENCY),
-    default=DEFAULT_CONCURRENCY,
-    show_default=True,
-    help="Uploads in flight at once.",
-)
+@config_options()
+@concurrency_option("Uploads")
 @click.option(
     "--batch-size",
     type=click.IntRange(1, 10_000),
@@ -187,7 +311,7 @@ def _mib(_ctx: click.Context, _param: click.Parameter, value: float | None) -> i
     show_default=True,
     help="Most rows written by one grouped UPDATE.",
 )
-@click.option("--limit", type=click.IntRange(0), help="Archive at most N rows.")
+@click.option("--limit", type=click.IntRange(1), help="Archive at most N rows.")
 @click.option("--dry-run", is_flag=True, help="Write nothing; list what would be uploaded.")
 @click.option(
     "--force",
@@ -202,6 +326,35 @@ def _mib(_ctx: click.Context, _param: click.Parameter, value: float | None) -> i
     help="Only rows of this media type (repeatable).",
 )
 @click.option(
+    "--since",
+    type=click.DateTime(DATE_FORMATS),
+    metavar="DATE",
+    help="Only rows whose created_at (UTC) is at or after DATE (YYYY-MM-DD, or "
+    "YYYY-MM-DDTHH:MM:SS); rows with no created_at are left out.",
+)
+@click.option(
+    "--until",
+    type=click.DateTime(DATE_FORMATS),
+    metavar="DATE",
+    help="Only rows whose created_at (UTC) is before DATE; rows with no created_at are left out.",
+)
+@click.option(
+    "--storage-class",
+    envvar="ARCHIVER_STORAGE_CLASS",
+    type=click.Choice(STORAGE_CLASSES, case_sensitive=False),
+    metavar="CLASS",
+    help=f"Storage class of new objects: {', '.join(STORAGE_CLASSES)} (env "
+    "ARCHIVER_STORAGE_CLASS; default: none asked, so the server's default, STANDARD on AWS).",
+)
+@click.option(
+    "--max-bandwidth",
+    envvar="ARCHIVER_MAX_BANDWIDTH",
+    callback=_bandwidth,
+    metavar="RATE",
+    help="Most bytes per second sent, e.g. 50MB, 10MiB, 500KB (env ARCHIVER_MAX_BANDWIDTH; "
+    "default: no limit).",
+)
+@click.option(
     "--multipart-threshold",
     type=click.FloatRange(5),
     callback=_mib,
@@ -211,15 +364,6 @@ def _mib(_ctx: click.Context, _param: click.Parameter, value: float | None) -> i
     help="Files larger than this many MiB are uploaded in parts.",
 )
 @click.option(
-    "--lease",
-    "lease_s",
-    type=click.FloatRange(1),
-    default=300,
-    show_default=True,
-    metavar="SECONDS",
-    help="How long a claim on a row lasts unless renewed.",
-)
-@click.option(
     "--part-size",
     type=click.FloatRange(5, 5120),
     callback=_mib,
@@ -227,6 +371,15 @@ def _mib(_ctx: click.Context, _param: click.Parameter, value: float | None) -> i
     show_default=True,
     metavar="MIB",
     help="Size of each part of a multipart upload, in MiB.",
+)
+@click.option(
+    "--lease",
+    "lease_s",
+    type=click.FloatRange(1),
+    default=300,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long a claim on a row lasts unless renewed.",
 )
 @click.option(
     "--media-id",
@@ -246,18 +399,13 @@ def _mib(_ctx: click.Context, _param: click.Parameter, value: float | None) -> i
     metavar="FILE",
     help="Write one JSON line per row handled to FILE, as the run goes.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-@click.option("--no-progress", is_flag=True, help="No progress bar or progress lines.")
-@click.option("-v", "--verbose", is_flag=True, help="One line per file.")
+@run_options
 def upload(**params: Any) -> int:
     """Upload every unarchived row's file and record its archive_url."""
     from archiver.progress import RowLog
     from archiver.upload import run_upload
 
     settings = build_settings(params)
-    as_json = params.pop("as_json")
-    no_progress = params.pop("no_progress")
-    verbose = params.pop("verbose")
     options = UploadOptions(
         concurrency=params["concurrency"],
         batch_size=params["batch_size"],
@@ -270,13 +418,17 @@ def upload(**params: Any) -> int:
         lease_s=params["lease_s"],
         retry_problems=params["retry_problems"],
         media_ids=tuple(params["media_ids"]),
+        created_since=params["since"],
+        created_until=params["until"],
+        storage_class=params["storage_class"].upper() if params["storage_class"] else None,
+        max_bandwidth=params["max_bandwidth"],
     )
-    mode = "off" if no_progress else ("bar" if sys.stderr.isatty() else "log")
     reporter = Reporter(
-        mode=mode,
-        verbose=verbose,
+        mode=progress_mode(params["no_progress"]),
+        verbose=params["verbose"],
         dry_run=options.dry_run,
-        out=sys.stderr if as_json else sys.stdout,
+        out=sys.stderr if params["as_json"] else sys.stdout,
+        interval=params["progress_interval"],
     )
     with contextlib.ExitStack() as stack:
         on_result = None
@@ -284,18 +436,21 @@ def upload(**params: Any) -> int:
             report = RowLog(params["report"])
             stack.callback(report.close)
             on_result = report.write
+        stack.enter_context(run_log(params, "upload"))
         summary = run_async(
             lambda interrupt: run_upload(
                 settings, options, reporter, interrupt=interrupt, on_result=on_result
             )
         )
-    if as_json:
+        code = summary.exit_code
+        event("end", f"finished, exit code {code}", exit_code=code, report=summary.as_json())
+    if params["as_json"]:
         click.echo(json.dumps(summary.as_json()))
     else:
         click.echo(format_summary(summary, bucket=settings.bucket))
     if summary.error:
         click.echo(f"archiver: error: {summary.error}", err=True)
-    return summary.exit_code
+    return code
 
 
 def _plain_http(url: str | None) -> str | None:
@@ -306,7 +461,7 @@ def _plain_http(url: str | None) -> str | None:
 
 
 @cli.command("setup-bucket")
-@config_options
+@config_options(database=False, cache=False)
 @click.option(
     "--check-only",
     is_flag=True,
@@ -360,7 +515,7 @@ def setup_bucket(**params: Any) -> int:
 
 
 @cli.command()
-@config_options
+@config_options()
 @click.option("--verify-s3", is_flag=True, help="Check every archived row's object in S3.")
 @click.option("--check-local", is_flag=True, help="List rows whose local file is missing.")
 @click.option(
@@ -370,15 +525,9 @@ def setup_bucket(**params: Any) -> int:
     "so that the next upload sends them again.",
 )
 @click.option("--dry-run", is_flag=True, help="With --repair: list what would be cleared.")
-@click.option("--limit", type=click.IntRange(0), help="Check at most N rows.")
-@click.option(
-    "--concurrency",
-    type=click.IntRange(1, MAX_CONCURRENCY),
-    default=DEFAULT_CONCURRENCY,
-    show_default=True,
-    help="Checks in flight at once.",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@click.option("--limit", type=click.IntRange(1), help="Check at most N rows.")
+@concurrency_option("Checks")
+@run_options
 def verify(**params: Any) -> int:
     """Archive statistics; with --verify-s3 / --check-local, check objects and files."""
     from archiver.verify import VerifyOptions, format_report, run_verify
@@ -392,19 +541,26 @@ def verify(**params: Any) -> int:
         repair=params["repair"],
         dry_run=params["dry_run"],
     )
-    ran = run_job(lambda interrupt: run_verify(settings, options, interrupt=interrupt))
-    return finish(ran, params["as_json"], format_report)
+    with run_log(params, "verify"):
+        progress = _progress("verify", params)
+        ran = run_job(
+            lambda interrupt: run_verify(settings, options, progress=progress, interrupt=interrupt)
+        )
+        return finish(ran, params["as_json"], format_report)
 
 
-def _counter(desc: str, no_progress: bool) -> Any:
-    from archiver.progress import Counter
-
-    mode = "off" if no_progress else ("bar" if sys.stderr.isatty() else "log")
-    return Counter(mode=mode, desc=desc)
+def _progress(desc: str, params: dict[str, Any]) -> Progress:
+    return Progress(
+        mode=progress_mode(params["no_progress"]),
+        desc=desc,
+        verbose=params["verbose"],
+        out=sys.stderr if params["as_json"] else sys.stdout,
+        interval=params["progress_interval"],
+    )
 
 
 @cli.command("prune-local")
-@config_options
+@config_options()
 @click.option(
     "--older-than",
     type=click.FloatRange(0),
@@ -418,17 +574,10 @@ def _counter(desc: str, no_progress: bool) -> Any:
     multiple=True,
     help="Only rows of this media type (repeatable).",
 )
-@click.option("--limit", type=click.IntRange(0), help="Check at most N archived rows.")
+@click.option("--limit", type=click.IntRange(1), help="Check at most N archived rows.")
 @click.option("--dry-run", is_flag=True, help="Delete nothing; list what would go.")
-@click.option(
-    "--concurrency",
-    type=click.IntRange(1, MAX_CONCURRENCY),
-    default=DEFAULT_CONCURRENCY,
-    show_default=True,
-    help="Checks in flight at once.",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-@click.option("--no-progress", is_flag=True, help="No progress bar or progress lines.")
+@concurrency_option("Checks")
+@run_options
 def prune_local(**params: Any) -> int:
     """Delete local files whose archived object was checked present and intact."""
     from archiver.prune import PruneOptions, format_prune, run_prune
@@ -441,13 +590,14 @@ def prune_local(**params: Any) -> int:
         dry_run=params["dry_run"],
         concurrency=params["concurrency"],
     )
-    progress = _counter("prune-local", params["no_progress"])
-    ran = run_job(lambda interrupt: run_prune(settings, options, progress, interrupt=interrupt))
-    return finish(ran, params["as_json"], format_prune)
+    with run_log(params, "prune-local"):
+        progress = _progress("prune-local", params)
+        ran = run_job(lambda interrupt: run_prune(settings, options, progress, interrupt=interrupt))
+        return finish(ran, params["as_json"], format_prune)
 
 
 @cli.command()
-@config_options
+@config_options()
 @click.option(
     "--media-id",
     "media_ids",
@@ -458,16 +608,9 @@ def prune_local(**params: Any) -> int:
 @click.option(
     "--all-missing", is_flag=True, help="Restore every archived row whose local file is missing."
 )
-@click.option(
-    "--concurrency",
-    type=click.IntRange(1, MAX_CONCURRENCY),
-    default=8,
-    show_default=True,
-    help="Downloads in flight at once.",
-)
+@concurrency_option("Downloads")
 @click.option("--dry-run", is_flag=True, help="Download nothing; list what would come back.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-@click.option("--no-progress", is_flag=True, help="No progress bar or progress lines.")
+@run_options
 def restore(**params: Any) -> int:
     """Download archived objects back into the local cache, verified."""
     from archiver.restore import RestoreOptions, format_restore, run_restore
@@ -479,13 +622,38 @@ def restore(**params: Any) -> int:
         concurrency=params["concurrency"],
         dry_run=params["dry_run"],
     )
-    progress = _counter("restore", params["no_progress"])
-    ran = run_job(lambda interrupt: run_restore(settings, options, progress, interrupt=interrupt))
-    return finish(ran, params["as_json"], format_restore)
+    with run_log(params, "restore"):
+        progress = _progress("restore", params)
+        ran = run_job(
+            lambda interrupt: run_restore(settings, options, progress, interrupt=interrupt)
+        )
+        return finish(ran, params["as_json"], format_restore)
 
 
 @cli.command()
-@config_options
+@config_options()
+@click.option(
+    "--sample",
+    type=click.IntRange(1, 100_000),
+    default=200,
+    show_default=True,
+    help="Rows whose local file is looked for.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@click.pass_context
+def check(ctx: click.Context, /, **params: Any) -> int:
+    """Check database, credentials, bucket and cache before a long run (changes nothing but a
+    probe object, written and deleted)."""
+    from archiver.check import CheckOptions, format_check, run_check
+
+    env_file = ctx.meta.get("archiver.env_loaded")
+    settings = build_settings(params)
+    options = CheckOptions(sample=params["sample"], env_file=env_file)
+    return finish(run_job(lambda _i: run_check(settings, options)), params["as_json"], format_check)
+
+
+@cli.command()
+@config_options(s3=False, cache=False)
 @click.option(
     "--kind",
     "kinds",
@@ -510,7 +678,7 @@ def db_group() -> None:
 
 
 @db_group.command("init")
-@config_options
+@config_options(s3=False, cache=False)
 def db_init(**params: Any) -> int:
     """Create what makes upload fast and safe at scale (idempotent; upload works without)."""
     from archiver.services import database
@@ -535,18 +703,23 @@ def db_init(**params: Any) -> int:
     show_default=True,
     help="Rows (and files) to make.",
 )
+@concurrency_option("Uploads")
 @click.option(
-    "--concurrency",
-    type=click.IntRange(1, MAX_CONCURRENCY),
-    default=DEFAULT_CONCURRENCY,
-    show_default=True,
-    help="Uploads in flight at once.",
+    "--keep",
+    is_flag=True,
+    help="Keep the database, the S3 server and the cache running, and print the variables "
+    "to use them with the real commands, until Ctrl-C.",
 )
-@click.option("--keep", is_flag=True, help="Keep the demo's media cache and say where.")
 @click.option("--no-progress", is_flag=True, help="No progress bar or progress lines.")
 def demo(files: int, concurrency: int, keep: bool, no_progress: bool) -> int:
     """A tour on an embedded PostgreSQL and a loopback S3 server; nothing to configure."""
-    from archiver.demo import DemoOptions, run_demo
+    try:
+        from archiver.demo import DemoOptions, run_demo
+    except ImportError as exc:  # an installed archiver without the dev group
+        raise ConfigError(
+            f"the demo needs moto and pgserver ({exc.name} is not installed): run it from a "
+            "checkout with `uv run archiver demo`"
+        ) from exc
 
     # The demo talks to its own throwaway servers only: no profile, no real credentials.
     for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_CA_BUNDLE"):
@@ -557,9 +730,10 @@ def demo(files: int, concurrency: int, keep: bool, no_progress: bool) -> int:
         AWS_CONFIG_FILE=os.devnull,
         AWS_SHARED_CREDENTIALS_FILE=os.devnull,
     )
-    progress = "off" if no_progress else ("bar" if sys.stderr.isatty() else "log")
     summary = run_demo(
-        DemoOptions(files=files, concurrency=concurrency, keep=keep, progress=progress)
+        DemoOptions(
+            files=files, concurrency=concurrency, keep=keep, progress=progress_mode(no_progress)
+        )
     )
     return 130 if summary.interrupted else 0
 
@@ -594,6 +768,8 @@ class OneLineFormatter(logging.Formatter):
 def configure_logging() -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(OneLineFormatter())
+    # The run's own events go to --log-file only; stderr has its progress lines already.
+    handler.addFilter(lambda record: not record.name.startswith(RUN_LOG.name))
     logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
 
 

@@ -61,6 +61,7 @@ class RowFilter:
     archived: bool | None = False  # False: archive_url IS NULL; True: IS NOT NULL; None: all
     media_types: tuple[str, ...] = ()
     created_before: datetime | None = None
+    created_since: datetime | None = None
     media_ids: tuple[str, ...] = ()
 
     def where(self, first_arg: int, alias: str = "") -> tuple[list[str], list[Any]]:
@@ -76,6 +77,7 @@ class RowFilter:
         for column, value, op in (
             ("media_type", list(self.media_types), "= ANY(${}::text[])"),
             ("created_at", self.created_before, "< ${}"),
+            ("created_at", self.created_since, ">= ${}"),
             ("media_id", list(self.media_ids), "= ANY(${}::text[])"),
         ):
             if value:
@@ -505,6 +507,38 @@ class Database:
             list(relations),
         )
         return {r[0] for r in rows}
+
+    async def access(self) -> dict[str, Any]:
+        """What `archiver check` reports: the server, the user, post_media's rows, and the
+        privileges upload needs (on post_media, archiver's tables or the schema)."""
+        rows = await self._fetch(
+            "checking privileges",
+            """
+            SELECT current_user AS user, current_database() AS database,
+                   current_setting('server_version') AS version,
+                   has_table_privilege('post_media', 'SELECT') AS can_select,
+                   has_table_privilege('post_media', 'UPDATE') AS can_update,
+                   has_schema_privilege(current_schema(), 'CREATE') AS can_create,
+                   (SELECT count(*) FROM post_media) AS total,
+                   (SELECT count(*) FROM post_media WHERE archive_url IS NULL) AS unarchived
+            """,
+        )
+        found = dict(rows[0])
+        found["tables"] = {}
+        existing = await self._existing(*(name for name, _ in ARCHIVER_TABLES))
+        for name, _ in ARCHIVER_TABLES:
+            if name not in existing:
+                found["tables"][name] = None
+                continue
+            grants = await self._fetch(
+                f"checking privileges on {name}",
+                "SELECT array_agg(p) FROM unnest($2::text[]) AS p "
+                "WHERE has_table_privilege($1::text, p)",
+                name,
+                ["SELECT", "INSERT", "UPDATE", "DELETE"],
+            )
+            found["tables"][name] = list(grants[0][0] or [])
+        return found
 
     async def ensure_tables(self) -> bool:
         """Create archiver_claims and archiver_problems when absent; False when one is

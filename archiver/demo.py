@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -178,25 +179,68 @@ def run_demo(options: DemoOptions, out: TextIO | None = None) -> Summary:
             summary = run_async(
                 lambda interrupt: _run(settings, sample, options, interrupt, workdir, out)
             )
-        expected = sample.expected_outcomes()
-        got = {k: v for k, v in summary.as_json().items() if k in expected}
-        verdict = "as expected" if got == expected else f"EXPECTED {expected}"
-        print(f"\nOutcomes: {json_line(got)} ({verdict})", file=out)
-        print(
-            f"Throughput: {summary.files_per_s:,.1f} files/s, "
-            f"{summary.bytes_uploaded / 1e6 / max(summary.elapsed_s, 1e-9):,.1f} MB/s "
-            f"(upload {summary.elapsed_s:,.1f} s; whole demo "
-            f"{time.monotonic() - started:,.1f} s)",
-            file=out,
-        )
-        print(NEXT_STEPS, file=out)
+            expected = sample.expected_outcomes()
+            got = {k: v for k, v in summary.as_json().items() if k in expected}
+            verdict = "as expected" if got == expected else f"EXPECTED {expected}"
+            print(f"\nOutcomes: {json_line(got)} ({verdict})", file=out)
+            print(
+                f"Throughput: {summary.files_per_s:,.1f} files/s, "
+                f"{summary.bytes_uploaded / 1e6 / max(summary.elapsed_s, 1e-9):,.1f} MB/s "
+                f"(upload {summary.elapsed_s:,.1f} s; whole demo "
+                f"{time.monotonic() - started:,.1f} s)",
+                file=out,
+            )
+            if options.keep and not summary.interrupted:
+                serve_until_interrupted(settings, workdir, out)
+            else:
+                print(NEXT_STEPS, file=out)
         return summary
     finally:
         pg.stop()
         if options.keep:
-            print(f"Kept the demo's media cache in {cache_root}", file=out)
+            print(f"Kept the demo's media cache in {cache_root}", file=out, flush=True)
         else:
             shutil.rmtree(base, ignore_errors=True)
+
+
+def serve_until_interrupted(settings: Settings, workdir: Path, out: TextIO) -> None:
+    """`demo --keep`: write a `.env` for the running servers into the demo's working
+    directory, say how to use it, and wait for Ctrl-C (or SIGTERM)."""
+    env = {
+        "DATABASE_URL": settings.database_url or "",
+        "ARCHIVER_BUCKET": settings.bucket,
+        "ARCHIVER_CACHE_ROOT": "cache/media",
+        "AWS_ENDPOINT_URL_S3": settings.endpoint_url or "",
+        "AWS_ACCESS_KEY_ID": "demo",
+        "AWS_SECRET_ACCESS_KEY": "demo",
+        "AWS_REGION": settings.region,
+    }
+    env_file = workdir / ".env"
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()), encoding="utf-8")
+    shown = ", ".join(k if k == "DATABASE_URL" else f"{k}={v}" for k, v in env.items())
+    print(
+        f"\nThe demo's servers keep running. {env_file} holds what the real commands need "
+        f"({shown}); from that directory they read it themselves:\n"
+        f"  cd {workdir}\n"
+        "  archiver check\n"
+        "  archiver verify --verify-s3\n"
+        "  archiver prune-local --dry-run\n"
+        "Press Ctrl-C to stop the servers.",
+        file=out,
+        flush=True,
+    )
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("\nStopping the demo's servers.", file=out, flush=True)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def json_line(counts: dict[str, Any]) -> str:

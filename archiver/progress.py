@@ -4,10 +4,11 @@ per-file lines with -v; warnings for rows that need a look; the end-of-run summa
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
-from collections.abc import Callable, Sequence
-from datetime import UTC
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
@@ -62,40 +63,93 @@ def _rate(n: float, seconds: float) -> float:
     return n / seconds if seconds > 0 else 0.0
 
 
-class Reporter:
-    """Progress for one run. `mode` is "bar", "log" or "off"; lines go to `out`
-    (-v and --dry-run listings) and `err` (warnings, progress)."""
+RUN_LOG = logging.getLogger("archiver.run")  # events for --log-file (never on stderr)
+
+
+def utc_stamp(wall: float) -> str:
+    """`2026-11-30T12:00:03Z`: the time a progress line was written."""
+    return datetime.fromtimestamp(wall, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def event(name: str, message: str, *, level: int = logging.INFO, **fields: object) -> None:
+    """One record for the run log (`--log-file`), with `fields` for `--log-format json`."""
+    emit(name, message, level, fields)
+
+
+def emit(name: str, message: str, level: int, fields: Mapping[str, object]) -> None:
+    RUN_LOG.log(level, message, extra={"event": name, "fields": dict(fields)})
+
+
+class _RunLogText(logging.Formatter):
+    """`2026-11-30T12:00:03.120Z warning upload: 120/1,000 files ...` (library warnings too)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+        message = printable(record.getMessage())
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            message = f"{message}: {exc.__class__.__name__}: {exc}"
+        return f"{stamp.replace('+00:00', 'Z')} {record.levelname.lower()} {message}"
+
+
+class _RunLogJson(logging.Formatter):
+    """One JSON object per line: `ts, level, event, message` and the event's fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+        data: dict[str, object] = {
+            "ts": stamp.replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "event": getattr(record, "event", "log"),
+            "message": record.getMessage(),
+        }
+        data.update(getattr(record, "fields", {}))
+        return json.dumps(data, default=str)
+
+
+def open_log_file(path: Path, fmt: str) -> logging.Handler:
+    """A handler appending to `path` (line by line), or ConfigError when it cannot."""
+    try:
+        handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot write the log file {path}: {why(exc)}") from exc
+    handler.setFormatter(_RunLogJson() if fmt == "json" else _RunLogText())
+    handler.setLevel(logging.INFO)
+    return handler
+
+
+class Progress:
+    """The one progress display of every long job (upload, verify --verify-s3,
+    prune-local, restore): items, bytes, rates and ETA, as a tqdm bar when `mode` is "bar",
+    as a timestamped line every `interval` seconds when it is "log", not at all when "off".
+    The same line goes to the run log (`--log-file`) whatever the mode. `close` shows the
+    final figures."""
 
     def __init__(
         self,
         *,
         mode: str,
-        verbose: bool,
-        dry_run: bool,
-        out: TextIO | None = None,
+        desc: str,
         err: TextIO | None = None,
+        out: TextIO | None = None,
+        verbose: bool = False,
+        interval: float = LOG_INTERVAL_S,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.mode = mode
-        self.verbose = verbose
-        self.dry_run = dry_run
-        self.out = out or sys.stdout
+        self.desc = desc
+        self.interval = interval
         self.err = err or sys.stderr
+        self.out = out or sys.stdout
+        self.verbose = verbose
         self.clock = clock
+        self.wall = wall
         self.total = 0
         self.done = 0
         self.bytes = 0
-        self.warnings = 0
-        self.listed = 0
         self._bar: tqdm | None = None
-        self._started = clock()
-        self._last_log = self._started
-        self._last_postfix = 0.0
-
-    @property
-    def wants_total(self) -> bool:
-        """Whether `start` needs a real total (a bar or log lines show it)."""
-        return self.mode != "off"
+        self._started = self._last_log = self._last_postfix = clock()
 
     def start(self, total: int) -> None:
         self.total = total
@@ -107,59 +161,161 @@ class Reporter:
                 file=self.err,
                 dynamic_ncols=True,
                 smoothing=0.1,
-                desc="dry run" if self.dry_run else "upload",
+                desc=self.desc,
             )
 
-    def _line(self, text: str, stream: TextIO) -> None:
+    def write(self, text: str, stream: TextIO) -> None:
+        """A line that does not break the bar."""
         if self._bar is not None:
             self._bar.write(text, file=stream)
         else:
             print(text, file=stream, flush=True)
 
-    def result(self, result: RowResult) -> None:
-        self.done += 1
-        self.bytes += result.bytes_sent
+    def say(self, line: str) -> None:
+        """A line about one item, printed with -v only (text from rows made printable)."""
         if self.verbose:
-            self._line(describe(result), self.out)
-        elif result.outcome is Outcome.WOULD_UPLOAD:
-            self.listed += 1
-            if self.listed <= MAX_DRY_RUN_LINES:
-                self._line(describe(result), self.out)
-        elif result.outcome.is_problem or result.outcome is Outcome.MISSING_LOCAL:
-            self.warnings += 1
-            if self.warnings <= MAX_WARNINGS:
-                self._line(f"warning:{describe(result)[3:]}", self.err)
-        self._tick()
+            self.write(f"  {printable(line)}", self.out)
 
-    def _tick(self) -> None:
+    def step(self, nbytes: int = 0) -> None:
+        """One item done, `nbytes` moved for it."""
+        self.done += 1
+        self.bytes += nbytes
         now = self.clock()
         if self._bar is not None:
             self._bar.update(1)
             if now - self._last_postfix >= POSTFIX_INTERVAL_S:
                 self._last_postfix = now
-                mb = self.bytes / 1e6
-                self._bar.set_postfix_str(
-                    f"{mb:,.1f} MB, {_rate(mb, now - self._started):,.1f} MB/s", refresh=False
-                )
-        elif self.mode == "log" and now - self._last_log >= LOG_INTERVAL_S:
+                self._bar.set_postfix_str(self._bytes_text(now), refresh=False)
+        if now - self._last_log >= self.interval:
             self._last_log = now
-            self._line(self.progress_line(now), self.err)
+            self._log(now)
 
-    def progress_line(self, now: float) -> str:
-        """`archiver: 120/1,000 files (12.0%), 45.1 MB, 30.2 files/s, ETA 29s`."""
+    def _bytes_text(self, now: float) -> str:
+        mb = self.bytes / 1e6
+        return f"{mb:,.1f} MB, {_rate(mb, now - self._started):,.1f} MB/s"
+
+    def figures(self, now: float) -> dict[str, float | int | None]:
         elapsed = now - self._started
         rate = _rate(self.done, elapsed)
+        eta = (self.total - self.done) / rate if rate and self.total > self.done else None
+        return {
+            "done": self.done,
+            "total": self.total,
+            "bytes": self.bytes,
+            "elapsed_s": round(elapsed, 1),
+            "files_per_s": round(rate, 1),
+            "bytes_per_s": round(_rate(self.bytes, elapsed)),
+            "eta_s": None if eta is None else int(eta),
+        }
+
+    def progress_line(self, now: float) -> str:
+        """`upload: 120/1,000 files (12.0%), 45.1 MB, 30.2 files/s, 1.5 MB/s, ETA 29s`."""
+        f = self.figures(now)
         pct = 100.0 * self.done / self.total if self.total else 100.0
-        eta = f", ETA {int((self.total - self.done) / rate)}s" if rate and self.total else ""
+        eta = f", ETA {f['eta_s']}s" if f["eta_s"] is not None else ""
         return (
-            f"archiver: {self.done:,}/{self.total:,} files ({pct:.1f}%), "
-            f"{self.bytes / 1e6:,.1f} MB, {rate:,.1f} files/s{eta}"
+            f"{self.desc}: {self.done:,}/{self.total:,} files ({pct:.1f}%), "
+            f"{self._bytes_text(now)}, {f['files_per_s']:,.1f} files/s{eta}"
         )
 
+    def _log(self, now: float, *, final: bool = False) -> None:
+        line = self.progress_line(now)
+        if final:
+            line = f"{line.split(' (', 1)[0]} done in {now - self._started:,.1f} s, " + (
+                self._bytes_text(now)
+            )
+        fields = {"job": self.desc, **self.figures(now)}
+        emit("done" if final else "progress", line, logging.INFO, fields)
+        if self.mode == "log":
+            print(f"{utc_stamp(self.wall())} archiver: {line}", file=self.err, flush=True)
+
     def close(self) -> None:
+        """The final figures: the bar's byte count brought up to date, a last log line."""
+        now = self.clock()
         if self._bar is not None:
+            self._bar.set_postfix_str(self._bytes_text(now), refresh=True)
             self._bar.close()
             self._bar = None
+        if self.mode != "off" or RUN_LOG.isEnabledFor(logging.INFO):
+            self._log(now, final=True)
+
+
+class Reporter:
+    """Progress for one upload run (a `Progress`), plus per-file lines with -v and the
+    warnings for rows that need a look. Lines go to `out` (-v and --dry-run listings) and
+    `err` (warnings, progress)."""
+
+    def __init__(
+        self,
+        *,
+        mode: str,
+        verbose: bool,
+        dry_run: bool,
+        out: TextIO | None = None,
+        err: TextIO | None = None,
+        interval: float = LOG_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.mode = mode
+        self.verbose = verbose
+        self.dry_run = dry_run
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
+        self.warnings = 0
+        self.listed = 0
+        self.progress = Progress(
+            mode=mode,
+            desc="dry run" if dry_run else "upload",
+            err=self.err,
+            interval=interval,
+            clock=clock,
+            wall=wall,
+        )
+
+    @property
+    def wants_total(self) -> bool:
+        """Whether `start` needs a real total (a bar, log lines or a run log show it)."""
+        return self.mode != "off" or RUN_LOG.isEnabledFor(logging.INFO)
+
+    @property
+    def done(self) -> int:
+        return self.progress.done
+
+    @property
+    def bytes(self) -> int:
+        return self.progress.bytes
+
+    def start(self, total: int) -> None:
+        self.progress.start(total)
+
+    def result(self, result: RowResult) -> None:
+        if self.verbose:
+            self.progress.write(describe(result), self.out)
+        elif result.outcome is Outcome.WOULD_UPLOAD:
+            self.listed += 1
+            if self.listed <= MAX_DRY_RUN_LINES:
+                self.progress.write(describe(result), self.out)
+        elif result.outcome.is_problem or result.outcome is Outcome.MISSING_LOCAL:
+            self.warnings += 1
+            if self.warnings <= MAX_WARNINGS:
+                self.progress.write(f"warning:{describe(result)[3:]}", self.err)
+        if result.outcome.is_problem or result.outcome is Outcome.MISSING_LOCAL:
+            event(
+                "row",
+                describe(result).strip(),
+                level=logging.WARNING,
+                media_id=result.media_id,
+                outcome=result.outcome.value,
+                detail=result.reason,
+            )
+        self.progress.step(result.bytes_sent)
+
+    def progress_line(self, now: float) -> str:
+        return self.progress.progress_line(now)
+
+    def close(self) -> None:
+        self.progress.close()
         if not self.verbose and self.listed > MAX_DRY_RUN_LINES:
             print(f"  ... and {self.listed - MAX_DRY_RUN_LINES:,} more", file=self.out)
         if not self.verbose and self.warnings > MAX_WARNINGS:
@@ -249,54 +405,6 @@ def holder_lines(holders: Sequence[Holder]) -> list[str]:
         rows = f"{h.rows:,} row{'' if h.rows == 1 else 's'}"
         lines.append(f"  {rows} held by {owner} ({state}; lease ends {until})")
     return listed(lines, MAX_WARNINGS)
-
-
-class Counter:
-    """Progress of a job other than upload (prune-local, restore): items and bytes."""
-
-    def __init__(
-        self,
-        *,
-        mode: str,
-        desc: str,
-        err: TextIO | None = None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.mode = mode
-        self.desc = desc
-        self.err = err or sys.stderr
-        self.clock = clock
-        self.done = 0
-        self.total = 0
-        self.bytes = 0
-        self._bar: tqdm | None = None
-        self._last_log = clock()
-
-    def start(self, total: int) -> None:
-        self.total = total
-        if self.mode == "bar":
-            self._bar = tqdm(
-                total=total, unit="file", file=self.err, dynamic_ncols=True, desc=self.desc
-            )
-
-    def step(self, nbytes: int = 0) -> None:
-        self.done += 1
-        self.bytes += nbytes
-        if self._bar is not None:
-            self._bar.update(1)
-        elif self.mode == "log" and self.clock() - self._last_log >= LOG_INTERVAL_S:
-            self._last_log = self.clock()
-            print(
-                f"archiver: {self.desc}: {self.done:,}/{self.total:,} files, "
-                f"{self.bytes / 1e6:,.1f} MB",
-                file=self.err,
-                flush=True,
-            )
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
 
 
 class RowLog:

@@ -16,6 +16,7 @@ The database is not changed.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,8 +29,8 @@ from archiver.keys import NotOurs, row_key
 from archiver.localfs import CacheRoot, LocalFile, why
 from archiver.models import MediaRow, Problem
 from archiver.pipeline import Interrupt, for_each, to_the_end
-from archiver.progress import Counter, listed, printable, problem_lines
-from archiver.resolve import Found, NotFound, Resolver, open_cache_root
+from archiver.progress import Progress, listed, printable, problem_lines
+from archiver.resolve import Found, NotFound, Resolver, open_cache_root, resolver_for
 from archiver.services import connected
 from archiver.settings import Settings
 from archiver.storage import Storage
@@ -55,6 +56,7 @@ class PruneReport:
     missing_local: int = 0
     would_delete: dict[str, int] = field(default_factory=dict)  # dry run: path -> size
     kept: list[Problem] = field(default_factory=list)  # every row whose file stayed, and why
+    say: Callable[[str], None] = field(default=lambda _line: None, repr=False)  # -v lines
 
     @property
     def kept_unverified(self) -> int:
@@ -65,6 +67,11 @@ class PruneReport:
     def kept_needed(self) -> int:
         """Rows whose file a row not yet archived needs (same MD5): kept for its upload."""
         return self._count("kept_needed")
+
+    @property
+    def kept_symlink(self) -> int:
+        """Rows whose file is reached through a symlink below the cache root: never deleted."""
+        return self._count("kept_symlink")
 
     @property
     def invalid(self) -> int:
@@ -85,6 +92,7 @@ class PruneReport:
             "bytes_freed": self.bytes_freed,
             "kept_unverified": self.kept_unverified,
             "kept_needed": self.kept_needed,
+            "kept_symlink": self.kept_symlink,
             "invalid": self.invalid,
             "missing_local": self.missing_local,
             "dry_run": self.dry_run,
@@ -95,15 +103,17 @@ class PruneReport:
         data["kept"] = [p.as_json() for p in self.kept]
         return data
 
-    def keep(self, row: MediaRow, why: str, *, needed: bool = False) -> int:
-        """The row's file stays (`needed`: for a row not yet archived); nothing freed."""
-        kind = "kept_needed" if needed else "kept_unverified"
+    def keep(self, row: MediaRow, why: str, *, kind: str = "kept_unverified") -> int:
+        """The row's file stays (`kind`: kept_unverified, kept_needed for a row not yet
+        archived, kept_symlink); nothing freed."""
         self.kept.append(Problem(row.media_id, kind, why, url=row.archive_url))
+        self.say(f"{kind} {row.media_id}: {why}")
         return 0
 
     def refuse(self, row: MediaRow, why: str) -> int:
         """The row cannot be judged (bad archive_url, md5_sum, created_at, path)."""
         self.kept.append(Problem(row.media_id, "invalid", why, url=row.archive_url))
+        self.say(f"invalid {row.media_id}: {why}")
         return 0
 
 
@@ -131,7 +141,8 @@ class _Pruner:
         if not isinstance(found, Found):
             return report.refuse(row, found.reason)
         if found.through_link:
-            return report.keep(row, f"{found.path} is reached through a symlink: not deleted")
+            reason = f"{found.path} is reached through a symlink below the cache root: not deleted"
+            return report.keep(row, reason, kind="kept_symlink")
         try:
             f = await asyncio.to_thread(self.cache.open_file, found.path)
         except OSError as exc:
@@ -144,7 +155,8 @@ class _Pruner:
     async def _prove_and_delete(self, row: MediaRow, md5: str, key: str, f: LocalFile) -> int:
         report = self.report
         if bytes.fromhex(md5) in self.needed:
-            return report.keep(row, "a row not yet archived has the same file", needed=True)
+            reason = "a row not yet archived has the same file"
+            return report.keep(row, reason, kind="kept_needed")
         try:
             actual = await asyncio.to_thread(f.md5)
         except OSError as exc:
@@ -161,6 +173,7 @@ class _Pruner:
             return report.keep(row, f"object {key}: {verdict}")
         if report.dry_run:
             report.would_delete[str(f.path)] = f.size  # rows sharing a file: listed once
+            report.say(f"would delete {row.media_id}: {f.path} ({f.size:,} bytes)")
             return 0
         # Once begun, a delete is seen to its end and counted, even when a second Ctrl-C
         # abandons the work in flight: the report must say what was deleted.
@@ -176,20 +189,21 @@ class _Pruner:
             return report.keep(row, f"{f.path} changed since it was checked: not deleted")
         report.deleted += 1
         report.bytes_freed += f.size
+        report.say(f"deleted {row.media_id}: {f.path} ({f.size:,} bytes)")
         return f.size
 
 
 async def run_prune(
     settings: Settings,
     options: PruneOptions,
-    progress: Counter,
+    progress: Progress,
     *,
     cwd: Path | None = None,
     interrupt: Interrupt | None = None,
 ) -> PruneReport:
     """Check and delete; the report of what happened (or would happen, on a dry run)."""
     cwd = cwd or Path.cwd()
-    report = PruneReport(dry_run=options.dry_run)
+    report = PruneReport(dry_run=options.dry_run, say=progress.say)
     cutoff = None
     if options.older_than_days is not None:
         cutoff = datetime.now(UTC).replace(tzinfo=None) - timedelta(days=options.older_than_days)
@@ -202,7 +216,7 @@ async def run_prune(
                 settings,
                 store,
                 cache,
-                Resolver(cache.path, cwd),
+                resolver_for(settings, cache.path, cwd),
                 needed=await db.unarchived_md5s(),
                 report=report,
             )
@@ -241,7 +255,8 @@ def format_prune(report: PruneReport) -> str:
     lines.append(
         f"Checked {report.checked:,} archived rows. {verb} {count:,} local files, "
         f"{freed / 1e6:,.1f} MB. Kept {report.kept_unverified:,} whose file or object could "
-        f"not be proved, {report.kept_needed:,} still needed by rows not yet archived; "
+        f"not be proved, {report.kept_needed:,} still needed by rows not yet archived, "
+        f"{report.kept_symlink:,} reached through a symlink; "
         f"{report.invalid:,} invalid rows; {report.missing_local:,} had no local file."
     )
     return "\n".join(lines)

@@ -130,6 +130,10 @@ class Resolver:
 
     root: Path
     cwd: Path
+    # The cache root as configured (absolute, symlinks kept): a `local_file_path` below it
+    # is looked up below `root`, so that a symlinked cache root (`cache -> /elsewhere`)
+    # is not taken for a symlink on the file's way.
+    alias: Path | None = None
     clock: Callable[[], float] = time.monotonic
     listdir: Callable[[Path], list[str]] = os.listdir
     _indexes: dict[Path, _Index] = field(default_factory=dict)
@@ -149,7 +153,7 @@ class Resolver:
         if row.local_file_path:
             try:
                 given = Path(row.local_file_path)
-                candidate = given if given.is_absolute() else self.cwd / given
+                candidate = self.below_root(given if given.is_absolute() else self.cwd / given)
                 if (st := _lookup(candidate)) is not None:
                     return self._confine(candidate, st, "local_file_path")
             except (OSError, ValueError) as exc:
@@ -173,6 +177,15 @@ class Resolver:
         except (OSError, ValueError) as exc:
             return Refused(f"cannot look in {directory}: {why(exc)}")
         return NotFound(f"no local file for {md5} under {directory}")
+
+    def below_root(self, path: Path) -> Path:
+        """`path` made absolute, and written below the real root when it is below the
+        configured one (no symlink is followed but the root's own)."""
+        absolute = Path(os.path.abspath(path))
+        alias = self.alias
+        if alias is not None and alias != self.root and absolute.is_relative_to(alias):
+            return self.root / absolute.relative_to(alias)
+        return absolute
 
     def _confine(self, candidate: Path, st: os.stat_result, via: str) -> Found | Refused:
         """`_confine`, cheaper for the common case: a regular file (not a symlink) is its
@@ -225,6 +238,12 @@ class Resolver:
 def resolve_file(row: MediaRow, md5: str, cache_root: Path, cwd: Path) -> Resolution:
     """Find one row's file (a Resolver for one lookup; a run keeps one Resolver)."""
     return Resolver(cache_root, cwd).resolve(row, md5)
+
+
+def resolver_for(settings: Settings, root: Path, cwd: Path) -> Resolver:
+    """The run's Resolver: under the real root `root` (`resolve_cache_root`), knowing the
+    root as configured (relative to the working directory, as `resolve_cache_root` reads it)."""
+    return Resolver(root, cwd, alias=Path(os.path.abspath(settings.cache_root)))
 
 
 def resolve_cache_root(settings: Settings) -> Path:

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -27,8 +28,15 @@ from archiver.keys import NotOurs, row_key
 from archiver.localfs import CacheRoot, NewFile, why
 from archiver.models import MediaRow, Problem
 from archiver.pipeline import Interrupt, for_each
-from archiver.progress import Counter, listed, printable, problem_lines
-from archiver.resolve import Found, NotFound, Resolver, media_dir_name, open_cache_root
+from archiver.progress import Progress, listed, printable, problem_lines
+from archiver.resolve import (
+    Found,
+    NotFound,
+    Resolver,
+    media_dir_name,
+    open_cache_root,
+    resolver_for,
+)
 from archiver.services import connected
 from archiver.settings import Settings
 from archiver.storage import Storage
@@ -40,11 +48,13 @@ MAX_LISTED = 20
 class RestoreOptions:
     media_ids: tuple[str, ...] = ()
     all_missing: bool = False
-    concurrency: int = 8
+    concurrency: int = 32
     dry_run: bool = False
 
     def __post_init__(self) -> None:
-        if bool(self.media_ids) == self.all_missing:
+        if self.media_ids and self.all_missing:
+            raise ConfigError("restore takes --media-id ID or --all-missing, not both")
+        if not self.media_ids and not self.all_missing:
             raise ConfigError("restore needs --media-id ID (repeatable) or --all-missing")
 
 
@@ -57,6 +67,7 @@ class RestoreReport:
     bytes: int = 0
     would_restore: list[str] = field(default_factory=list)
     failures: list[Problem] = field(default_factory=list)  # invalid, failed, no_such_row
+    say: Callable[[str], None] = field(default=lambda _line: None, repr=False)  # -v lines
 
     @property
     def failed(self) -> int:
@@ -69,6 +80,7 @@ class RestoreReport:
     def fail(self, row: MediaRow, why: str, *, kind: str = "failed") -> int:
         """The row's file was not restored (`kind` "invalid": the row itself is unusable)."""
         self.failures.append(Problem(row.media_id, kind, why, url=row.archive_url))
+        self.say(f"{kind} {row.media_id}: {why}")
         return 0
 
     def as_json(self) -> dict[str, Any]:
@@ -95,20 +107,46 @@ class Target:
 
     md5: str
     key: str
-    directory: str  # `{media_type}s`, below the cache root
-    name: str  # `{md5}{ext}`
+    directories: tuple[str, ...]  # below the cache root, e.g. (`{media_type}s`,)
+    name: str  # e.g. `{md5}{ext}`
+    row_path: bool = False  # the row's own local_file_path
+
+    def path(self, root: Path) -> Path:
+        return root.joinpath(*self.directories, self.name)
 
 
-def plan(row: MediaRow, settings: Settings) -> Target | str:
-    """Where the row's object is and where its file goes, or why it cannot be restored."""
+def plan(row: MediaRow, settings: Settings, resolver: Resolver) -> Target | str:
+    """Where the row's object is and where its file goes, or why it cannot be restored:
+    the row's `local_file_path` when it names a file inside the cache root (where the app
+    looks for it), else `{media_type}s/{md5}{ext}`."""
     ours = row_key(row, bucket=settings.bucket, prefix=settings.key_prefix)
     if isinstance(ours, NotOurs):
         return ours.reason
     md5, key = ours
+    given = _inside_root(row.local_file_path, resolver)
+    if given is not None:
+        return Target(md5, key, given[:-1], given[-1], row_path=True)
     directory = media_dir_name(row.media_type)
     if directory is None:
         return f"media_type {row.media_type!r} is not a plain word"
-    return Target(md5, key, directory, f"{md5}{PurePosixPath(key).suffix}")
+    return Target(md5, key, (directory,), f"{md5}{PurePosixPath(key).suffix}")
+
+
+def _inside_root(local_file_path: str | None, resolver: Resolver) -> tuple[str, ...] | None:
+    """The parts of `local_file_path` below the cache root, when it names a file there
+    (written with plain names only: no symlink but the root's own is followed when the
+    file is created, `localfs.CacheRoot.open_dir`)."""
+    if not local_file_path:
+        return None
+    try:
+        given = Path(local_file_path)
+        path = resolver.below_root(given if given.is_absolute() else resolver.cwd / given)
+        parts = path.relative_to(resolver.root).parts
+    except (ValueError, OSError):  # outside the root, a NUL byte
+        return None
+    if not parts or any(p in ("", ".", "..") for p in parts):
+        return None
+    return tuple(parts)
 
 
 @dataclass
@@ -124,10 +162,13 @@ class _Restorer:
         """Restore one row's file when it is missing (or named); bytes written."""
         report = self.report
         found = await self.resolver.locate(row)
+        where = plan(row, self.settings, self.resolver)
+        if isinstance(found, Found) and isinstance(where, Target) and where.row_path:
+            # Found elsewhere than where the app looks (its local_file_path): not present.
+            found = found if found.via == "local_file_path" else NotFound("not at its path")
         if self.options.all_missing and isinstance(found, Found):
             return 0  # present: not selected
         report.selected += 1
-        where = plan(row, self.settings)
         if isinstance(where, str):
             return report.fail(row, where, kind="invalid")
         if not isinstance(found, NotFound | Found):
@@ -143,8 +184,9 @@ class _Restorer:
                 return 0
             return report.fail(row, f"a different file is at {found.path} (not replaced)")
         if self.options.dry_run:
-            target = self.cache.path / where.directory / where.name
+            target = where.path(self.cache.path)
             report.would_restore.append(f"s3://{self.settings.bucket}/{where.key} -> {target}")
+            report.say(f"would restore {row.media_id}: {target}")
             return 0
         try:
             nbytes, fresh = await self._download(where)
@@ -156,6 +198,7 @@ class _Restorer:
             return 0
         report.restored += 1
         report.bytes += nbytes
+        report.say(f"restored {row.media_id}: {where.path(self.cache.path)} ({nbytes:,} bytes)")
         return nbytes
 
     def _holds(self, path: Path, md5: str) -> bool:
@@ -169,7 +212,7 @@ class _Restorer:
     async def _download(self, where: Target) -> tuple[int, bool]:
         """Stream the object into an unnamed file in its directory, check its MD5, give it
         its name; (bytes, whether the file is new)."""
-        dir_fd = await asyncio.to_thread(self.cache.open_dir, [where.directory], create=True)
+        dir_fd = await asyncio.to_thread(self.cache.open_dir, where.directories, create=True)
         try:
             new = await asyncio.to_thread(NewFile, dir_fd, where.name)
             try:
@@ -188,7 +231,7 @@ class _Restorer:
             finally:
                 await asyncio.shield(asyncio.to_thread(new.close))
             # The name is taken: by the same content (restored meanwhile), or not.
-            path = self.cache.path / where.directory / where.name
+            path = where.path(self.cache.path)
             if await asyncio.to_thread(self._holds, path, where.md5):
                 return nbytes, False
             raise RestoreFailed(f"a different file is already at {path}")
@@ -200,21 +243,23 @@ class _Restorer:
 async def run_restore(
     settings: Settings,
     options: RestoreOptions,
-    progress: Counter,
+    progress: Progress,
     *,
     cwd: Path | None = None,
     interrupt: Interrupt | None = None,
 ) -> RestoreReport:
     """Download what is asked; the report of what happened."""
     cwd = cwd or Path.cwd()
-    report = RestoreReport(dry_run=options.dry_run)
+    report = RestoreReport(dry_run=options.dry_run, say=progress.say)
     row_filter = RowFilter(
         archived=None if options.media_ids else True, media_ids=options.media_ids
     )
     with open_cache_root(settings) as cache:
         async with connected(settings, concurrency=options.concurrency) as (db, store):
             assert store is not None
-            restorer = _Restorer(settings, store, cache, Resolver(cache.path, cwd), options, report)
+            restorer = _Restorer(
+                settings, store, cache, resolver_for(settings, cache.path, cwd), options, report
+            )
             progress.start(len(options.media_ids) or await db.count_rows(row_filter))
             seen: set[str] = set()
 

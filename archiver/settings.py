@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -32,6 +33,10 @@ MAX_PARTS = 10_000  # S3's limit per multipart upload
 PARTS_IN_FLIGHT_MAX = 8  # parts held in memory at once by default, whatever the concurrency
 
 MEDIA_TYPES = ("image", "video", "document")
+# `upload --storage-class`: the classes an archive that is read back now and then can use
+# (GLACIER and DEEP_ARCHIVE objects cannot be read back without a restore first).
+STORAGE_CLASSES = ("STANDARD", "STANDARD_IA", "INTELLIGENT_TIERING", "GLACIER_IR")
+_BANDWIDTH_RE = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*([kmgt]?)(i?)(b?)(?:/s)?\s*$", re.IGNORECASE)
 
 # The S3 client, the same for every command (`ClientOptions`).
 RETRY_MODES = ("standard", "adaptive", "legacy")  # botocore's retry modes
@@ -242,6 +247,22 @@ class Settings:
         return check_dsn(self.database_url)
 
 
+def parse_bandwidth(text: str) -> int:
+    """Bytes per second from `50MB`, `10MiB`, `500k`, `2000000` (`/s` allowed; k, M, G, T
+    are powers of 1000, Ki, Mi, Gi, Ti of 1024); ValueError when it is not one."""
+    m = _BANDWIDTH_RE.match(text)
+    if m is None:
+        raise ValueError(f"{text!r} is not a rate: use bytes per second, e.g. 50MB, 10MiB, 500KB")
+    number, unit, binary = float(m.group(1)), m.group(2).lower(), bool(m.group(3))
+    if binary and not unit:
+        raise ValueError(f"{text!r} is not a rate: use bytes per second, e.g. 50MB, 10MiB, 500KB")
+    power = " kmgt".index(unit) if unit else 0
+    rate = int(number * (1024 if binary else 1000) ** power)
+    if rate < 1024:
+        raise ValueError(f"{text!r} is below 1 KiB/s")
+    return rate
+
+
 @dataclass(frozen=True)
 class UploadOptions:
     """How `archiver upload` runs."""
@@ -259,14 +280,27 @@ class UploadOptions:
     lease_s: float = 300.0  # how long a claim on a row lasts unless renewed
     retry_problems: bool = False  # try known problems again (they are set aside otherwise)
     media_ids: tuple[str, ...] = ()  # only these rows (their known problems tried again)
+    created_since: datetime | None = None  # only rows created at or after (UTC, naive)
+    created_until: datetime | None = None  # only rows created before (UTC, naive)
+    storage_class: str | None = None  # of new objects; None: the bucket's default
+    max_bandwidth: int | None = None  # bytes per second sent, at most
 
     def __post_init__(self) -> None:
+        if self.storage_class is not None and self.storage_class not in STORAGE_CLASSES:
+            raise ConfigError(
+                f"--storage-class must be one of {', '.join(STORAGE_CLASSES)}, "
+                f"not {self.storage_class!r}"
+            )
+        if self.max_bandwidth is not None and self.max_bandwidth < 1024:
+            raise ConfigError("--max-bandwidth must be at least 1 KiB/s")
+        if self.created_since and self.created_until and self.created_since >= self.created_until:
+            raise ConfigError("--since must be before --until")
         if not 1 <= self.concurrency <= MAX_CONCURRENCY:
             raise ConfigError(f"--concurrency must be between 1 and {MAX_CONCURRENCY}")
         if self.batch_size < 1:
             raise ConfigError("--batch-size must be at least 1")
-        if self.limit is not None and self.limit < 0:
-            raise ConfigError("--limit must not be negative")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError("--limit must be at least 1")
         if not MIN_PART_SIZE_BYTES <= self.part_size <= MAX_PART_SIZE_BYTES:
             raise ConfigError("--part-size must be between 5 MiB and 5 GiB")
         if self.multipart_threshold < MIN_PART_SIZE_BYTES:

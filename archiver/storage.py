@@ -235,11 +235,14 @@ class PutTemplate:
         content_type: str,
         *,
         if_none_match: bool,
+        storage_class: str | None = None,
     ) -> dict[str, Any]:
         """One PUT of `body` at `key`; botocore's parsed reply (ClientError at 300+)."""
         headers = dict(self._headers)
         headers["Content-MD5"] = content_md5_b64
         headers["Content-Type"] = content_type
+        if storage_class:
+            headers["x-amz-storage-class"] = storage_class
         if if_none_match:
             headers["If-None-Match"] = "*"
         if len(body) >= EXPECT_CONTINUE_MIN_BYTES:
@@ -305,7 +308,12 @@ def denied(bucket: str, action: str, key: str) -> AccessDenied:
 
 def translate(exc: Exception, bucket: str, doing: str) -> Exception:
     """A botocore exception as an archiver error (see the module docstring)."""
-    if isinstance(exc, NoCredentialsError | PartialCredentialsError | ProfileNotFound):
+    if isinstance(exc, NoCredentialsError):
+        return StorageUnavailable(
+            "no AWS credentials found: set AWS_PROFILE (or --profile), or AWS_ACCESS_KEY_ID "
+            "and AWS_SECRET_ACCESS_KEY, or run `aws configure`"
+        )
+    if isinstance(exc, PartialCredentialsError | ProfileNotFound):
         return StorageUnavailable(f"no usable AWS credentials: {exc}")
     if isinstance(exc, ClientError):
         code = _code(exc)
@@ -327,6 +335,13 @@ def translate(exc: Exception, bucket: str, doing: str) -> Exception:
             )
         return StorageError(f"{doing} failed: {code or _status(exc)} {exc}")
     return StorageError(f"{doing} failed: {exc.__class__.__name__}: {exc}")
+
+
+def unreachable(exc: BotoCoreError, bucket: str) -> Exception:
+    """A client-side failure before any answer: credentials missing, or no connection."""
+    if isinstance(exc, NoCredentialsError | PartialCredentialsError | ProfileNotFound):
+        return translate(exc, bucket, "")
+    return StorageUnavailable(f"S3 is not reachable: {exc}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -419,9 +434,11 @@ class Storage:
         # The bucket keeps versions (GetBucketVersioning said so, or a PUT returned a
         # version): If-None-Match cannot be trusted there (Ceph RGW 16 ignores it).
         self.versioned = False
+        self.storage_class: str | None = None  # of new objects (None: the bucket's default)
         self._template: PutTemplate | None = None
         self._template_tried = False
         self._template_lock = asyncio.Lock()
+        self._session: Any = None  # the aioboto3 session the client came from
         self._part_checksums: bool | None = None  # the server checks CRC32 part checksums
         self._probe_lock = asyncio.Lock()
 
@@ -462,7 +479,9 @@ class Storage:
                 "request-created.s3",
                 client._user_agent_creator.rebuild_and_replace_user_agent_handler,
             )
-            yield cls(client, settings.bucket, preflight, settings.endpoint_url)
+            store = cls(client, settings.bucket, preflight, settings.endpoint_url)
+            store._session = session
+            yield store
 
     async def _call(self, doing: str, method: str, **params: Any) -> Any:
         try:
@@ -516,7 +535,7 @@ class Storage:
                 ) from exc
             raise StorageUnavailable(f"bucket {self.bucket!r} is not usable: {exc}") from exc
         except BotoCoreError as exc:
-            raise StorageUnavailable(f"S3 is not reachable: {exc}") from exc
+            raise unreachable(exc, self.bucket) from exc
         return True
 
     async def _put_template(self) -> PutTemplate | None:
@@ -550,11 +569,18 @@ class Storage:
         }
         if if_absent:
             params["IfNoneMatch"] = "*"
+        if self.storage_class:
+            params["StorageClass"] = self.storage_class
         try:
             template = await self._put_template()
             if template is not None:
                 response = await template.put(
-                    key, body, params["ContentMD5"], content_type, if_none_match=if_absent
+                    key,
+                    body,
+                    params["ContentMD5"],
+                    content_type,
+                    if_none_match=if_absent,
+                    storage_class=self.storage_class,
                 )
             else:  # botocore takes bytes, not a view of a reused buffer
                 params["Body"] = bytes(body)
@@ -564,6 +590,7 @@ class Storage:
                 return None
             if if_absent and (_status(exc) == 501 or _code(exc) == "NotImplemented"):
                 raise ConditionalWritesUnsupported(key) from exc
+            self._refused_storage_class(exc)
             if _denied(exc):
                 raise denied(self.bucket, "s3:PutObject", key) from exc
             raise translate(exc, self.bucket, f"PUT {key}") from exc
@@ -611,15 +638,32 @@ class Storage:
     ) -> str:
         """Start a multipart upload (with CRC32 part checksums when `crc32`); its UploadId."""
         extra = {"ChecksumAlgorithm": "CRC32"} if crc32 else {}
-        response = await self._call(
-            f"starting multipart upload of {key}",
-            "create_multipart_upload",
-            Key=key,
-            ContentType=content_type,
-            Metadata=dict(metadata),
-            **extra,
-        )
+        if self.storage_class:
+            extra["StorageClass"] = self.storage_class
+        try:
+            response = await self._s3.create_multipart_upload(
+                Bucket=self.bucket,
+                Key=key,
+                ContentType=content_type,
+                Metadata=dict(metadata),
+                **extra,
+            )
+        except ClientError as exc:
+            self._refused_storage_class(exc)
+            raise translate(exc, self.bucket, f"starting multipart upload of {key}") from exc
+        except BotoCoreError as exc:
+            raise translate(exc, self.bucket, f"starting multipart upload of {key}") from exc
         return str(response["UploadId"])
+
+    def _refused_storage_class(self, exc: ClientError) -> None:
+        """A storage class the server does not offer dooms every upload: StorageUnavailable
+        (AWS answers InvalidStorageClass; Ceph RGW, without the class in its placement,
+        InvalidArgument)."""
+        if self.storage_class and _code(exc) in ("InvalidStorageClass", "InvalidArgument"):
+            raise StorageUnavailable(
+                f"S3 refused storage class {self.storage_class} ({_code(exc)}): this server "
+                "does not offer it; choose another --storage-class or leave it unset"
+            ) from exc
 
     async def upload_part(
         self,
@@ -780,7 +824,7 @@ class Storage:
                 return False
             raise translate(exc, self.bucket, "creating the bucket") from exc
         except BotoCoreError as exc:
-            raise StorageUnavailable(f"S3 is not reachable: {exc}") from exc
+            raise unreachable(exc, self.bucket) from exc
         return True
 
     async def get_setting(self, method: str, missing_codes: tuple[str, ...]) -> Any:
@@ -817,6 +861,45 @@ class Storage:
             raise translate(exc, self.bucket, f"{action} of {key}") from exc
         except BotoCoreError as exc:
             raise translate(exc, self.bucket, f"{action} of {key}") from exc
+
+    async def credentials(self) -> tuple[str, str] | None:
+        """(the access key id, where botocore found it: `env`, `shared-credentials-file`,
+        `assume-role`, ...), or None when there are none. The secret is never read out."""
+        if self._session is None:
+            return None
+        try:
+            found = await self._session.get_credentials()
+            if found is None:
+                return None
+            frozen = await found.get_frozen_credentials()
+        except (BotoCoreError, ClientError) as exc:
+            raise translate(exc, self.bucket, "reading the credentials") from exc
+        return str(frozen.access_key), str(getattr(found, "method", "") or "explicit")
+
+    async def caller_identity(self, endpoint_url: str | None) -> str:
+        """The ARN STS names these credentials by (at `endpoint_url`, or AWS's)."""
+        assert self._session is not None
+        try:
+            async with (
+                asyncio.timeout(PREFLIGHT_TIMEOUT_S),
+                self._session.client(
+                    "sts",
+                    endpoint_url=endpoint_url,
+                    config=AioConfig(
+                        retries={"mode": "standard", "total_max_attempts": PREFLIGHT_ATTEMPTS},
+                        connect_timeout=PREFLIGHT_CALL_TIMEOUT_S,
+                        read_timeout=PREFLIGHT_CALL_TIMEOUT_S,
+                    ),
+                ) as sts,
+            ):
+                response = await sts.get_caller_identity()
+        except TimeoutError as exc:
+            raise StorageUnavailable(
+                f"STS did not answer within {PREFLIGHT_TIMEOUT_S:.0f} s"
+            ) from exc
+        except (BotoCoreError, ClientError) as exc:
+            raise translate(exc, self.bucket, "GetCallerIdentity") from exc
+        return str(response.get("Arn", "?"))
 
     async def probe_write(self, key: str, body: bytes) -> None:
         """Do what an upload does to one small object, then remove it: PUT with Content-MD5,

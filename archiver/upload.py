@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
-from archiver.budget import BufferPool, ByteBudget
+from archiver.budget import BufferPool, ByteBudget, Throttle
 from archiver.claims import Claims
 from archiver.content_types import SNIFF_BYTES, choose_ext, content_type_for, needs_sniffing
 from archiver.db import Database, RowFilter
@@ -38,13 +38,14 @@ from archiver.models import MediaRow, Outcome, Problem, RowResult, Summary
 from archiver.pipeline import Interrupt, Pipeline
 from archiver.policies import BatchPolicy, ExistencePolicy, RetryPolicy
 from archiver.problems import Ledger, note_for, set_aside
-from archiver.resolve import Found, NotFound, Resolution, Resolver, open_cache_root
+from archiver.resolve import Found, NotFound, Resolution, open_cache_root, resolver_for
 from archiver.services import connected
 from archiver.settings import MAX_PARTS, MIB, Settings, UploadOptions
 from archiver.storage import (
     Completed,
     ConditionalWritesUnsupported,
     ObjectInfo,
+    Storage,
     StoredPart,
     composite_crc32,
     crc32_b64,
@@ -210,12 +211,13 @@ class Uploader:
         self.options = options
         self.store = store
         self.cache = cache
-        self.resolver = Resolver(cache.path, cwd)
+        self.resolver = resolver_for(settings, cache.path, cwd)
         self.budget = ByteBudget(options.byte_budget)
         self.buffers = BufferPool(
             options.part_size, keep=max(1, options.byte_budget // options.part_size)
         )
         self.existence = ExistencePolicy(misses_to_switch=2 * options.concurrency)
+        self.throttle = Throttle(options.max_bandwidth) if options.max_bandwidth else None
         self.inline_max = min(INLINE_READ_MAX_BYTES, options.byte_budget // options.concurrency)
         self._inflight: dict[str, asyncio.Future[RowResult]] = {}
         self._done: OrderedDict[str, None] = OrderedDict()
@@ -397,6 +399,8 @@ class Uploader:
         self, prep: Prepared, body: bytes | memoryview, sent: Sent, *, if_absent: bool
     ) -> str | None:
         assert self.store is not None
+        if self.throttle is not None:
+            await self.throttle.take(len(body))
         etag = await self.store.put_object(
             prep.key, body, prep.md5, prep.content_type, if_absent=if_absent
         )
@@ -572,6 +576,8 @@ class Uploader:
             # A CRC32 the server refuses a part for when it does not match, or Content-MD5.
             sent_with = {"crc32": check} if crc32 else {"md5_hex": check}
             for _ in range(INTEGRITY_ATTEMPTS):
+                if self.throttle is not None:
+                    await self.throttle.take(len(data))
                 part = await self.store.upload_part(prep.key, upload_id, number, data, **sent_with)
                 answered = part.crc32 if crc32 else part.etag
                 sent.bytes += len(data)
@@ -708,12 +714,14 @@ async def run_upload(
         db, store = await stack.enter_async_context(
             connected(settings, concurrency=options.concurrency, storage=not options.dry_run)
         )
-        if store is not None and not options.force:
-            await store.learn_versioning()
+        if store is not None:
+            await _prepare_store(store, options)
         row_filter = RowFilter(
             archived=None if options.force else False,
             media_types=options.media_types,
             media_ids=options.media_ids,
+            created_since=options.created_since,
+            created_before=options.created_until,
         )
         total = await _total(db, row_filter, reporter, options.limit)
         retry = db_retry or RetryPolicy()
@@ -784,6 +792,13 @@ async def run_upload(
         if unhandled and not (summary.error or interrupt.triggered):
             summary.not_selected = await _not_selected(db, unhandled, owner)
     return summary
+
+
+async def _prepare_store(store: Storage, options: UploadOptions) -> None:
+    """What the run's PUTs need to know of the bucket and the options."""
+    store.storage_class = options.storage_class
+    if not options.force:
+        await store.learn_versioning()
 
 
 async def _total(db: Database, row_filter: RowFilter, reporter: Reporter, limit: int | None) -> int:

@@ -11,7 +11,8 @@ every row's local file.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,8 @@ from archiver.integrity import mismatch
 from archiver.keys import NotOurs, row_key
 from archiver.models import MediaRow, Problem
 from archiver.pipeline import Interrupt, for_each
-from archiver.progress import listed, printable, problem_lines
-from archiver.resolve import Found, NotFound, Resolver, resolve_cache_root
+from archiver.progress import Progress, listed, printable, problem_lines
+from archiver.resolve import Found, NotFound, Resolver, resolve_cache_root, resolver_for
 from archiver.services import connected
 from archiver.settings import Settings
 from archiver.storage import Storage
@@ -138,9 +139,10 @@ async def run_verify(
     *,
     cwd: Path | None = None,
     interrupt: Interrupt | None = None,
-    on_progress: Callable[[], None] | None = None,
+    progress: Progress | None = None,
 ) -> VerifyReport:
-    """Statistics, then the checks asked for."""
+    """Statistics, then the checks asked for (each with its own run of `progress`)."""
+    say = progress.say if progress is not None else (lambda _line: None)
     cwd = cwd or Path.cwd()
     root = resolve_cache_root(settings) if options.check_local or options.verify_s3 else None
     async with connected(settings, concurrency=options.concurrency, storage=options.verify_s3) as (
@@ -148,20 +150,49 @@ async def run_verify(
         store,
     ):
         report = VerifyReport(stats=await db.stats())
-        resolver = Resolver(root, cwd) if root is not None else None
+        resolver = resolver_for(settings, root, cwd) if root is not None else None
         if store is not None:
             assert resolver is not None
             report.s3 = S3Check()
             if options.repair:
                 report.repair = Repair(dry_run=options.dry_run)
-            await _check_s3(db, store, settings, options, report, resolver, interrupt, on_progress)
+            with _phase(progress, "verify --verify-s3") as on_progress:
+                if on_progress is not None:
+                    assert progress is not None
+                    progress.start(await _archived_total(db, options))
+                await _check_s3(
+                    db, store, settings, options, report, resolver, interrupt, on_progress, say
+                )
             if report.repair is not None and report.repair.candidates and not options.dry_run:
                 report.repair.cleared = await db.clear_urls(report.repair.candidates)
         if options.check_local:
             assert resolver is not None
             report.local = LocalCheck()
-            await _check_local(db, options, report, resolver, interrupt, on_progress)
+            with _phase(progress, "verify --check-local") as on_progress:
+                if on_progress is not None:
+                    assert progress is not None
+                    total = await db.count_rows(RowFilter(archived=None))
+                    progress.start(total if options.limit is None else min(total, options.limit))
+                await _check_local(db, options, report, resolver, interrupt, on_progress)
     return report
+
+
+@contextlib.contextmanager
+def _phase(progress: Progress | None, desc: str) -> Iterator[Callable[[int], None] | None]:
+    """One check's progress (its own bar or lines, closed at its end)."""
+    if progress is None:
+        yield None
+        return
+    progress.desc = desc
+    try:
+        yield progress.step
+    finally:
+        progress.close()
+
+
+async def _archived_total(db: Database, options: VerifyOptions) -> int:
+    total = await db.count_rows(RowFilter(archived=True))
+    return total if options.limit is None else min(total, options.limit)
 
 
 async def _check_s3(
@@ -172,15 +203,17 @@ async def _check_s3(
     report: VerifyReport,
     resolver: Resolver,
     interrupt: Interrupt | None,
-    on_progress: Callable[[], None] | None,
+    on_progress: Callable[[int], None] | None,
+    say: Callable[[str], None],
 ) -> None:
     s3 = report.s3
     assert s3 is not None
 
     def problem(row: MediaRow, kind: str, detail: str) -> None:
         report.problems.append(Problem(row.media_id, kind, detail, url=row.archive_url))
+        say(f"{kind} {row.media_id}: {detail}")
         if on_progress:
-            on_progress()
+            on_progress(0)
 
     def error(row: MediaRow, detail: str) -> None:
         s3.checked += 1
@@ -206,7 +239,8 @@ async def _check_s3(
         if verdict is None:
             s3.ok += 1
             if on_progress:
-                on_progress()
+                on_progress(info.size if info is not None else 0)
+            say(f"ok {row.media_id}: {key}")
         elif verdict == "missing":
             s3.missing += 1
             problem(row, "missing", "no such object")
@@ -230,7 +264,7 @@ async def _check_local(
     report: VerifyReport,
     resolver: Resolver,
     interrupt: Interrupt | None,
-    on_progress: Callable[[], None] | None,
+    on_progress: Callable[[int], None] | None,
 ) -> None:
     local = report.local
     assert local is not None
@@ -240,7 +274,7 @@ async def _check_local(
         local.invalid += 1
         report.problems.append(Problem(row.media_id, "invalid", reason))
         if on_progress:
-            on_progress()
+            on_progress(0)
 
     async def check(row: MediaRow) -> None:
         found = await resolver.locate(row)
@@ -251,7 +285,7 @@ async def _check_local(
             local.missing += 1
             report.problems.append(Problem(row.media_id, "missing_local", found.reason))
         if on_progress:
-            on_progress()
+            on_progress(0)
 
     rows = db.rows(RowFilter(archived=None), limit=options.limit)
     await for_each(

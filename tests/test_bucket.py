@@ -119,7 +119,7 @@ def test_only_safety_settings_that_were_not_applied_fail_the_run() -> None:
     assert report.exit_code == 1 and report.not_applied == ["write probe"]
     report.settings["public access block"] = Setting(State.UNSUPPORTED)
     assert report.not_applied == ["public access block", "write probe"]
-    assert report.as_json()["settings"]["write probe"] == {
+    assert report.as_json()["settings"]["write_probe"] == {
         "state": "refused",
         "detail": "S3 denied s3:PutObject",
     }
@@ -321,8 +321,8 @@ def test_cli_check_only_absent_then_present(s3_server, env, s3) -> None:
     report = json.loads(out.stdout)  # printed whatever the outcome
     assert report["created"] is True
     if s3_server.name == "rgw":
-        assert out.returncode == 1 and report["not_applied"] == ["write probe"]
-        assert "49135" in report["settings"]["write probe"]["detail"]
+        assert out.returncode == 1 and report["not_applied"] == ["write_probe"]
+        assert "49135" in report["settings"]["write_probe"]["detail"]
         assert (
             "Not safe to use yet: write probe"
             in run_cli(env, "setup-bucket", "--bucket", name).stdout

@@ -7,6 +7,8 @@ import io
 from archiver.models import Outcome, RowResult, Summary
 from archiver.progress import MAX_WARNINGS, Reporter, describe, format_summary
 
+WALL = 1764504000.0  # 2025-11-30T12:00:00Z
+
 
 class Clock:
     def __init__(self) -> None:
@@ -25,6 +27,7 @@ def reporter(mode: str = "log", **kw: object) -> tuple[Reporter, io.StringIO, io
         out=out,
         err=err,
         clock=clock,
+        wall=lambda: WALL,
     )
     return r, out, err, clock
 
@@ -55,9 +58,14 @@ def test_log_mode_prints_a_progress_line_every_interval() -> None:
         r.result(ok(i))
     r.close()
     lines = err.getvalue().splitlines()
-    assert len(lines) == 1  # 15 s of work, one line per 10 s
-    assert lines[0].startswith("archiver: 7/100 files (7.0%), 7.0 MB, ")
-    assert "ETA" in lines[0]
+    assert len(lines) == 2  # 15 s of work: one line per 10 s, then the final figures
+    assert lines[0] == (
+        "2025-11-30T12:00:00Z archiver: upload: 7/100 files (7.0%), 7.0 MB, 0.7 MB/s, "
+        "0.7 files/s, ETA 139s"
+    )
+    assert lines[1] == (
+        "2025-11-30T12:00:00Z archiver: upload: 10/100 files done in 15.0 s, 10.0 MB, 0.7 MB/s"
+    )
     assert out.getvalue() == ""
 
 

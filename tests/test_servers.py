@@ -56,7 +56,7 @@ async def test_the_readme_workflow_on_each_server(s3_server, penv, db, s3, proxy
     # RGW 16 refuses every upload with it on; test_bucket.py shows that report.)
     flags = ("setup-bucket", "--no-block-public-acls")
     first = ok_json(penv, *flags)
-    assert first["not_applied"] == [] and first["settings"]["write probe"]["state"] == "ok"
+    assert first["not_applied"] == [] and first["settings"]["write_probe"]["state"] == "ok"
     assert ok_json(penv, *flags)["changed"] is False
 
     # upload, with a multipart file (RGW completes it without an ETag: a HEAD decides)

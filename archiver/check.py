@@ -1,0 +1,272 @@
+"""`archiver check`: before a long run, is everything in place? Database, credentials,
+bucket and cache, each with one verdict line.
+
+It changes nothing but one probe object (written under the key prefix, read back and
+deleted, as setup-bucket's write probe). Each check runs even when another failed, where it
+can: the cache is looked at without a database, the credentials without a bucket.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from archiver import __version__
+from archiver.db import RowFilter
+from archiver.errors import ArchiverError, ConfigError
+from archiver.keys import normalize_md5
+from archiver.models import MediaRow
+from archiver.progress import printable
+from archiver.resolve import Found, NotFound, resolve_cache_root, resolver_for
+from archiver.services import database
+from archiver.settings import Settings, redact_dsn
+from archiver.storage import Storage
+
+PROBE_BODY = b"archiver check: this object is deleted at once\n"
+OK, WARN, FAIL, SKIPPED = "ok", "warn", "FAIL", "skipped"
+
+
+@dataclass(frozen=True)
+class CheckOptions:
+    sample: int = 200  # rows whose local file is looked for
+    env_file: str | None = None  # the .env that was read (None: none)
+
+
+@dataclass
+class Verdict:
+    name: str
+    state: str  # ok, warn, FAIL, skipped
+    detail: str
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"state": self.state.lower(), "detail": self.detail, **self.facts}
+
+
+@dataclass
+class CheckReport:
+    verdicts: list[Verdict] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        """1 when a check failed (a warning does not fail it)."""
+        return 1 if any(v.state == FAIL for v in self.verdicts) else 0
+
+    def add(self, name: str, state: str, detail: str, **facts: Any) -> Verdict:
+        verdict = Verdict(name, state, detail, facts)
+        self.verdicts.append(verdict)
+        return verdict
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.exit_code == 0,
+            "checks": {v.name: v.as_json() for v in self.verdicts},
+        }
+
+
+async def run_check(settings: Settings, options: CheckOptions) -> CheckReport:
+    report = CheckReport()
+    report.add(
+        "configuration",
+        OK,
+        f"archiver {__version__}; .env: {options.env_file or 'none'}; working directory "
+        f"{os.getcwd()}; s3://{settings.bucket}/{settings.key_prefix}/; "
+        f"endpoint {settings.endpoint_url or 'AWS'}",
+        env_file=options.env_file,
+        cwd=os.getcwd(),
+        bucket=settings.bucket,
+        key_prefix=settings.key_prefix,
+        endpoint_url=settings.endpoint_url,
+        database_url=redact_dsn(settings.database_url),
+    )
+    sample = await _check_database(settings, report, options.sample)
+    await _check_s3(settings, report)
+    _check_cache(settings, report, sample)
+    return report
+
+
+async def _check_database(
+    settings: Settings, report: CheckReport, sample: int
+) -> list[MediaRow] | None:
+    """The database verdict; the rows whose files the cache check looks for (None when
+    the database could not be read)."""
+    try:
+        dsn = settings.require_database()
+    except ConfigError as exc:
+        report.add("database", FAIL, str(exc))
+        return None
+    where = redact_dsn(dsn)
+    try:
+        async with database(settings) as db:
+            await db.check_schema()
+            found = await db.access()
+            rows = [r async for r in db.rows(RowFilter(archived=False), limit=sample)]
+            if not rows:  # nothing left to archive: the archived rows' files, then
+                rows = [r async for r in db.rows(RowFilter(archived=None), limit=sample)]
+    except ArchiverError as exc:
+        report.add("database", FAIL, str(exc), url=where)
+        return None
+    state, notes = _privileges(found)
+    report.add(
+        "database",
+        state,
+        f"PostgreSQL {found['version']} at {where} as {found['user']}; post_media: "
+        f"{found['total']:,} rows, {found['unarchived']:,} not archived; {notes}",
+        url=where,
+        user=found["user"],
+        rows=found["total"],
+        not_archived=found["unarchived"],
+        tables=found["tables"],
+        can_create=found["can_create"],
+    )
+    return rows
+
+
+def _privileges(found: dict[str, Any]) -> tuple[str, str]:
+    """The verdict on the privileges, and what it says about them."""
+    missing = [
+        p for p, key in (("SELECT", "can_select"), ("UPDATE", "can_update")) if not found[key]
+    ]
+    if missing:
+        return FAIL, f"missing {' and '.join(missing)} on post_media"
+    notes = ["SELECT and UPDATE on post_media"]
+    state = OK
+    for name, grants in found["tables"].items():
+        if grants is None:
+            if found["can_create"]:
+                notes.append(f"{name} absent (upload creates it)")
+            else:
+                state = WARN
+                notes.append(
+                    f"{name} absent and no CREATE on the schema: upload runs without it "
+                    "(`archiver db init` as the owner creates it)"
+                )
+        elif set(grants) != {"SELECT", "INSERT", "UPDATE", "DELETE"}:
+            state = WARN
+            lacking = sorted({"SELECT", "INSERT", "UPDATE", "DELETE"} - set(grants))
+            notes.append(f"{name}: missing {', '.join(lacking)}")
+        else:
+            notes.append(f"{name} ok")
+    return state, "; ".join(notes)
+
+
+async def _check_s3(settings: Settings, report: CheckReport) -> None:
+    """The credentials, then the bucket: exists, region, takes an upload."""
+    try:
+        async with Storage.open(settings, max_connections=2) as store:
+            if not await _check_credentials(settings, store, report):
+                report.add("bucket", SKIPPED, "no credentials to ask with")
+                return
+            await _check_bucket(settings, store, report)
+    except ArchiverError as exc:
+        report.add("credentials" if "credentials" in str(exc) else "bucket", FAIL, str(exc))
+
+
+async def _check_credentials(settings: Settings, store: Storage, report: CheckReport) -> bool:
+    found = await store.credentials()
+    if found is None:
+        report.add(
+            "credentials",
+            FAIL,
+            "no AWS credentials found: set AWS_PROFILE (or --profile), or AWS_ACCESS_KEY_ID "
+            "and AWS_SECRET_ACCESS_KEY, or run `aws configure`",
+        )
+        return False
+    key_id, source = found
+    shown = "*" * max(0, len(key_id) - 4) + key_id[-4:]  # as `aws configure list` shows it
+    profile = f", profile {settings.profile}" if settings.profile else ""
+    detail = f"access key {shown} (from {source}{profile})"
+    # STS answers for AWS, or where an STS endpoint is configured; an S3-compatible server
+    # has its own users, so its identity is the access key itself.
+    sts_endpoint = os.environ.get("AWS_ENDPOINT_URL_STS") or os.environ.get("AWS_ENDPOINT_URL")
+    identity = None
+    if settings.endpoint_url is None or sts_endpoint:
+        try:
+            identity = await store.caller_identity(sts_endpoint)
+        except ArchiverError as exc:
+            report.add("credentials", FAIL, f"{detail}; STS refused them: {exc}")
+            return True
+        detail += f"; identity {identity}"
+    else:
+        detail += "; identity: the access key's user on this S3-compatible server"
+    report.add("credentials", OK, detail, access_key=shown, source=source, identity=identity)
+    return True
+
+
+async def _check_bucket(settings: Settings, store: Storage, report: CheckReport) -> None:
+    try:
+        region = await store.bucket_region()
+    except ArchiverError as exc:
+        report.add("bucket", FAIL, str(exc))
+        return
+    if region is None:
+        hint = "create it with: archiver setup-bucket"
+        report.add("bucket", FAIL, f"bucket {settings.bucket!r} does not exist ({hint})")
+        return
+    key = f"{settings.key_prefix}/.archiver-check-{uuid.uuid4().hex[:12]}"
+    where = f"s3://{settings.bucket} (region {region})"
+    try:
+        await store.probe_write(key, PROBE_BODY)
+    except ArchiverError as exc:
+        report.add("bucket", FAIL, f"{where} exists, but the write probe failed: {exc}")
+        return
+    report.add(
+        "bucket",
+        OK,
+        f"{where} exists; a probe object under {settings.key_prefix}/ was written with "
+        "Content-MD5, read back and deleted",
+        region=region,
+    )
+
+
+def _check_cache(settings: Settings, report: CheckReport, sample: list[MediaRow] | None) -> None:
+    try:
+        root = resolve_cache_root(settings)
+    except ConfigError as exc:
+        report.add("cache", FAIL, f"{exc}; working directory {os.getcwd()}")
+        return
+    shown = f"{printable(str(settings.cache_root))}" + (
+        f" (-> {printable(str(root))})"
+        if Path(os.path.abspath(settings.cache_root)) != root
+        else ""
+    )
+    if sample is None:
+        report.add("cache", WARN, f"{shown} is a directory; no rows to look for (no database)")
+        return
+    resolver = resolver_for(settings, root, Path.cwd())
+    found = missing = refused = 0
+    for row in sample:
+        md5 = normalize_md5(row.md5_sum)
+        result = resolver.resolve(row, md5) if md5 is not None else NotFound("bad md5_sum")
+        if isinstance(result, Found):
+            found += 1
+        elif isinstance(result, NotFound):
+            missing += 1
+        else:
+            refused += 1
+    facts = {"root": str(root), "sampled": len(sample), "found": found, "missing": missing}
+    facts["refused"] = refused
+    detail = f"{shown}: the files of {found:,} of {len(sample):,} sampled rows found"
+    if missing or refused:
+        detail += f" ({missing:,} missing, {refused:,} not usable)"
+    if sample and not found:
+        hint = "check ARCHIVER_CACHE_ROOT and the working directory (local_file_path is "
+        report.add("cache", FAIL, f"{detail}: {hint}relative to it)", **facts)
+    elif missing or refused:
+        report.add("cache", WARN, detail, **facts)
+    else:
+        report.add("cache", OK, detail if sample else f"{shown}: no rows to look for", **facts)
+
+
+def format_check(report: CheckReport) -> str:
+    width = max(len(v.name) for v in report.verdicts)
+    lines = [f"{v.state:<7} {v.name:<{width}}  {v.detail}" for v in report.verdicts]
+    failed = [v.name for v in report.verdicts if v.state == FAIL]
+    if failed:
+        lines.append(f"Not ready: {', '.join(failed)} failed.")
+    else:
+        lines.append("Ready: `archiver upload` can run.")
+    return "\n".join(lines)

@@ -1,0 +1,101 @@
+"""The `.env` file: loaded without overriding the environment, and read for keys that look
+like archiver's or the AWS SDK's but are not known (a typo would otherwise fall back to a
+default without a word)."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+from dotenv import dotenv_values, load_dotenv
+
+# What archiver reads itself (flags' env vars), and the test suite's database.
+ARCHIVER_KEYS = frozenset(
+    {
+        "DATABASE_URL",
+        "ARCHIVER_BUCKET",
+        "ARCHIVER_KEY_PREFIX",
+        "ARCHIVER_CACHE_ROOT",
+        "ARCHIVER_STORAGE_CLASS",
+        "ARCHIVER_MAX_BANDWIDTH",
+        "ARCHIVER_LOG_FILE",
+        "ARCHIVER_LOG_FORMAT",
+        "ARCHIVER_PROGRESS_INTERVAL",
+        "ARCHIVER_TEST_DATABASE_URL",
+    }
+)
+# The AWS SDK's environment variables (botocore and the AWS CLI read these).
+AWS_KEYS = frozenset(
+    {
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_SECURITY_TOKEN",
+        "AWS_PROFILE",
+        "AWS_DEFAULT_PROFILE",
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_S3",
+        "AWS_ENDPOINT_URL_STS",
+        "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS",
+        "AWS_CONFIG_FILE",
+        "AWS_SHARED_CREDENTIALS_FILE",
+        "AWS_CA_BUNDLE",
+        "AWS_RETRY_MODE",
+        "AWS_MAX_ATTEMPTS",
+        "AWS_REQUEST_CHECKSUM_CALCULATION",
+        "AWS_RESPONSE_CHECKSUM_VALIDATION",
+        "AWS_USE_FIPS_ENDPOINT",
+        "AWS_USE_DUALSTACK_ENDPOINT",
+        "AWS_STS_REGIONAL_ENDPOINTS",
+        "AWS_S3_US_EAST_1_REGIONAL_ENDPOINT",
+        "AWS_ROLE_ARN",
+        "AWS_ROLE_SESSION_NAME",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+        "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+        "AWS_EC2_METADATA_DISABLED",
+        "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+        "AWS_METADATA_SERVICE_TIMEOUT",
+        "AWS_METADATA_SERVICE_NUM_ATTEMPTS",
+        "AWS_DEFAULT_OUTPUT",
+        "AWS_PAGER",
+        "AWS_SDK_UA_APP_ID",
+        "AWS_ACCOUNT_ID",
+        "AWS_DATA_PATH",
+        "AWS_SIGV4A_SIGNING_REGION_SET",
+    }
+)
+KNOWN_KEYS = ARCHIVER_KEYS | AWS_KEYS
+SIMILAR = 0.85  # difflib ratio from which an unknown key is taken for a typo of a known one
+
+
+def unknown_key_warnings(keys: list[str], where: str) -> list[str]:
+    """One line per key that looks like archiver's or AWS's (its prefix, or a spelling close
+    to a known key) but is not known, naming the closest known key."""
+    lines = []
+    for key in keys:
+        upper = key.upper()
+        if key in KNOWN_KEYS:
+            continue
+        close = difflib.get_close_matches(upper, KNOWN_KEYS, n=1, cutoff=SIMILAR)
+        if upper in KNOWN_KEYS:
+            close = [upper]
+        if not close and not upper.startswith(("ARCHIVER_", "AWS_")):
+            continue  # the app's own settings (SUPABASE_URL, ...)
+        if not close:
+            pool = ARCHIVER_KEYS if upper.startswith("ARCHIVER_") else AWS_KEYS
+            close = difflib.get_close_matches(upper, pool, n=1, cutoff=0.0)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        lines.append(f"{where}: unknown key {key}{hint}; it is ignored")
+    return lines
+
+
+def load(path: Path) -> list[str]:
+    """Load `path` into the environment (never over a variable already set); the warnings
+    about its unknown keys."""
+    load_dotenv(path, override=False)
+    return unknown_key_warnings(list(dotenv_values(path)), str(path))
