@@ -152,7 +152,9 @@ class Progress:
         self._started = self._last_log = self._last_postfix = clock()
 
     def start(self, total: int) -> None:
+        """A new count of `total` items (verify counts each of its checks anew)."""
         self.total = total
+        self.done = self.bytes = 0
         self._started = self._last_log = self.clock()
         if self.mode == "bar":
             self._bar = tqdm(

@@ -167,6 +167,11 @@ async def test_check_names_each_thing_that_is_not_ready(env, db, s3) -> None:
     assert checks["bucket"]["state"] == "fail" and "does not exist" in checks["bucket"]["detail"]
     assert checks["cache"]["state"] == "fail" and "not a directory" in checks["cache"]["detail"]
     assert checks["database"]["state"] == "ok" and checks["credentials"]["state"] == "ok"
+    # Where an STS answers (AWS, or AWS_ENDPOINT_URL_STS; moto has one), the identity.
+    out = run_cli(env, "check", "--json", AWS_ENDPOINT_URL_STS=env.endpoint)
+    credentials = json.loads(out.stdout)["checks"]["credentials"]
+    assert credentials["identity"] == "arn:aws:sts::123456789012:user/moto"
+    assert "identity arn:aws:sts::123456789012:user/moto" in credentials["detail"]
     # No credentials: named as such (not "S3 is not reachable").
     environ = env.environ()
     environ.pop("AWS_ACCESS_KEY_ID")
@@ -251,6 +256,10 @@ async def test_every_long_job_shows_timestamped_progress_with_correct_final_figu
     lines = progress_lines(out.stderr, "verify --verify-s3")
     assert len(lines) == len(rows) + 1 and lines[-1].group(2) == "12"
     assert lines[-1].group(5) == total_mb  # the bytes of the objects checked
+    out = run_cli(env, "verify", "--verify-s3", "--check-local", *fast)
+    assert progress_lines(out.stderr, "verify --verify-s3")[-1].group(2) == "12"
+    local = progress_lines(out.stderr, "verify --check-local")
+    assert len(local) == len(rows) + 1 and local[-1].group(2, 3) == ("12", "12")
 
     out = run_cli(env, "prune-local", *fast)
     assert out.returncode == 0, out.stderr
