@@ -231,14 +231,15 @@ class Progress:
         if self.mode == "log":
             print(f"{utc_stamp(self.wall())} archiver: {line}", file=self.err, flush=True)
 
-    def close(self) -> None:
-        """The final figures: the bar's byte count brought up to date, a last log line."""
+    def close(self, *, completed: bool = True) -> None:
+        """The final figures: the bar's byte count brought up to date, and a last log line
+        when the job `completed` (a job stopped by an error ends with that error's line)."""
         now = self.clock()
         if self._bar is not None:
             self._bar.set_postfix_str(self._bytes_text(now), refresh=True)
             self._bar.close()
             self._bar = None
-        if self.mode != "off" or RUN_LOG.isEnabledFor(logging.INFO):
+        if completed and (self.mode != "off" or RUN_LOG.isEnabledFor(logging.INFO)):
             self._log(now, final=True)
 
 
@@ -316,8 +317,8 @@ class Reporter:
     def progress_line(self, now: float) -> str:
         return self.progress.progress_line(now)
 
-    def close(self) -> None:
-        self.progress.close()
+    def close(self, *, completed: bool = True) -> None:
+        self.progress.close(completed=completed)
         if not self.verbose and self.listed > MAX_DRY_RUN_LINES:
             print(f"  ... and {self.listed - MAX_DRY_RUN_LINES:,} more", file=self.out)
         if not self.verbose and self.warnings > MAX_WARNINGS:

@@ -229,6 +229,7 @@ async def run_prune(
                 report.keep(row, reason)
                 progress.step(0)
 
+            completed = False
             try:
                 await for_each(
                     db.rows(row_filter, limit=options.limit),
@@ -237,8 +238,9 @@ async def run_prune(
                     interrupt=interrupt,
                     on_error=failed,
                 )
+                completed = True
             finally:
-                progress.close()
+                progress.close(completed=completed)
     return report
 
 

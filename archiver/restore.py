@@ -271,6 +271,7 @@ async def run_restore(
                 report.fail(row, reason)
                 progress.step(0)
 
+            completed = False
             try:
                 await for_each(
                     db.rows(row_filter),
@@ -279,8 +280,9 @@ async def run_restore(
                     interrupt=interrupt,
                     on_error=failed,
                 )
+                completed = True
             finally:
-                progress.close()
+                progress.close(completed=completed)
             if not (interrupt and interrupt.triggered):
                 for media_id in sorted(set(options.media_ids) - seen):
                     report.selected += 1

@@ -692,7 +692,7 @@ class Reporter(Protocol):
 
     def result(self, result: RowResult) -> None: ...
 
-    def close(self) -> None: ...
+    def close(self, *, completed: bool = True) -> None: ...
 
 
 async def run_upload(
@@ -770,15 +770,17 @@ async def run_upload(
         )
         interrupt.on_abandon(pipeline.abandon)
         reporter.start(total)
+        completed = False
         try:
             await pipeline.run(rows)
+            completed = True
         except ArchiverError as exc:
             # Stopped early (the database gone for good, the bucket gone): what was done is
             # still reported, with the confirmed uploads the database never took.
             summary.error = str(exc)
             summary.error_exit_code = exc.exit_code
         finally:
-            reporter.close()
+            reporter.close(completed=completed)
             if claims is not None:
                 await asyncio.shield(claims.release())
             summary.db_updated = pipeline.stats.db_updated

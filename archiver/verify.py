@@ -186,8 +186,10 @@ def _phase(progress: Progress | None, desc: str) -> Iterator[Callable[[int], Non
     progress.desc = desc
     try:
         yield progress.step
-    finally:
-        progress.close()
+    except BaseException:
+        progress.close(completed=False)
+        raise
+    progress.close()
 
 
 async def _archived_total(db: Database, options: VerifyOptions) -> int:

@@ -564,6 +564,8 @@ def test_demo_keep_leaves_the_services_running_for_the_real_commands(tmp_path) -
         rest = demo.communicate(timeout=60)[0]
         assert demo.returncode == 0, rest
         assert "Stopping the demo's servers." in rest
+        kept = re.search(r"Kept the demo's media cache in (\S+)", rest)
+        assert kept and any(Path(kept.group(1)).rglob("*.jpg"))  # the cache stays
         with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
             pass  # PostgreSQL is stopped
     finally:
