@@ -17,13 +17,12 @@ from typing import Any
 from archiver import __version__
 from archiver.db import RowFilter
 from archiver.errors import ArchiverError, ConfigError
-from archiver.keys import normalize_md5
 from archiver.models import MediaRow
 from archiver.progress import printable
 from archiver.resolve import Found, NotFound, resolve_cache_root, resolver_for
 from archiver.services import database
 from archiver.settings import Settings, redact_dsn
-from archiver.storage import Storage
+from archiver.storage import NO_CREDENTIALS, Storage
 
 PROBE_BODY = b"archiver check: this object is deleted at once\n"
 OK, WARN, FAIL, SKIPPED = "ok", "warn", "FAIL", "skipped"
@@ -33,6 +32,7 @@ OK, WARN, FAIL, SKIPPED = "ok", "warn", "FAIL", "skipped"
 class CheckOptions:
     sample: int = 200  # rows whose local file is looked for
     env_file: str | None = None  # the .env that was read (None: none)
+    sts_endpoint_url: str | None = None  # where STS answers, other than AWS's
 
 
 @dataclass
@@ -83,8 +83,8 @@ async def run_check(settings: Settings, options: CheckOptions) -> CheckReport:
         database_url=redact_dsn(settings.database_url),
     )
     sample = await _check_database(settings, report, options.sample)
-    await _check_s3(settings, report)
-    _check_cache(settings, report, sample)
+    await _check_s3(settings, options, report)
+    await _check_cache(settings, report, sample)
     return report
 
 
@@ -153,27 +153,25 @@ def _privileges(found: dict[str, Any]) -> tuple[str, str]:
     return state, "; ".join(notes)
 
 
-async def _check_s3(settings: Settings, report: CheckReport) -> None:
+async def _check_s3(settings: Settings, options: CheckOptions, report: CheckReport) -> None:
     """The credentials, then the bucket: exists, region, takes an upload."""
     try:
         async with Storage.open(settings, max_connections=2) as store:
-            if not await _check_credentials(settings, store, report):
-                report.add("bucket", SKIPPED, "no credentials to ask with")
+            if await _check_credentials(settings, options, store, report):
+                await _check_bucket(settings, store, report)
                 return
-            await _check_bucket(settings, store, report)
-    except ArchiverError as exc:
-        report.add("credentials" if "credentials" in str(exc) else "bucket", FAIL, str(exc))
+    except ArchiverError as exc:  # a profile that is not there, credentials that cannot be read
+        report.add("credentials", FAIL, str(exc))
+    report.add("bucket", SKIPPED, "no credentials to ask with")
 
 
-async def _check_credentials(settings: Settings, store: Storage, report: CheckReport) -> bool:
+async def _check_credentials(
+    settings: Settings, options: CheckOptions, store: Storage, report: CheckReport
+) -> bool:
+    """The credentials verdict; whether there are credentials to go on with."""
     found = await store.credentials()
     if found is None:
-        report.add(
-            "credentials",
-            FAIL,
-            "no AWS credentials found: set AWS_PROFILE (or --profile), or AWS_ACCESS_KEY_ID "
-            "and AWS_SECRET_ACCESS_KEY, or run `aws configure`",
-        )
+        report.add("credentials", FAIL, NO_CREDENTIALS)
         return False
     key_id, source = found
     shown = "*" * max(0, len(key_id) - 4) + key_id[-4:]  # as `aws configure list` shows it
@@ -181,11 +179,10 @@ async def _check_credentials(settings: Settings, store: Storage, report: CheckRe
     detail = f"access key {shown} (from {source}{profile})"
     # STS answers for AWS, or where an STS endpoint is configured; an S3-compatible server
     # has its own users, so its identity is the access key itself.
-    sts_endpoint = os.environ.get("AWS_ENDPOINT_URL_STS") or os.environ.get("AWS_ENDPOINT_URL")
     identity = None
-    if settings.endpoint_url is None or sts_endpoint:
+    if settings.endpoint_url is None or options.sts_endpoint_url:
         try:
-            identity = await store.caller_identity(sts_endpoint)
+            identity = await store.caller_identity(options.sts_endpoint_url)
         except ArchiverError as exc:
             report.add("credentials", FAIL, f"{detail}; STS refused them: {exc}")
             return True
@@ -222,25 +219,24 @@ async def _check_bucket(settings: Settings, store: Storage, report: CheckReport)
     )
 
 
-def _check_cache(settings: Settings, report: CheckReport, sample: list[MediaRow] | None) -> None:
+async def _check_cache(
+    settings: Settings, report: CheckReport, sample: list[MediaRow] | None
+) -> None:
     try:
         root = resolve_cache_root(settings)
     except ConfigError as exc:
         report.add("cache", FAIL, f"{exc}; working directory {os.getcwd()}")
         return
-    shown = f"{printable(str(settings.cache_root))}" + (
-        f" (-> {printable(str(root))})"
-        if Path(os.path.abspath(settings.cache_root)) != root
-        else ""
-    )
+    resolver = resolver_for(settings, root, Path.cwd())
+    shown = printable(str(settings.cache_root))
+    if resolver.alias != root:  # the root as configured is (below) a symlink
+        shown += f" (-> {printable(str(root))})"
     if sample is None:
         report.add("cache", WARN, f"{shown} is a directory; no rows to look for (no database)")
         return
-    resolver = resolver_for(settings, root, Path.cwd())
     found = missing = refused = 0
     for row in sample:
-        md5 = normalize_md5(row.md5_sum)
-        result = resolver.resolve(row, md5) if md5 is not None else NotFound("bad md5_sum")
+        result = await resolver.locate(row)
         if isinstance(result, Found):
             found += 1
         elif isinstance(result, NotFound):

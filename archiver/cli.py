@@ -257,6 +257,11 @@ def cli(ctx: click.Context, env_file: str | None) -> None:
     ctx.meta["archiver.env_file"] = env_file
 
 
+def log_end(code: int, report: dict[str, Any]) -> None:
+    """The run log's last record: the exit code and the report `--json` prints."""
+    event("end", f"finished, exit code {code}", exit_code=code, report=report)
+
+
 def finish(ran: tuple[Any, bool], as_json: bool, text: Callable[[Any], str]) -> int:
     """Print a job's report, as one JSON object or as text; its exit code (130 when it was
     interrupted: what it had done is in the report). The run log gets the same object."""
@@ -265,7 +270,7 @@ def finish(ran: tuple[Any, bool], as_json: bool, text: Callable[[Any], str]) -> 
     if interrupted:
         data["interrupted"] = True
     code = 130 if interrupted else int(report.exit_code)
-    event("end", f"finished, exit code {code}", exit_code=code, report=data)
+    log_end(code, data)
     if as_json:
         click.echo(json.dumps(data))
     else:
@@ -442,10 +447,10 @@ def upload(**params: Any) -> int:
                 settings, options, reporter, interrupt=interrupt, on_result=on_result
             )
         )
-        code = summary.exit_code
-        event("end", f"finished, exit code {code}", exit_code=code, report=summary.as_json())
+        code, data = summary.exit_code, summary.as_json()
+        log_end(code, data)
     if params["as_json"]:
-        click.echo(json.dumps(summary.as_json()))
+        click.echo(json.dumps(data))
     else:
         click.echo(format_summary(summary, bucket=settings.bucket))
     if summary.error:
@@ -648,8 +653,15 @@ def check(ctx: click.Context, /, **params: Any) -> int:
 
     env_file = ctx.meta.get("archiver.env_loaded")
     settings = build_settings(params)
-    options = CheckOptions(sample=params["sample"], env_file=env_file)
-    return finish(run_job(lambda _i: run_check(settings, options)), params["as_json"], format_check)
+    options = CheckOptions(
+        sample=params["sample"],
+        env_file=env_file,
+        # STS where the AWS SDK would look for it (botocore reads these for its STS client).
+        sts_endpoint_url=os.environ.get("AWS_ENDPOINT_URL_STS")
+        or os.environ.get("AWS_ENDPOINT_URL"),
+    )
+    ran = run_job(lambda _interrupt: run_check(settings, options))
+    return finish(ran, params["as_json"], format_check)
 
 
 @cli.command()

@@ -397,11 +397,12 @@ class Database:
         """Fail early, with a clear error, when post_media is absent or lacks columns."""
         await self._fetch("checking post_media", f"SELECT {row_columns()} FROM post_media LIMIT 0")
 
-    async def count_rows(self, row_filter: RowFilter) -> int:
-        """How many rows match (before any --limit)."""
+    async def count_rows(self, row_filter: RowFilter, *, limit: int | None = None) -> int:
+        """How many rows match, at most `limit`."""
         _, args = row_filter.where(1)
         rows = await self._fetch("counting rows", count_query(row_filter), *args)
-        return int(rows[0][0])
+        total = int(rows[0][0])
+        return total if limit is None else min(total, limit)
 
     async def fetch_page(
         self, row_filter: RowFilter, *, after: str | None, limit: int
@@ -523,21 +524,17 @@ class Database:
                    (SELECT count(*) FROM post_media WHERE archive_url IS NULL) AS unarchived
             """,
         )
+        tables = await self._fetch(
+            "checking privileges on archiver's tables",
+            "SELECT t, CASE WHEN to_regclass(t) IS NOT NULL THEN ARRAY("
+            "  SELECT p FROM unnest($2::text[]) AS p WHERE has_table_privilege(t, p)) END "
+            "FROM unnest($1::text[]) AS t",
+            [name for name, _ in ARCHIVER_TABLES],
+            ["SELECT", "INSERT", "UPDATE", "DELETE"],
+        )
+        # name -> the privileges held on it, or None when the table is absent
         found = dict(rows[0])
-        found["tables"] = {}
-        existing = await self._existing(*(name for name, _ in ARCHIVER_TABLES))
-        for name, _ in ARCHIVER_TABLES:
-            if name not in existing:
-                found["tables"][name] = None
-                continue
-            grants = await self._fetch(
-                f"checking privileges on {name}",
-                "SELECT array_agg(p) FROM unnest($2::text[]) AS p "
-                "WHERE has_table_privilege($1::text, p)",
-                name,
-                ["SELECT", "INSERT", "UPDATE", "DELETE"],
-            )
-            found["tables"][name] = list(grants[0][0] or [])
+        found["tables"] = {t: None if grants is None else list(grants) for t, grants in tables}
         return found
 
     async def ensure_tables(self) -> bool:

@@ -78,12 +78,13 @@ def unknown_key_warnings(keys: list[str], where: str) -> list[str]:
     to a known key) but is not known, naming the closest known key."""
     lines = []
     for key in keys:
-        upper = key.upper()
         if key in KNOWN_KEYS:
             continue
-        close = difflib.get_close_matches(upper, KNOWN_KEYS, n=1, cutoff=SIMILAR)
+        upper = key.upper()  # `database_url`: a known key in the wrong case
         if upper in KNOWN_KEYS:
             close = [upper]
+        else:
+            close = difflib.get_close_matches(upper, KNOWN_KEYS, n=1, cutoff=SIMILAR)
         if not close and not upper.startswith(("ARCHIVER_", "AWS_")):
             continue  # the app's own settings (SUPABASE_URL, ...)
         if not close:

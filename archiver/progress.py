@@ -3,11 +3,12 @@ per-file lines with -v; warnings for rows that need a look; the end-of-run summa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
@@ -151,6 +152,23 @@ class Progress:
         self._bar: tqdm | None = None
         self._started = self._last_log = self._last_postfix = clock()
 
+    @property
+    def wants_total(self) -> bool:
+        """Whether `start` needs a real total (a bar, log lines or a run log show it)."""
+        return self.mode != "off" or RUN_LOG.isEnabledFor(logging.INFO)
+
+    @contextlib.contextmanager
+    def running(self, total: int) -> Iterator[Progress]:
+        """`start(total)`, then `close`: with the final figures when the block completes,
+        without them when an error stops it (the error's line is the last word)."""
+        self.start(total)
+        try:
+            yield self
+        except BaseException:
+            self.close(completed=False)
+            raise
+        self.close()
+
     def start(self, total: int) -> None:
         """A new count of `total` items (verify counts each of its checks anew)."""
         self.total = total
@@ -221,11 +239,13 @@ class Progress:
         )
 
     def _log(self, now: float, *, final: bool = False) -> None:
-        line = self.progress_line(now)
         if final:
-            line = f"{line.split(' (', 1)[0]} done in {now - self._started:,.1f} s, " + (
-                self._bytes_text(now)
+            line = (
+                f"{self.desc}: {self.done:,}/{self.total:,} files done in "
+                f"{now - self._started:,.1f} s, {self._bytes_text(now)}"
             )
+        else:
+            line = self.progress_line(now)
         fields = {"job": self.desc, **self.figures(now)}
         emit("done" if final else "progress", line, logging.INFO, fields)
         if self.mode == "log":
@@ -239,7 +259,7 @@ class Progress:
             self._bar.set_postfix_str(self._bytes_text(now), refresh=True)
             self._bar.close()
             self._bar = None
-        if completed and (self.mode != "off" or RUN_LOG.isEnabledFor(logging.INFO)):
+        if completed and self.wants_total:
             self._log(now, final=True)
 
 
@@ -278,8 +298,7 @@ class Reporter:
 
     @property
     def wants_total(self) -> bool:
-        """Whether `start` needs a real total (a bar, log lines or a run log show it)."""
-        return self.mode != "off" or RUN_LOG.isEnabledFor(logging.INFO)
+        return self.progress.wants_total
 
     @property
     def done(self) -> int:
@@ -313,9 +332,6 @@ class Reporter:
                 detail=result.reason,
             )
         self.progress.step(result.bytes_sent)
-
-    def progress_line(self, now: float) -> str:
-        return self.progress.progress_line(now)
 
     def close(self, *, completed: bool = True) -> None:
         self.progress.close(completed=completed)

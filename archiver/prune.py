@@ -211,7 +211,7 @@ async def run_prune(
     with open_cache_root(settings) as cache:
         async with connected(settings, concurrency=options.concurrency) as (db, store):
             assert store is not None
-            total = await db.count_rows(row_filter)
+            total = await db.count_rows(row_filter, limit=options.limit)
             pruner = _Pruner(
                 settings,
                 store,
@@ -220,7 +220,6 @@ async def run_prune(
                 needed=await db.unarchived_md5s(),
                 report=report,
             )
-            progress.start(total if options.limit is None else min(total, options.limit))
 
             async def prune(row: MediaRow) -> None:
                 progress.step(await pruner.prune(row))
@@ -229,8 +228,7 @@ async def run_prune(
                 report.keep(row, reason)
                 progress.step(0)
 
-            completed = False
-            try:
+            with progress.running(total):
                 await for_each(
                     db.rows(row_filter, limit=options.limit),
                     prune,
@@ -238,9 +236,6 @@ async def run_prune(
                     interrupt=interrupt,
                     on_error=failed,
                 )
-                completed = True
-            finally:
-                progress.close(completed=completed)
     return report
 
 

@@ -260,7 +260,7 @@ async def run_restore(
             restorer = _Restorer(
                 settings, store, cache, resolver_for(settings, cache.path, cwd), options, report
             )
-            progress.start(len(options.media_ids) or await db.count_rows(row_filter))
+            total = len(options.media_ids) or await db.count_rows(row_filter)
             seen: set[str] = set()
 
             async def restore(row: MediaRow) -> None:
@@ -271,8 +271,7 @@ async def run_restore(
                 report.fail(row, reason)
                 progress.step(0)
 
-            completed = False
-            try:
+            with progress.running(total):
                 await for_each(
                     db.rows(row_filter),
                     restore,
@@ -280,9 +279,6 @@ async def run_restore(
                     interrupt=interrupt,
                     on_error=failed,
                 )
-                completed = True
-            finally:
-                progress.close(completed=completed)
             if not (interrupt and interrupt.triggered):
                 for media_id in sorted(set(options.media_ids) - seen):
                     report.selected += 1

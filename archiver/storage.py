@@ -306,13 +306,16 @@ def denied(bucket: str, action: str, key: str) -> AccessDenied:
     )
 
 
+NO_CREDENTIALS = (
+    "no AWS credentials found: set AWS_PROFILE (or --profile), or AWS_ACCESS_KEY_ID and "
+    "AWS_SECRET_ACCESS_KEY, or run `aws configure`"
+)
+
+
 def translate(exc: Exception, bucket: str, doing: str) -> Exception:
     """A botocore exception as an archiver error (see the module docstring)."""
     if isinstance(exc, NoCredentialsError):
-        return StorageUnavailable(
-            "no AWS credentials found: set AWS_PROFILE (or --profile), or AWS_ACCESS_KEY_ID "
-            "and AWS_SECRET_ACCESS_KEY, or run `aws configure`"
-        )
+        return StorageUnavailable(NO_CREDENTIALS)
     if isinstance(exc, PartialCredentialsError | ProfileNotFound):
         return StorageUnavailable(f"no usable AWS credentials: {exc}")
     if isinstance(exc, ClientError):
@@ -462,8 +465,8 @@ class Storage:
             )
         )
 
-        def preflight(endpoint_url: str | None, use_ssl: bool) -> Any:
-            return session.client("s3", endpoint_url=endpoint_url, config=quick, use_ssl=use_ssl)
+        def preflight(endpoint_url: str | None, use_ssl: bool, service: str = "s3") -> Any:
+            return session.client(service, endpoint_url=endpoint_url, config=quick, use_ssl=use_ssl)
 
         async with session.client(
             "s3", endpoint_url=settings.endpoint_url, config=config
@@ -878,19 +881,11 @@ class Storage:
 
     async def caller_identity(self, endpoint_url: str | None) -> str:
         """The ARN STS names these credentials by (at `endpoint_url`, or AWS's)."""
-        assert self._session is not None
+        assert self._preflight is not None
         try:
             async with (
                 asyncio.timeout(PREFLIGHT_TIMEOUT_S),
-                self._session.client(
-                    "sts",
-                    endpoint_url=endpoint_url,
-                    config=AioConfig(
-                        retries={"mode": "standard", "total_max_attempts": PREFLIGHT_ATTEMPTS},
-                        connect_timeout=PREFLIGHT_CALL_TIMEOUT_S,
-                        read_timeout=PREFLIGHT_CALL_TIMEOUT_S,
-                    ),
-                ) as sts,
+                self._preflight(endpoint_url, True, "sts") as sts,
             ):
                 response = await sts.get_caller_identity()
         except TimeoutError as exc:

@@ -805,8 +805,7 @@ async def _prepare_store(store: Storage, options: UploadOptions) -> None:
 
 async def _total(db: Database, row_filter: RowFilter, reporter: Reporter, limit: int | None) -> int:
     """The rows a progress display counts towards; no display, no count(*) round trip."""
-    total = await db.count_rows(row_filter) if reporter.wants_total else 0
-    return total if limit is None else min(total, limit)
+    return await db.count_rows(row_filter, limit=limit) if reporter.wants_total else 0
 
 
 def _row_source(

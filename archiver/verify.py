@@ -11,8 +11,6 @@ every row's local file.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,8 @@ from archiver.settings import Settings
 from archiver.storage import Storage
 
 RULE = "=" * 80
+ARCHIVED = RowFilter(archived=True)  # what --verify-s3 checks
+EVERY_ROW = RowFilter(archived=None)  # what --check-local checks
 MAX_LISTED = 100  # problems listed in the text report (JSON lists them all)
 
 
@@ -142,7 +142,7 @@ async def run_verify(
     progress: Progress | None = None,
 ) -> VerifyReport:
     """Statistics, then the checks asked for (each with its own run of `progress`)."""
-    say = progress.say if progress is not None else (lambda _line: None)
+    progress = progress or Progress(mode="off", desc="verify")
     cwd = cwd or Path.cwd()
     root = resolve_cache_root(settings) if options.check_local or options.verify_s3 else None
     async with connected(settings, concurrency=options.concurrency, storage=options.verify_s3) as (
@@ -156,45 +156,25 @@ async def run_verify(
             report.s3 = S3Check()
             if options.repair:
                 report.repair = Repair(dry_run=options.dry_run)
-            with _phase(progress, "verify --verify-s3") as on_progress:
-                if on_progress is not None:
-                    assert progress is not None
-                    progress.start(await _archived_total(db, options))
-                await _check_s3(
-                    db, store, settings, options, report, resolver, interrupt, on_progress, say
-                )
+            progress.desc = "verify --verify-s3"
+            with progress.running(await _total(db, ARCHIVED, options, progress)):
+                await _check_s3(db, store, settings, options, report, resolver, interrupt, progress)
             if report.repair is not None and report.repair.candidates and not options.dry_run:
                 report.repair.cleared = await db.clear_urls(report.repair.candidates)
         if options.check_local:
             assert resolver is not None
             report.local = LocalCheck()
-            with _phase(progress, "verify --check-local") as on_progress:
-                if on_progress is not None:
-                    assert progress is not None
-                    total = await db.count_rows(RowFilter(archived=None))
-                    progress.start(total if options.limit is None else min(total, options.limit))
-                await _check_local(db, options, report, resolver, interrupt, on_progress)
+            progress.desc = "verify --check-local"
+            with progress.running(await _total(db, EVERY_ROW, options, progress)):
+                await _check_local(db, options, report, resolver, interrupt, progress)
     return report
 
 
-@contextlib.contextmanager
-def _phase(progress: Progress | None, desc: str) -> Iterator[Callable[[int], None] | None]:
-    """One check's progress (its own bar or lines, closed at its end)."""
-    if progress is None:
-        yield None
-        return
-    progress.desc = desc
-    try:
-        yield progress.step
-    except BaseException:
-        progress.close(completed=False)
-        raise
-    progress.close()
-
-
-async def _archived_total(db: Database, options: VerifyOptions) -> int:
-    total = await db.count_rows(RowFilter(archived=True))
-    return total if options.limit is None else min(total, options.limit)
+async def _total(
+    db: Database, row_filter: RowFilter, options: VerifyOptions, progress: Progress
+) -> int:
+    """The rows a check counts towards; no display, no count(*) round trip."""
+    return await db.count_rows(row_filter, limit=options.limit) if progress.wants_total else 0
 
 
 async def _check_s3(
@@ -205,17 +185,15 @@ async def _check_s3(
     report: VerifyReport,
     resolver: Resolver,
     interrupt: Interrupt | None,
-    on_progress: Callable[[int], None] | None,
-    say: Callable[[str], None],
+    progress: Progress,
 ) -> None:
     s3 = report.s3
     assert s3 is not None
 
     def problem(row: MediaRow, kind: str, detail: str) -> None:
         report.problems.append(Problem(row.media_id, kind, detail, url=row.archive_url))
-        say(f"{kind} {row.media_id}: {detail}")
-        if on_progress:
-            on_progress(0)
+        progress.say(f"{kind} {row.media_id}: {detail}")
+        progress.step(0)
 
     def error(row: MediaRow, detail: str) -> None:
         s3.checked += 1
@@ -240,9 +218,8 @@ async def _check_s3(
         s3.checked += 1
         if verdict is None:
             s3.ok += 1
-            if on_progress:
-                on_progress(info.size if info is not None else 0)
-            say(f"ok {row.media_id}: {key}")
+            progress.step(info.size if info is not None else 0)
+            progress.say(f"ok {row.media_id}: {key}")
         elif verdict == "missing":
             s3.missing += 1
             problem(row, "missing", "no such object")
@@ -254,7 +231,7 @@ async def _check_s3(
             if not isinstance(found, Found):
                 report.repair.no_local_file.append(row.media_id)
 
-    rows = db.rows(RowFilter(archived=True), limit=options.limit)
+    rows = db.rows(ARCHIVED, limit=options.limit)
     await for_each(
         rows, check, concurrency=options.concurrency, interrupt=interrupt, on_error=error
     )
@@ -266,7 +243,7 @@ async def _check_local(
     report: VerifyReport,
     resolver: Resolver,
     interrupt: Interrupt | None,
-    on_progress: Callable[[int], None] | None,
+    progress: Progress,
 ) -> None:
     local = report.local
     assert local is not None
@@ -275,8 +252,7 @@ async def _check_local(
         local.checked += 1
         local.invalid += 1
         report.problems.append(Problem(row.media_id, "invalid", reason))
-        if on_progress:
-            on_progress(0)
+        progress.step(0)
 
     async def check(row: MediaRow) -> None:
         found = await resolver.locate(row)
@@ -286,10 +262,9 @@ async def _check_local(
         if isinstance(found, NotFound):
             local.missing += 1
             report.problems.append(Problem(row.media_id, "missing_local", found.reason))
-        if on_progress:
-            on_progress(0)
+        progress.step(0)
 
-    rows = db.rows(RowFilter(archived=None), limit=options.limit)
+    rows = db.rows(EVERY_ROW, limit=options.limit)
     await for_each(
         rows,
         check,
