@@ -220,16 +220,16 @@ def tls_statement(bucket: str) -> dict[str, Any]:
     }
 
 
-def merge_policy(existing: str | None, bucket: str) -> str | None:
-    """The policy document to put (others' statements kept), or None when ours is in place."""
+def merge_policy(existing: str | None, wanted: dict[str, Any]) -> str | None:
+    """The policy document to put with statement `wanted` in it (added, or replacing the one
+    with its Sid; others' statements kept), or None when it is in place already."""
     policy: dict[str, Any] = json.loads(existing) if existing else {"Version": "2012-10-17"}
     statements = policy.get("Statement") or []
     if isinstance(statements, dict):
         statements = [statements]
-    wanted = tls_statement(bucket)
     if any(_same_statement(s, wanted) for s in statements):
         return None
-    policy["Statement"] = [s for s in statements if s.get("Sid") != TLS_SID] + [wanted]
+    policy["Statement"] = [s for s in statements if s.get("Sid") != wanted["Sid"]] + [wanted]
     return json.dumps(policy)
 
 
@@ -282,8 +282,8 @@ async def setup_bucket(store: Storage, settings: Settings, options: SetupOptions
     return report
 
 
-async def _converge(
-    options: SetupOptions,
+async def converge(
+    check_only: bool,
     read: Callable[[], Awaitable[Any]],
     difference: Callable[[Any], str | None],
     write: Callable[[Any], Awaitable[None]],
@@ -297,7 +297,7 @@ async def _converge(
     current = await read()
     if difference(current) is None:
         return Setting(State.IN_PLACE, in_place(current))
-    if options.check_only:
+    if check_only:
         return Setting(State.WOULD_CHANGE, what)
     await write(current)
     problem = difference(await read())
@@ -333,7 +333,9 @@ async def _public_access_block(store: Storage, _s: Settings, options: SetupOptio
     what = "all four Block Public Access flags on"
     if not options.block_public_acls:
         what = "BlockPublicAcls off (--no-block-public-acls), the other three flags on"
-    return await _converge(options, read, difference, write, what, in_place=lambda _c: what)
+    return await converge(
+        options.check_only, read, difference, write, what, in_place=lambda _c: what
+    )
 
 
 async def _encryption(store: Storage, _s: Settings, options: SetupOptions) -> Setting:
@@ -363,8 +365,8 @@ async def _encryption(store: Storage, _s: Settings, options: SetupOptions) -> Se
     def in_place(algorithms: set[Any]) -> str:
         return "SSE-S3" if "AES256" in algorithms else "SSE-KMS, kept"
 
-    return await _converge(
-        options, read, difference, write, "default encryption SSE-S3", in_place=in_place
+    return await converge(
+        options.check_only, read, difference, write, "default encryption SSE-S3", in_place=in_place
     )
 
 
@@ -393,15 +395,19 @@ async def _tls_policy(store: Storage, settings: Settings, options: SetupOptions)
         current = await store.get_setting("get_bucket_policy", ("NoSuchBucketPolicy",))
         return (current or {}).get("Policy")
 
+    wanted = tls_statement(store.bucket)
+
     def difference(document: str | None) -> str | None:
-        if merge_policy(document, store.bucket) is None:
+        if merge_policy(document, wanted) is None:
             return None
         return f"no statement {TLS_SID} denying requests without TLS"
 
     async def write(current: str | None) -> None:
-        await store.put_setting("put_bucket_policy", Policy=merge_policy(current, store.bucket))
+        await store.put_setting("put_bucket_policy", Policy=merge_policy(current, wanted))
 
-    setting = await _converge(options, read, difference, write, "requests without TLS denied")
+    setting = await converge(
+        options.check_only, read, difference, write, "requests without TLS denied"
+    )
     if setting.state not in (State.IN_PLACE, State.CHANGED):
         return setting
     enforced = await _tls_enforcement(store, settings, options)
@@ -448,8 +454,13 @@ async def _versioning(store: Storage, _s: Settings, options: SetupOptions) -> Se
     def difference(status: str) -> str | None:
         return None if status == "Enabled" else f"status {status}"
 
-    return await _converge(
-        options, read, difference, write, "versioning enabled", in_place=lambda status: status
+    return await converge(
+        options.check_only,
+        read,
+        difference,
+        write,
+        "versioning enabled",
+        in_place=lambda status: status,
     )
 
 

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -404,6 +405,21 @@ DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]
     metavar="FILE",
     help="Write one JSON line per row handled to FILE, as the run goes.",
 )
+@click.option(
+    "--watch",
+    is_flag=True,
+    help="Keep running: archive new rows as they appear, a pass every --interval, until "
+    "Ctrl-C or SIGTERM.",
+)
+@click.option(
+    "--interval",
+    envvar="ARCHIVER_WATCH_INTERVAL",
+    type=click.FloatRange(0.1),
+    default=60.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="With --watch: seconds between passes (env ARCHIVER_WATCH_INTERVAL).",
+)
 @run_options
 def upload(**params: Any) -> int:
     """Upload every unarchived row's file and record its archive_url."""
@@ -411,6 +427,11 @@ def upload(**params: Any) -> int:
     from archiver.upload import run_upload
 
     settings = build_settings(params)
+    if params["watch"]:
+        clash = [f for f in ("dry_run", "force", "media_ids") if params[f]]
+        if clash:
+            flag = "--" + clash[0].replace("_", "-").replace("media-ids", "media-id")
+            raise ConfigError(f"--watch cannot be combined with {flag}")
     options = UploadOptions(
         concurrency=params["concurrency"],
         batch_size=params["batch_size"],
@@ -442,6 +463,8 @@ def upload(**params: Any) -> int:
             stack.callback(report.close)
             on_result = report.write
         stack.enter_context(run_log(params, "upload"))
+        if params["watch"]:
+            return _watch(settings, options, params, on_result)
         summary = run_async(
             lambda interrupt: run_upload(
                 settings, options, reporter, interrupt=interrupt, on_result=on_result
@@ -455,6 +478,68 @@ def upload(**params: Any) -> int:
         click.echo(format_summary(summary, bucket=settings.bucket))
     if summary.error:
         click.echo(f"archiver: error: {summary.error}", err=True)
+    return code
+
+
+def _watch(
+    settings: Settings,
+    options: UploadOptions,
+    params: dict[str, Any],
+    on_result: Callable[[Any], None] | None,
+) -> int:
+    """`upload --watch`: a line (or a JSON object) for each pass that did work, one for each
+    that failed, and the totals at the end."""
+    from archiver.progress import utc_stamp
+    from archiver.watch import format_watch, pass_line, run_watch
+
+    as_json = params["as_json"]
+    click.echo(
+        f"archiver: watch: archiving new rows every {params['interval']:g} s into "
+        f"s3://{settings.bucket}/{settings.key_prefix}/ (Ctrl-C or SIGTERM stops it)",
+        err=True,
+    )
+
+    def on_pass(number: int, summary: Any) -> None:
+        line = pass_line(number, summary)
+        event("pass", line, number=number, report=summary.as_json())
+        if as_json:
+            click.echo(
+                json.dumps({"pass": number, "at": utc_stamp(time.time()), **summary.as_json()})
+            )
+        else:
+            click.echo(f"{utc_stamp(time.time())} archiver: watch: {line}")
+
+    def on_error(number: int, message: str, wait_s: float) -> None:
+        line = f"pass {number} failed: {message}; next pass in {wait_s:,.0f} s"
+        event("pass", line, level=logging.WARNING, number=number, error=message)
+        click.echo(f"{utc_stamp(time.time())} archiver: watch: {line}", err=True)
+
+    def reporter() -> Reporter:
+        return Reporter(
+            mode="off",
+            verbose=params["verbose"],
+            dry_run=False,
+            out=sys.stderr if as_json else sys.stdout,
+            warn_missing=False,
+        )
+
+    report = run_async(
+        lambda interrupt: run_watch(
+            settings,
+            options,
+            interval_s=params["interval"],
+            reporter=reporter,
+            interrupt=interrupt,
+            on_pass=on_pass,
+            on_error=on_error,
+            on_result=on_result,
+        )
+    )
+    code, data = report.exit_code, report.as_json()
+    log_end(code, data)
+    click.echo(json.dumps(data) if as_json else format_watch(report))
+    if report.error:
+        click.echo(f"archiver: error: {report.error}", err=True)
     return code
 
 
@@ -517,6 +602,130 @@ def setup_bucket(**params: Any) -> int:
             return await setup_bucket(store, settings, options)
 
     return finish(run_job(job), params["as_json"], format_setup)
+
+
+PRIVATE_KEY_OPTION = click.option(
+    "--cdn-private-key",
+    envvar="ARCHIVER_CDN_PRIVATE_KEY",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="PEM",
+    help="The CloudFront key pair's private key file (env ARCHIVER_CDN_PRIVATE_KEY); never "
+    "printed.",
+)
+
+
+@cli.command("setup-cdn")
+@config_options(database=False, cache=False)
+@click.option(
+    "--check-only",
+    is_flag=True,
+    help="Change nothing: exit 0 if everything is in place, 1 if something would change.",
+)
+@click.option(
+    "--signed",
+    is_flag=True,
+    help="Require signed URLs: register the public half of --cdn-private-key (made there, "
+    "mode 0600, when the file does not exist) in a key group the distribution trusts.",
+)
+@PRIVATE_KEY_OPTION
+@click.option(
+    "--cloudfront-endpoint-url",
+    envvar=["AWS_ENDPOINT_URL_CLOUDFRONT", "AWS_ENDPOINT_URL"],
+    metavar="URL",
+    help="CloudFront API endpoint (env AWS_ENDPOINT_URL_CLOUDFRONT, then AWS_ENDPOINT_URL; "
+    "default: AWS's).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def setup_cdn(**params: Any) -> int:
+    """Serve the archive through CloudFront: distribution, origin access control, bucket
+    policy statement, and (--signed) a key group (idempotent)."""
+    from archiver.cdn import CdnOptions, format_cdn, setup_cdn
+    from archiver.cloudfront import CloudFront
+    from archiver.storage import Storage
+
+    settings = build_settings(params)
+    private_key = params["cdn_private_key"]
+    if params["signed"] and private_key is None:
+        raise ConfigError(
+            "--signed needs --cdn-private-key or ARCHIVER_CDN_PRIVATE_KEY: the PEM file of the "
+            "key pair (made there when it does not exist)"
+        )
+    options = CdnOptions(
+        check_only=params["check_only"],
+        signed=params["signed"],
+        private_key=private_key.absolute() if private_key else None,
+    )
+    endpoint = validate_endpoint(params["cloudfront_endpoint_url"])
+
+    async def job(_interrupt: Interrupt) -> Any:
+        async with (
+            Storage.open(settings, max_connections=2) as store,
+            CloudFront.open(settings, endpoint) as cf,
+        ):
+            return await setup_cdn(store, cf, settings, options)
+
+    return finish(run_job(job), params["as_json"], format_cdn)
+
+
+def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -> int | None:
+    from archiver.links import parse_duration
+
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+@cli.command()
+@config_options(cache=False)
+@click.argument("media_ids", nargs=-1, required=True, metavar="MEDIA_ID...")
+@click.option(
+    "--cdn-domain",
+    envvar="ARCHIVER_CDN_DOMAIN",
+    metavar="HOST",
+    help="CloudFront domain (or alias) of the archive (env ARCHIVER_CDN_DOMAIN; setup-cdn "
+    "prints it). Without it: presigned S3 URLs.",
+)
+@click.option(
+    "--cdn-key-id",
+    envvar="ARCHIVER_CDN_KEY_ID",
+    metavar="ID",
+    help="CloudFront public key ID, to sign CDN URLs (env ARCHIVER_CDN_KEY_ID).",
+)
+@PRIVATE_KEY_OPTION
+@click.option(
+    "--expires",
+    callback=_duration,
+    default="1h",
+    show_default=True,
+    metavar="DURATION",
+    help="How long a signed or presigned URL works: seconds, or 90s, 15m, 12h, 7d.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def url(**params: Any) -> int:
+    """Print the link the app can use for each archived row: the CDN URL, a signed CloudFront
+    URL, or a presigned S3 URL."""
+    from archiver.links import UrlOptions, cdn_domain, format_urls, problem_line, run_url
+
+    settings = build_settings(params)
+    options = UrlOptions(
+        media_ids=tuple(params["media_ids"]),
+        expires_s=params["expires"],
+        cdn_domain=cdn_domain(params["cdn_domain"]) if params["cdn_domain"] else None,
+        key_id=params["cdn_key_id"] or None,
+        private_key=params["cdn_private_key"],
+    )
+    report = run_async(lambda _interrupt: run_url(settings, options))
+    if params["as_json"]:
+        click.echo(json.dumps(report.as_json()))
+    else:
+        if report.urls:
+            click.echo(format_urls(report))
+        for problem in report.problems:
+            click.echo(f"archiver: {problem_line(problem)}", err=True)
+    return report.exit_code
 
 
 @cli.command()

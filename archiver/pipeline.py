@@ -12,6 +12,7 @@ writer's final flush is shielded from cancellation.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -53,6 +54,11 @@ class Interrupt:
 
     def on_abandon(self, callback: Callable[[], None]) -> None:
         self._abandon.append(callback)
+
+    def forget(self, callback: Callable[[], None]) -> None:
+        """No longer call `callback` (its job ended; a watch runs many on one interrupt)."""
+        with contextlib.suppress(ValueError):
+            self._abandon.remove(callback)
 
     def trigger(self) -> None:
         self.count += 1

@@ -279,10 +279,14 @@ class Reporter:
         interval: float = LOG_INTERVAL_S,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        warn_missing: bool = True,
     ) -> None:
         self.mode = mode
         self.verbose = verbose
         self.dry_run = dry_run
+        # A watch meets a row whose file is not there yet on every pass: its pass line
+        # counts them instead.
+        self.warn_missing = warn_missing
         self.out = out or sys.stdout
         self.err = err or sys.stderr
         self.warnings = 0
@@ -318,7 +322,9 @@ class Reporter:
             self.listed += 1
             if self.listed <= MAX_DRY_RUN_LINES:
                 self.progress.write(describe(result), self.out)
-        elif result.outcome.is_problem or result.outcome is Outcome.MISSING_LOCAL:
+        elif result.outcome.is_problem or (
+            result.outcome is Outcome.MISSING_LOCAL and self.warn_missing
+        ):
             self.warnings += 1
             if self.warnings <= MAX_WARNINGS:
                 self.progress.write(f"warning:{describe(result)[3:]}", self.err)

@@ -240,6 +240,29 @@ class Settings:
             f"endpoint_url={self.endpoint_url!r}, client={self.client!r})"
         )
 
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], **overrides: object) -> Settings:
+        """Settings from the variables the command line reads (DATABASE_URL,
+        ARCHIVER_BUCKET, ARCHIVER_KEY_PREFIX, ARCHIVER_CACHE_ROOT, AWS_PROFILE, AWS_REGION,
+        AWS_ENDPOINT_URL_S3, ...), with the same defaults; `overrides` win. For programs that
+        archive through the Python API (`archiver.archive`)."""
+
+        def first(*names: str) -> str | None:
+            return next((environ[n] for n in names if environ.get(n)), None)
+
+        values: dict[str, object] = {
+            "database_url": first("DATABASE_URL"),
+            "bucket": first("ARCHIVER_BUCKET") or DEFAULT_BUCKET,
+            "key_prefix": first("ARCHIVER_KEY_PREFIX") or DEFAULT_KEY_PREFIX,
+            "cache_root": Path(first("ARCHIVER_CACHE_ROOT") or DEFAULT_CACHE_ROOT),
+            "profile": first("AWS_PROFILE"),
+            "region": first("AWS_REGION", "AWS_DEFAULT_REGION") or DEFAULT_REGION,
+            "endpoint_url": first("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
+            "client": ClientOptions.from_env(environ),
+        }
+        values.update(overrides)
+        return cls(**values)  # type: ignore[arg-type]
+
     def require_database(self) -> str:
         """The DSN, or a ConfigError saying how to give one."""
         if not self.database_url:

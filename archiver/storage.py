@@ -340,11 +340,11 @@ def translate(exc: Exception, bucket: str, doing: str) -> Exception:
     return StorageError(f"{doing} failed: {exc.__class__.__name__}: {exc}")
 
 
-def unreachable(exc: BotoCoreError, bucket: str) -> Exception:
+def unreachable(exc: BotoCoreError, bucket: str, service: str = "S3") -> Exception:
     """A client-side failure before any answer: credentials missing, or no connection."""
     if isinstance(exc, NoCredentialsError | PartialCredentialsError | ProfileNotFound):
         return translate(exc, bucket, "")
-    return StorageUnavailable(f"S3 is not reachable: {exc}")
+    return StorageUnavailable(f"{service} is not reachable: {exc}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -423,6 +423,15 @@ def client_config(options: ClientOptions, *, max_connections: int) -> AioConfig:
     )
 
 
+def aws_session(settings: Settings) -> Any:
+    """The aioboto3 session for the configured profile and region (every AWS client of a run
+    comes from one)."""
+    try:
+        return aioboto3.Session(profile_name=settings.profile, region_name=settings.region)
+    except ProfileNotFound as exc:
+        raise StorageUnavailable(f"AWS profile {settings.profile!r} not found") from exc
+
+
 class Storage:
     """The S3 operations archiver uses, on one client."""
 
@@ -452,10 +461,7 @@ class Storage:
         HEADs and multipart control calls), closed on exit. Every command opens its client
         here, so every command gets the same retries, checksums and timeouts
         (`settings.client`)."""
-        try:
-            session = aioboto3.Session(profile_name=settings.profile, region_name=settings.region)
-        except ProfileNotFound as exc:
-            raise StorageUnavailable(f"AWS profile {settings.profile!r} not found") from exc
+        session = aws_session(settings)
         config = client_config(settings.client, max_connections=max_connections)
         quick = config.merge(
             AioConfig(
@@ -912,6 +918,17 @@ class Storage:
         finally:
             extra = {"VersionId": version} if version and version != "null" else {}
             await self._object_call("delete_object", "s3:DeleteObject", key, **extra)
+
+    async def presigned_get(self, key: str, expires_s: int) -> str:
+        """A URL that GETs `key` without credentials for `expires_s` seconds (signed here,
+        no request sent)."""
+        try:
+            url = await self._s3.generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_s
+            )
+        except (BotoCoreError, ClientError) as exc:
+            raise translate(exc, self.bucket, f"signing a GET of {key}") from exc
+        return str(url)
 
     async def plain_http_status(self, endpoint_url: str | None, key: str) -> int | None:
         """The HTTP status of a signed HEAD of `key` sent without TLS (to `endpoint_url`, or

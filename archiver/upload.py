@@ -780,6 +780,7 @@ async def run_upload(
             summary.error = str(exc)
             summary.error_exit_code = exc.exit_code
         finally:
+            interrupt.forget(pipeline.abandon)
             reporter.close(completed=completed)
             if claims is not None:
                 await asyncio.shield(claims.release())

@@ -82,12 +82,13 @@ def test_merge_policy_keeps_other_statements() -> None:
         "Action": "s3:GetObject",
         "Resource": "arn:aws:s3:::b/*",
     }
-    document = merge_policy(json.dumps({"Version": "2012-10-17", "Statement": [other]}), "b")
+    ours = tls_statement("b")
+    document = merge_policy(json.dumps({"Version": "2012-10-17", "Statement": [other]}), ours)
     assert document is not None
     statements = json.loads(document)["Statement"]
-    assert statements == [other, tls_statement("b")]
-    assert merge_policy(document, "b") is None
-    assert json.loads(merge_policy(None, "b") or "")["Statement"] == [tls_statement("b")]
+    assert statements == [other, ours]
+    assert merge_policy(document, ours) is None
+    assert json.loads(merge_policy(None, ours) or "")["Statement"] == [ours]
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,178 @@
+"""`archiver upload --watch`: keep archiving rows as the backfill adds them.
+
+A watch is a loop of ordinary upload passes (`run_upload`, with all its guarantees: claims,
+grouped writes, every confirmed upload recorded before it stops). Between passes it sleeps
+`interval_s`; after a full `--limit` pass it goes on at once. It polls, with no LISTEN, so it
+works through a transaction-mode pooler, and each pass opens its own connections, so a
+database or S3 that went away is simply met again by the next pass.
+
+A pass that could not start, or was stopped early, because the database or S3 is down is
+retried with backoff (`backoff_s`), and the error is reported once per failed attempt. A
+configuration error (no database configured, a bad option) ends the watch at once, exit 2.
+Ctrl-C or SIGTERM ends it cleanly: the pass in flight finishes as a normal run would, or the
+sleep ends at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from archiver.errors import ArchiverError, ConfigError, DatabaseUnavailable, StorageUnavailable
+from archiver.models import Outcome, RowResult, Summary
+from archiver.pipeline import Interrupt
+from archiver.settings import Settings, UploadOptions
+from archiver.upload import Reporter, run_upload
+
+DEFAULT_INTERVAL_S = 60.0
+BACKOFF_FIRST_S = 5.0  # first wait after a failed pass
+BACKOFF_MAX_S = 300.0  # longest wait between failed passes (or the interval, if longer)
+
+
+def backoff_s(interval_s: float, failures: int) -> float:
+    """Seconds to wait before the next pass after `failures` failed passes in a row (0: the
+    interval): doubling from BACKOFF_FIRST_S, at most BACKOFF_MAX_S or the interval."""
+    if failures == 0:
+        return interval_s
+    return min(max(interval_s, BACKOFF_MAX_S), BACKOFF_FIRST_S * 2.0 ** (failures - 1))
+
+
+def retryable(exc: ArchiverError) -> bool:
+    """Whether a pass that failed so may work later: the database or S3 down, a database
+    error mid-run. A configuration error stays one."""
+    return isinstance(exc, DatabaseUnavailable | StorageUnavailable) or not isinstance(
+        exc, ConfigError
+    )
+
+
+def did_work(summary: Summary, missing_before: int | None) -> bool:
+    """Whether a pass is worth a line: it stored, recorded or failed something, or the number
+    of rows whose file is not there yet changed (a backfill writes the row, then the file)."""
+    c = summary.counts
+    stored = c[Outcome.UPLOADED] + c[Outcome.SKIPPED_EXISTING] + summary.db_updated
+    problems = sum(c[o] for o in Outcome if o.is_problem) + summary.unrecorded
+    return bool(stored or problems or summary.error or c[Outcome.MISSING_LOCAL] != missing_before)
+
+
+@dataclass
+class WatchReport:
+    """A watch's passes and their totals."""
+
+    passes: int = 0
+    failed_passes: int = 0
+    totals: Summary = field(default_factory=Summary)
+    interrupted: bool = False
+    error: str | None = None  # the configuration error that ended it
+    error_exit_code: int = 0
+
+    def add(self, summary: Summary) -> None:
+        t = self.totals
+        t.counts.update(summary.counts)
+        t.db_updated += summary.db_updated
+        t.db_writes += summary.db_writes
+        t.unrecorded += summary.unrecorded
+        t.bytes_uploaded += summary.bytes_uploaded
+        t.elapsed_s += summary.elapsed_s
+
+    @property
+    def exit_code(self) -> int:
+        """130 when stopped by a signal (the normal end of a watch), 2 for a configuration
+        error."""
+        if self.error:
+            return self.error_exit_code or 2
+        return 130
+
+    def as_json(self) -> dict[str, object]:
+        data = self.totals.as_json()
+        data.update(watch=True, passes=self.passes, failed_passes=self.failed_passes)
+        if self.interrupted:
+            data["interrupted"] = True
+        if self.error:
+            data["error"] = self.error
+        return data
+
+
+async def run_watch(
+    settings: Settings,
+    options: UploadOptions,
+    *,
+    interval_s: float,
+    reporter: Callable[[], Reporter],
+    interrupt: Interrupt,
+    on_pass: Callable[[int, Summary], None],
+    on_error: Callable[[int, str, float], None],
+    on_result: Callable[[RowResult], None] | None = None,
+    cwd: Path | None = None,
+) -> WatchReport:
+    """Upload passes until `interrupt`; `on_pass(n, summary)` for each pass that did work,
+    `on_error(n, message, wait_s)` for each that failed."""
+    report = WatchReport()
+    failures = 0
+    missing: int | None = 0
+    while not interrupt.triggered:
+        report.passes += 1
+        try:
+            summary = await run_upload(
+                settings, options, reporter(), interrupt=interrupt, cwd=cwd, on_result=on_result
+            )
+        except ArchiverError as exc:
+            if not retryable(exc):
+                report.error, report.error_exit_code = str(exc), exc.exit_code
+                break
+            summary = Summary(error=str(exc))
+        report.add(summary)
+        if summary.error:
+            failures += 1
+            report.failed_passes += 1
+            wait = backoff_s(interval_s, failures)
+            on_error(report.passes, summary.error, wait)
+        else:
+            failures = 0
+            wait = interval_s
+            if did_work(summary, missing):
+                on_pass(report.passes, summary)
+            missing = summary.counts[Outcome.MISSING_LOCAL]
+            if options.limit is not None and summary.selected >= options.limit:
+                wait = 0  # a full pass: more rows are waiting
+        if summary.interrupted:
+            break
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(interrupt.stop.wait(), wait)
+    report.interrupted = interrupt.triggered
+    return report
+
+
+def pass_line(number: int, summary: Summary) -> str:
+    """One pass that did work, in a line."""
+    c = summary.counts
+    parts = [f"{c[Outcome.UPLOADED]:,} uploaded"]
+    for outcome, label in (
+        (Outcome.SKIPPED_EXISTING, "already stored"),
+        (Outcome.MISSING_LOCAL, "file not there yet"),
+        (Outcome.INVALID, "invalid"),
+        (Outcome.CORRUPT, "corrupt"),
+        (Outcome.FAILED, "failed"),
+    ):
+        if c[outcome]:
+            parts.append(f"{c[outcome]:,} {label}")
+    line = (
+        f"pass {number}: {', '.join(parts)}; {summary.db_updated:,} recorded; "
+        f"{summary.bytes_uploaded / 1e6:,.1f} MB in {summary.elapsed_s:,.1f} s"
+    )
+    if summary.unrecorded:
+        line += f"; {summary.unrecorded:,} not recorded (the next pass records them)"
+    return line
+
+
+def format_watch(report: WatchReport) -> str:
+    t = report.totals
+    line = (
+        f"watch stopped after {report.passes:,} passes: {t.counts[Outcome.UPLOADED]:,} uploaded, "
+        f"{t.db_updated:,} recorded, {t.bytes_uploaded / 1e6:,.1f} MB"
+    )
+    if report.failed_passes:
+        line += f"; {report.failed_passes:,} passes failed"
+    return line
