@@ -420,6 +420,9 @@ def client_config(options: ClientOptions, *, max_connections: int) -> AioConfig:
         read_timeout=READ_TIMEOUT_S,
         retries={"mode": options.retry_mode, "total_max_attempts": options.max_attempts},
         request_checksum_calculation=options.checksum_calculation,
+        # What botocore signs requests with anyway; said here so that presigned URLs use
+        # SigV4 too (botocore would presign with SigV2 in us-east-1, which AWS retired).
+        signature_version="s3v4",
     )
 
 
