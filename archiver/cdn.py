@@ -445,12 +445,16 @@ def _describe(wanted: WantedDistribution, config: dict[str, Any]) -> str:
 async def _distribution(
     cf: CloudFront, options: CdnOptions, wanted: WantedDistribution, report: CdnReport
 ) -> Setting:
+    if not wanted.oac_id and not options.check_only:
+        return Setting(
+            State.LEFT_ALONE, "not created or changed: the origin access control is not there"
+        )
     summaries = await cf.list_all("list_distributions", "DistributionList")
     mine = sorted(
         (d for d in summaries if d.get("Comment") == wanted.comment), key=lambda d: d["Id"]
     )
     if not mine:
-        if options.check_only or not wanted.oac_id:
+        if options.check_only:
             return Setting(State.WOULD_CHANGE, f"create a distribution ({wanted.comment})")
         config = wanted.new()
         created = (await cf.call("create_distribution", DistributionConfig=config))["Distribution"]

@@ -328,7 +328,9 @@ class Reporter:
             self.warnings += 1
             if self.warnings <= MAX_WARNINGS:
                 self.progress.write(f"warning:{describe(result)[3:]}", self.err)
-        if result.outcome.is_problem or result.outcome is Outcome.MISSING_LOCAL:
+        if result.outcome.is_problem or (
+            result.outcome is Outcome.MISSING_LOCAL and self.warn_missing
+        ):
             event(
                 "row",
                 describe(result).strip(),

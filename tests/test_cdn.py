@@ -473,3 +473,41 @@ def _no_cdn_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     """The CDN variables come from each test, never from the machine's environment."""
     for name in ("ARCHIVER_CDN_DOMAIN", "ARCHIVER_CDN_KEY_ID", "ARCHIVER_CDN_PRIVATE_KEY"):
         monkeypatch.delenv(name, raising=False)
+
+
+class RefusingCloudFront:
+    """A CloudFront whose credentials may list but not create (a fake: the refusal path)."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    async def list_all(self, method: str, _list_key: str) -> list[dict[str, Any]]:
+        self.calls.append(method)
+        return []
+
+    async def call(self, method: str, **_params: Any) -> dict[str, Any]:
+        from archiver.storage import Refused
+
+        self.calls.append(method)
+        raise Refused(f"AccessDenied: these credentials need cloudfront:{method}")
+
+
+class BucketOnly:
+    async def bucket_region(self) -> str:
+        return "eu-west-1"
+
+
+async def test_a_refused_origin_access_control_leaves_the_distribution_alone() -> None:
+    from archiver.cdn import CdnOptions, format_cdn, setup_cdn
+    from archiver.settings import Settings
+
+    cf = RefusingCloudFront()
+    report = await setup_cdn(BucketOnly(), cf, Settings(bucket="bkt"), CdnOptions())  # type: ignore[arg-type]
+    states = {name: s.state.name for name, s in report.settings.items()}
+    assert states == {"origin access control": "REFUSED", "distribution": "LEFT_ALONE"}
+    assert (
+        "cloudfront:create_origin_access_control" in report.settings["origin access control"].detail
+    )
+    assert cf.calls == ["list_origin_access_controls", "create_origin_access_control"]
+    assert report.exit_code == 1
+    assert "Not set up: origin access control could not be applied." in format_cdn(report)
