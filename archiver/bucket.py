@@ -306,6 +306,33 @@ async def converge(
     return Setting(State.CHANGED, what)
 
 
+async def converge_statement(
+    store: Storage,
+    check_only: bool,
+    wanted: dict[str, Any],
+    *,
+    missing: str,
+    what: str,
+    in_place: str = "",
+) -> Setting:
+    """The bucket policy with statement `wanted` in it (by its Sid; every other statement
+    kept), read back: `converge` for one policy statement."""
+
+    async def read() -> str | None:
+        current = await store.get_setting("get_bucket_policy", ("NoSuchBucketPolicy",))
+        return (current or {}).get("Policy")
+
+    def difference(document: str | None) -> str | None:
+        return None if merge_policy(document, wanted) is None else missing
+
+    async def write(current: str | None) -> None:
+        await store.put_setting("put_bucket_policy", Policy=merge_policy(current, wanted))
+
+    return await converge(
+        check_only, read, difference, write, what, in_place=lambda _current: in_place
+    )
+
+
 def public_access_block(options: SetupOptions) -> dict[str, bool]:
     return dict(PUBLIC_ACCESS_BLOCK, BlockPublicAcls=options.block_public_acls)
 
@@ -391,22 +418,12 @@ async def _tls_policy(store: Storage, settings: Settings, options: SetupOptions)
             State.LEFT_ALONE, "the endpoint is plain HTTP (the policy would lock this client out)"
         )
 
-    async def read() -> str | None:
-        current = await store.get_setting("get_bucket_policy", ("NoSuchBucketPolicy",))
-        return (current or {}).get("Policy")
-
-    wanted = tls_statement(store.bucket)
-
-    def difference(document: str | None) -> str | None:
-        if merge_policy(document, wanted) is None:
-            return None
-        return f"no statement {TLS_SID} denying requests without TLS"
-
-    async def write(current: str | None) -> None:
-        await store.put_setting("put_bucket_policy", Policy=merge_policy(current, wanted))
-
-    setting = await converge(
-        options.check_only, read, difference, write, "requests without TLS denied"
+    setting = await converge_statement(
+        store,
+        options.check_only,
+        tls_statement(store.bucket),
+        missing=f"no statement {TLS_SID} denying requests without TLS",
+        what="requests without TLS denied",
     )
     if setting.state not in (State.IN_PLACE, State.CHANGED):
         return setting

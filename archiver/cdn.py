@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from archiver.bucket import Setting, State, converge, json_name, merge_policy
+from archiver.bucket import Setting, State, converge, converge_statement, json_name
 from archiver.cloudfront import CloudFront, ensure_private_key, key_fingerprint, public_key_pem
 from archiver.settings import Settings
 from archiver.storage import Refused, Storage, Unsupported
@@ -502,25 +502,17 @@ def _remember(report: CdnReport, distribution: dict[str, Any]) -> None:
 
 async def _policy(store: Storage, settings: Settings, options: CdnOptions, arn: str) -> Setting:
     wanted = cdn_statement(settings.bucket, settings.key_prefix, arn)
-
-    async def read() -> str | None:
-        current = await store.get_setting("get_bucket_policy", ("NoSuchBucketPolicy",))
-        return (current or {}).get("Policy")
-
-    def difference(document: str | None) -> str | None:
-        if merge_policy(document, wanted) is None:
-            return None
-        return f"no statement {wanted['Sid']} for this distribution"
-
-    async def write(current: str | None) -> None:
-        await store.put_setting("put_bucket_policy", Policy=merge_policy(current, wanted))
-
     what = (
         f"{wanted['Sid']}: only distribution {arn.rpartition('/')[2]} may GET "
         f"{settings.key_prefix}/* (other statements kept)"
     )
-    return await converge(
-        options.check_only, read, difference, write, what, in_place=lambda _c: what
+    return await converge_statement(
+        store,
+        options.check_only,
+        wanted,
+        missing=f"no statement {wanted['Sid']} for this distribution",
+        what=what,
+        in_place=what,
     )
 
 
