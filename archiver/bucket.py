@@ -287,16 +287,19 @@ async def converge(
     read: Callable[[], Awaitable[Any]],
     difference: Callable[[Any], str | None],
     write: Callable[[Any], Awaitable[None]],
-    what: str,
+    what: str | Callable[[Any], str],
     *,
     in_place: Callable[[Any], str] = lambda _current: "",
 ) -> Setting:
     """Read the setting; if it differs from what is wanted, write it (given what was read)
     and read it back. A server that accepted the write but stores something else is
-    reported as refusing it. `in_place` describes a setting found as wanted."""
+    reported as refusing it. `what` describes the change (or is made from what was read),
+    `in_place` a setting found as wanted."""
     current = await read()
     if difference(current) is None:
         return Setting(State.IN_PLACE, in_place(current))
+    if callable(what):
+        what = what(current)
     if check_only:
         return Setting(State.WOULD_CHANGE, what)
     await write(current)

@@ -58,13 +58,14 @@ class CdnReport:
 
     bucket: str
     prefix: str
-    check_only: bool = False
     bucket_exists: bool = True
     distribution_id: str | None = None
     arn: str | None = None
     domain: str | None = None
     status: str | None = None
+    oac_id: str | None = None
     key_id: str | None = None  # the public key's ID in CloudFront (--signed)
+    key_group_id: str | None = None
     private_key: str | None = None  # its path (never its content)
     settings: dict[str, Setting] = field(default_factory=dict)
 
@@ -277,7 +278,7 @@ async def setup_cdn(
     store: Storage, cf: CloudFront, settings: Settings, options: CdnOptions
 ) -> CdnReport:
     """Make (unless check-only) and check archiver's CloudFront distribution; the report."""
-    report = CdnReport(settings.bucket, settings.key_prefix, check_only=options.check_only)
+    report = CdnReport(settings.bucket, settings.key_prefix)
     region = await store.bucket_region()
     if region is None:
         report.bucket_exists = False
@@ -292,16 +293,18 @@ async def setup_cdn(
         except Refused as exc:
             report.settings[name] = Setting(State.REFUSED, str(exc))
 
-    oac = _Found()
-    await step("origin access control", lambda: _origin_access_control(cf, settings, options, oac))
-    group = _Found()
+    await step(
+        "origin access control", lambda: _origin_access_control(cf, settings, options, report)
+    )
     if options.signed:
-        assert options.private_key is not None
         await step("public key", lambda: _public_key(cf, settings, options, report))
         if report.key_id:
-            await step("key group", lambda: _key_group(cf, settings, options, report, group))
+            await step("key group", lambda: _key_group(cf, settings, options, report))
     wanted = WantedDistribution(
-        comment(settings.bucket, settings.key_prefix), domain, oac.id or "", group.id
+        comment(settings.bucket, settings.key_prefix),
+        domain,
+        report.oac_id or "",
+        report.key_group_id,
     )
     await step("distribution", lambda: _distribution(cf, options, wanted, report))
     if report.arn:
@@ -309,13 +312,8 @@ async def setup_cdn(
     return report
 
 
-@dataclass
-class _Found:
-    id: str | None = None
-
-
 async def _origin_access_control(
-    cf: CloudFront, settings: Settings, options: CdnOptions, found: _Found
+    cf: CloudFront, settings: Settings, options: CdnOptions, report: CdnReport
 ) -> Setting:
     name = resource_name(settings.bucket)
     controls = await cf.list_all("list_origin_access_controls", "OriginAccessControlList")
@@ -332,19 +330,19 @@ async def _origin_access_control(
                 **OAC_SETTINGS,
             },
         )
-        found.id = created["OriginAccessControl"]["Id"]
-        return Setting(State.CHANGED, f"created {found.id}: {what}")
-    found.id = str(mine[0]["Id"])
+        report.oac_id = str(created["OriginAccessControl"]["Id"])
+        return Setting(State.CHANGED, f"created {report.oac_id}: {what}")
+    oac_id = report.oac_id = str(mine[0]["Id"])
 
     async def read() -> tuple[dict[str, Any], str]:
-        got = await cf.call("get_origin_access_control", Id=found.id)
+        got = await cf.call("get_origin_access_control", Id=oac_id)
         return got["OriginAccessControl"]["OriginAccessControlConfig"], got["ETag"]
 
     async def write(current: tuple[dict[str, Any], str]) -> None:
         config, etag = current
         await cf.call(
             "update_origin_access_control",
-            Id=found.id,
+            Id=oac_id,
             IfMatch=etag,
             OriginAccessControlConfig={**config, **OAC_SETTINGS},
         )
@@ -354,8 +352,8 @@ async def _origin_access_control(
         read,
         lambda current: oac_difference(current[0]),
         write,
-        f"{found.id}: {what}",
-        in_place=lambda _c: f"{found.id}: {what}",
+        f"{oac_id}: {what}",
+        in_place=lambda _c: f"{oac_id}: {what}",
     )
 
 
@@ -392,7 +390,7 @@ async def _public_key(
 
 
 async def _key_group(
-    cf: CloudFront, settings: Settings, options: CdnOptions, report: CdnReport, found: _Found
+    cf: CloudFront, settings: Settings, options: CdnOptions, report: CdnReport
 ) -> Setting:
     name = resource_name(settings.bucket)
     key_id = report.key_id or ""
@@ -409,12 +407,12 @@ async def _key_group(
                 "Comment": comment(settings.bucket, settings.key_prefix),
             },
         )
-        found.id = str(created["KeyGroup"]["Id"])
-        return Setting(State.CHANGED, f"created {name} ({found.id}) with {key_id}")
-    found.id = str(mine[0]["Id"])
+        report.key_group_id = str(created["KeyGroup"]["Id"])
+        return Setting(State.CHANGED, f"created {name} ({report.key_group_id}) with {key_id}")
+    group_id = report.key_group_id = str(mine[0]["Id"])
 
     async def read() -> tuple[dict[str, Any], str]:
-        got = await cf.call("get_key_group", Id=found.id)
+        got = await cf.call("get_key_group", Id=group_id)
         return got["KeyGroup"]["KeyGroupConfig"], got["ETag"]
 
     def difference(current: tuple[dict[str, Any], str]) -> str | None:
@@ -425,10 +423,10 @@ async def _key_group(
         config, etag = current
         items = [*(config.get("Items") or []), key_id]
         await cf.call(
-            "update_key_group", Id=found.id, IfMatch=etag, KeyGroupConfig={**config, "Items": items}
+            "update_key_group", Id=group_id, IfMatch=etag, KeyGroupConfig={**config, "Items": items}
         )
 
-    what = f"{name} ({found.id}) holds {key_id}"
+    what = f"{name} ({group_id}) holds {key_id}"
     return await converge(
         options.check_only, read, difference, write, what, in_place=lambda _c: what
     )
@@ -482,13 +480,12 @@ async def _distribution(
         )
         _remember(report, updated["Distribution"])
 
-    config, _etag = await read()
     return await converge(
         options.check_only,
         read,
         lambda current: wanted.difference(current[0]),
         write,
-        f"{dist_id}: {_describe(wanted, wanted.merged(config))}{extra}",
+        lambda current: f"{dist_id}: {_describe(wanted, wanted.merged(current[0]))}{extra}",
         in_place=lambda current: f"{dist_id}: {_describe(wanted, current[0])}{extra}",
     )
 

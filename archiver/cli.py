@@ -51,6 +51,7 @@ from archiver.settings import (
     Settings,
     UploadOptions,
     parse_bandwidth,
+    parse_duration,
     validate_endpoint,
 )
 from archiver.signals import run_async, run_job
@@ -285,13 +286,19 @@ def _mib(_ctx: click.Context, _param: click.Parameter, value: float | None) -> i
     return None if value is None else int(value * MIB)
 
 
-def _bandwidth(_ctx: click.Context, _param: click.Parameter, value: str | None) -> int | None:
-    if value is None or value == "":
-        return None
-    try:
-        return parse_bandwidth(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from exc
+def _parsed(parse: Callable[[str], int]) -> Callable[..., int | None]:
+    """A click callback: the option's value through `parse` (None when unset), a ValueError
+    as a usage error."""
+
+    def callback(_ctx: click.Context, _param: click.Parameter, value: str | None) -> int | None:
+        if value is None or value == "":
+            return None
+        try:
+            return parse(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from exc
+
+    return callback
 
 
 def concurrency_option(what: str) -> Callable[[F], F]:
@@ -355,7 +362,7 @@ DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]
 @click.option(
     "--max-bandwidth",
     envvar="ARCHIVER_MAX_BANDWIDTH",
-    callback=_bandwidth,
+    callback=_parsed(parse_bandwidth),
     metavar="RATE",
     help="Most bytes per second sent, e.g. 50MB, 10MiB, 500KB (env ARCHIVER_MAX_BANDWIDTH; "
     "default: no limit).",
@@ -449,13 +456,6 @@ def upload(**params: Any) -> int:
         storage_class=params["storage_class"].upper() if params["storage_class"] else None,
         max_bandwidth=params["max_bandwidth"],
     )
-    reporter = Reporter(
-        mode=progress_mode(params["no_progress"]),
-        verbose=params["verbose"],
-        dry_run=options.dry_run,
-        out=sys.stderr if params["as_json"] else sys.stdout,
-        interval=params["progress_interval"],
-    )
     with contextlib.ExitStack() as stack:
         on_result = None
         if params["report"] is not None:
@@ -465,6 +465,13 @@ def upload(**params: Any) -> int:
         stack.enter_context(run_log(params, "upload"))
         if params["watch"]:
             return _watch(settings, options, params, on_result)
+        reporter = Reporter(
+            mode=progress_mode(params["no_progress"]),
+            verbose=params["verbose"],
+            dry_run=options.dry_run,
+            out=sys.stderr if params["as_json"] else sys.stdout,
+            interval=params["progress_interval"],
+        )
         summary = run_async(
             lambda interrupt: run_upload(
                 settings, options, reporter, interrupt=interrupt, on_result=on_result
@@ -667,17 +674,6 @@ def setup_cdn(**params: Any) -> int:
     return finish(run_job(job), params["as_json"], format_cdn)
 
 
-def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -> int | None:
-    from archiver.links import parse_duration
-
-    if value is None:
-        return None
-    try:
-        return parse_duration(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from exc
-
-
 @cli.command()
 @config_options(cache=False)
 @click.argument("media_ids", nargs=-1, required=True, metavar="MEDIA_ID...")
@@ -697,7 +693,7 @@ def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -
 @PRIVATE_KEY_OPTION
 @click.option(
     "--expires",
-    callback=_duration,
+    callback=_parsed(parse_duration),
     default="1h",
     show_default=True,
     metavar="DURATION",

@@ -55,7 +55,10 @@ class CloudFront:
         config = AioConfig(
             connect_timeout=CONNECT_TIMEOUT_S,
             read_timeout=READ_TIMEOUT_S,
-            retries={"mode": settings.client.retry_mode, "total_max_attempts": 4},
+            retries={
+                "mode": settings.client.retry_mode,
+                "total_max_attempts": settings.client.max_attempts,
+            },
         )
         async with aws_session(settings).client(
             "cloudfront", endpoint_url=endpoint_url, region_name=CLOUDFRONT_REGION, config=config
@@ -162,7 +165,6 @@ class UrlSigner:
     CloudFront and the private key file."""
 
     def __init__(self, key_id: str, private_key_path: Path) -> None:
-        self.key_id = key_id
         self._key = _load_private_key(private_key_path)
         self._signer = CloudFrontSigner(key_id, self._rsa_sign)
 

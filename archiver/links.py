@@ -32,16 +32,6 @@ PRESIGN_MAX_S = 7 * 24 * 3600  # SigV4 presigned URLs last at most 7 days
 _DOMAIN_RE = re.compile(
     r"^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)+$"
 )
-_DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$", re.IGNORECASE)
-_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(text: str) -> int:
-    """Seconds from `3600`, `90s`, `15m`, `12h` or `7d`; ValueError when it is not one."""
-    m = _DURATION_RE.match(text)
-    if m is None or int(m.group(1)) == 0:
-        raise ValueError(f"{text!r} is not a duration: use e.g. 3600, 90s, 15m, 12h or 7d")
-    return int(m.group(1)) * _UNIT_S[m.group(2).lower()]
 
 
 def cdn_domain(text: str) -> str:

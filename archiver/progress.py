@@ -316,21 +316,20 @@ class Reporter:
         self.progress.start(total)
 
     def result(self, result: RowResult) -> None:
+        flagged = result.outcome.is_problem or (
+            result.outcome is Outcome.MISSING_LOCAL and self.warn_missing
+        )
         if self.verbose:
             self.progress.write(describe(result), self.out)
         elif result.outcome is Outcome.WOULD_UPLOAD:
             self.listed += 1
             if self.listed <= MAX_DRY_RUN_LINES:
                 self.progress.write(describe(result), self.out)
-        elif result.outcome.is_problem or (
-            result.outcome is Outcome.MISSING_LOCAL and self.warn_missing
-        ):
+        elif flagged:
             self.warnings += 1
             if self.warnings <= MAX_WARNINGS:
                 self.progress.write(f"warning:{describe(result)[3:]}", self.err)
-        if result.outcome.is_problem or (
-            result.outcome is Outcome.MISSING_LOCAL and self.warn_missing
-        ):
+        if flagged:
             event(
                 "row",
                 describe(result).strip(),

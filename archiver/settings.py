@@ -36,6 +36,8 @@ MEDIA_TYPES = ("image", "video", "document")
 # `upload --storage-class`: the classes an archive that is read back now and then can use
 # (GLACIER and DEEP_ARCHIVE objects cannot be read back without a restore first).
 STORAGE_CLASSES = ("STANDARD", "STANDARD_IA", "INTELLIGENT_TIERING", "GLACIER_IR")
+_DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$", re.IGNORECASE)
+_DURATION_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _BANDWIDTH_RE = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*([kmgt]?)(i?)(b?)(?:/s)?\s*$", re.IGNORECASE)
 
 # The S3 client, the same for every command (`ClientOptions`).
@@ -284,6 +286,14 @@ def parse_bandwidth(text: str) -> int:
     if rate < 1024:
         raise ValueError(f"{text!r} is below 1 KiB/s")
     return rate
+
+
+def parse_duration(text: str) -> int:
+    """Seconds from `3600`, `90s`, `15m`, `12h` or `7d`; ValueError when it is not one."""
+    m = _DURATION_RE.match(text)
+    if m is None or int(m.group(1)) == 0:
+        raise ValueError(f"{text!r} is not a duration: use e.g. 3600, 90s, 15m, 12h or 7d")
+    return int(m.group(1)) * _DURATION_UNIT_S[m.group(2).lower()]
 
 
 @dataclass(frozen=True)

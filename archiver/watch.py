@@ -48,7 +48,7 @@ def retryable(exc: ArchiverError) -> bool:
     )
 
 
-def did_work(summary: Summary, missing_before: int | None) -> bool:
+def did_work(summary: Summary, missing_before: int) -> bool:
     """Whether a pass is worth a line: it stored, recorded or failed something, or the number
     of rows whose file is not there yet changed (a backfill writes the row, then the file)."""
     c = summary.counts
@@ -111,7 +111,7 @@ async def run_watch(
     `on_error(n, message, wait_s)` for each that failed."""
     report = WatchReport()
     failures = 0
-    missing: int | None = 0
+    missing = 0
     while not interrupt.triggered:
         report.passes += 1
         try:

@@ -30,8 +30,9 @@ from archiver.cdn import (
     comment,
 )
 from archiver.errors import ConfigError
-from archiver.links import cdn_domain, parse_duration
+from archiver.links import cdn_domain
 from archiver.sample import SampleRow, file_bytes, insert_rows
+from archiver.settings import parse_duration
 from tests.helpers import both_servers, md5, media_file, run_cli, upload
 
 
