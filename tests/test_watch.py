@@ -6,6 +6,7 @@ pure rules (backoff, which passes get a line, which failures are retried) withou
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import re
@@ -15,6 +16,7 @@ import time
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -26,6 +28,7 @@ from archiver.errors import (
     DatabaseUnavailable,
     StorageUnavailable,
 )
+from archiver.localpg import free_port
 from archiver.models import Outcome, Summary
 from archiver.sample import SampleRow, file_bytes, insert_rows
 from archiver.watch import BACKOFF_MAX_S, backoff_s, did_work, retryable
@@ -210,6 +213,76 @@ async def test_watch_outlives_an_s3_outage(penv, db, s3, proxy) -> None:
     ), stderr
     assert sum(int(n) for n in re.findall(r": (\d+) uploaded", "\n".join(pass_lines(stdout)))) == 2
     await assert_archive_invariant(db, s3, penv.bucket)
+
+
+class TcpRelay:
+    """A TCP relay to the database that a test can take down (every connection cut, the
+    port closed) and bring back on the same port: a database outage, for one process."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = free_port()
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+
+    async def stop(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in list(self._writers):
+            writer.transport.abort()
+        await self._server.wait_closed()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self.target)
+        self._writers |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        self._writers -= {writer, up_writer}
+
+
+async def test_watch_outlives_a_database_outage(env, db, s3) -> None:
+    parts = urlsplit(env.database_url)
+    relay = TcpRelay((parts.hostname or "127.0.0.1", parts.port or 5432))
+    await relay.start()
+    relayed = urlunsplit(
+        (parts.scheme, f"{parts.username}@127.0.0.1:{relay.port}", parts.path, "", "")
+    )
+    before = await backfill(env, db, ["w-d1"])
+    proc = start_cli(
+        env, "upload", "--watch", "--interval", "1", "--no-progress", DATABASE_URL=relayed
+    )
+    await wait_archived(db, list(before), proc)
+
+    await relay.stop()  # the database goes away for the watch (not for this test)
+    during = await backfill(env, db, ["w-d2", "w-d3"])
+    await asyncio.sleep(4)
+    assert await archived(db, list(during)) == set()
+    await relay.start()
+    await wait_archived(db, list(during), proc, within=60)
+
+    # In a thread: the relay runs on this test's event loop, which must go on serving the
+    # watch's connections while it records its last pass and stops.
+    stdout, stderr = await asyncio.to_thread(stop, proc)
+    assert proc.returncode == 130, stderr
+    failed = re.findall(
+        rf"^{STAMP} archiver: watch: pass \d+ failed: (.*); next pass in (\d+) s$", stderr, re.M
+    )
+    assert failed, stderr
+    assert all("database" in why for why, _wait in failed), failed
+    assert [int(wait) for _why, wait in failed][:2] == [5, 10][: len(failed)]  # backoff
+    assert sum(int(n) for n in re.findall(r": (\d+) uploaded", "\n".join(pass_lines(stdout)))) == 3
+    await assert_archive_invariant(db, s3, env.bucket)
+    await relay.stop()
 
 
 async def test_watch_through_pgbouncer_in_transaction_mode(env, db, s3, pgbouncer) -> None:
