@@ -1,22 +1,23 @@
 """`archiver check`: before a long run, is everything in place? Database, credentials,
-bucket and cache, each with one verdict line.
+bucket, S3 permissions and cache, each with one verdict line.
 
-It changes nothing but one probe object (written under the key prefix, read back and
-deleted, as setup-bucket's write probe). Each check runs even when another failed, where it
-can: the cache is looked at without a database, the credentials without a bucket.
+It changes nothing: the permissions are found by requests that leave nothing behind (a
+listing of one key, a HEAD, a multipart upload started and aborted at once; see
+`Storage.probe_permissions`). Each check runs even when another failed, where it can: the
+cache is looked at without a database, the credentials without a bucket.
 """
 
 from __future__ import annotations
 
 import os
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from archiver import __version__
+from archiver import __version__, iam
 from archiver.db import RowFilter
 from archiver.errors import ArchiverError, ConfigError
+from archiver.keys import NotOurs, row_key
 from archiver.models import MediaRow
 from archiver.progress import printable
 from archiver.resolve import Found, NotFound, resolve_cache_root, resolver_for
@@ -24,7 +25,6 @@ from archiver.services import database
 from archiver.settings import Settings, redact_dsn
 from archiver.storage import NO_CREDENTIALS, Storage
 
-PROBE_BODY = b"archiver check: this object is deleted at once\n"
 OK, WARN, FAIL, SKIPPED = "ok", "warn", "FAIL", "skipped"
 
 
@@ -73,31 +73,34 @@ async def run_check(settings: Settings, options: CheckOptions) -> CheckReport:
         "configuration",
         OK,
         f"archiver {__version__}; .env: {options.env_file or 'none'}; working directory "
-        f"{os.getcwd()}; s3://{settings.bucket}/{settings.key_prefix}/; "
+        f"{os.getcwd()}; database from {settings.database_from or 'nowhere'}; "
+        f"s3://{settings.bucket}/{settings.key_prefix}/; "
         f"endpoint {settings.endpoint_url or 'AWS'}",
         env_file=options.env_file,
+        database_from=settings.database_from,
         cwd=os.getcwd(),
         bucket=settings.bucket,
         key_prefix=settings.key_prefix,
         endpoint_url=settings.endpoint_url,
         database_url=redact_dsn(settings.database_url),
     )
-    sample = await _check_database(settings, report, options.sample)
-    await _check_s3(settings, options, report)
+    sample, archived = await _check_database(settings, report, options.sample)
+    known_key = _known_key(settings, archived)
+    await _check_s3(settings, options, report, known_key)
     await _check_cache(settings, report, sample)
     return report
 
 
 async def _check_database(
     settings: Settings, report: CheckReport, sample: int
-) -> list[MediaRow] | None:
+) -> tuple[list[MediaRow] | None, list[MediaRow]]:
     """The database verdict; the rows whose files the cache check looks for (None when
-    the database could not be read)."""
+    the database could not be read), and an archived row or none."""
     try:
         dsn = settings.require_database()
     except ConfigError as exc:
         report.add("database", FAIL, str(exc))
-        return None
+        return None, []
     where = redact_dsn(dsn)
     try:
         async with database(settings) as db:
@@ -106,9 +109,10 @@ async def _check_database(
             rows = [r async for r in db.rows(RowFilter(archived=False), limit=sample)]
             if not rows:  # nothing left to archive: the archived rows' files, then
                 rows = [r async for r in db.rows(RowFilter(archived=None), limit=sample)]
+            archived = [r async for r in db.rows(RowFilter(archived=True), limit=1)]
     except ArchiverError as exc:
         report.add("database", FAIL, str(exc), url=where)
-        return None
+        return None, []
     state, notes = _privileges(found)
     report.add(
         "database",
@@ -122,7 +126,16 @@ async def _check_database(
         tables=found["tables"],
         can_create=found["can_create"],
     )
-    return rows
+    return rows, archived
+
+
+def _known_key(settings: Settings, archived: list[MediaRow]) -> str | None:
+    """The key of an object a row says is archived (to read for s3:GetObject), or None."""
+    for row in archived:
+        ours = row_key(row, bucket=settings.bucket, prefix=settings.key_prefix)
+        if not isinstance(ours, NotOurs):
+            return ours[1]
+    return None
 
 
 def _privileges(found: dict[str, Any]) -> tuple[str, str]:
@@ -153,16 +166,22 @@ def _privileges(found: dict[str, Any]) -> tuple[str, str]:
     return state, "; ".join(notes)
 
 
-async def _check_s3(settings: Settings, options: CheckOptions, report: CheckReport) -> None:
-    """The credentials, then the bucket: exists, region, takes an upload."""
+async def _check_s3(
+    settings: Settings, options: CheckOptions, report: CheckReport, known_key: str | None
+) -> None:
+    """The credentials, then the bucket (exists, region), then what the credentials may do."""
     try:
         async with Storage.open(settings, max_connections=2) as store:
             if await _check_credentials(settings, options, store, report):
-                await _check_bucket(settings, store, report)
+                if await _check_bucket(settings, store, report):
+                    await _check_permissions(settings, store, report, known_key)
+                else:
+                    report.add("permissions", SKIPPED, "no bucket to ask")
                 return
     except ArchiverError as exc:  # a profile that is not there, credentials that cannot be read
         report.add("credentials", FAIL, str(exc))
     report.add("bucket", SKIPPED, "no credentials to ask with")
+    report.add("permissions", SKIPPED, "no credentials to ask with")
 
 
 async def _check_credentials(
@@ -193,30 +212,79 @@ async def _check_credentials(
     return True
 
 
-async def _check_bucket(settings: Settings, store: Storage, report: CheckReport) -> None:
+async def _check_bucket(settings: Settings, store: Storage, report: CheckReport) -> bool:
+    """The bucket verdict, by what every command does first (a GET under the prefix, which
+    needs no bucket-level permission), then its region where the credentials may read it;
+    whether there is a bucket to go on with."""
     try:
-        region = await store.bucket_region()
+        await store.check_access(settings.key_prefix)
     except ArchiverError as exc:
         report.add("bucket", FAIL, str(exc))
-        return
-    if region is None:
-        hint = "create it with: archiver setup-bucket"
-        report.add("bucket", FAIL, f"bucket {settings.bucket!r} does not exist ({hint})")
-        return
-    key = f"{settings.key_prefix}/.archiver-check-{uuid.uuid4().hex[:12]}"
-    where = f"s3://{settings.bucket} (region {region})"
+        return False
+    where = f"s3://{settings.bucket}"
     try:
-        await store.probe_write(key, PROBE_BODY)
+        region = await store.bucket_region()
+    except ArchiverError as exc:  # least privilege: no HeadBucket or GetBucketLocation
+        report.add("bucket", OK, f"{where} answers; its region is not known: {exc}", region=None)
+        return True
+    report.add("bucket", OK, f"{where} exists (region {region})", region=region)
+    return True
+
+
+async def _check_permissions(
+    settings: Settings, store: Storage, report: CheckReport, known_key: str | None
+) -> None:
+    """What the credentials may do under the prefix, by requests that change nothing, and
+    which commands that lets run."""
+    try:
+        found = await store.probe_permissions(settings.key_prefix, known_key)
     except ArchiverError as exc:
-        report.add("bucket", FAIL, f"{where} exists, but the write probe failed: {exc}")
+        report.add("permissions", WARN, f"could not be probed: {exc}")
         return
+    words = {True: "granted", False: "denied", None: "cannot tell"}
+    listed = "; ".join(f"{action} {words[found[action]]}" for action in PROBED)
+    runs = {command: _verdict(found, iam.needs_for(command).objects) for command in iam.DAILY}
+    runs["upload"] = found["s3:PutObject"]  # s3:GetObject makes re-runs cheaper only
+    can = [c for c, ok in runs.items() if ok]
+    cannot = [c for c, ok in runs.items() if ok is False]
+    unsure = [c for c, ok in runs.items() if ok is None]
+    notes = [f"can run: {', '.join(can) or 'nothing'}"]
+    if cannot:
+        notes.append(f"cannot: {', '.join(cannot)}")
+    if unsure:
+        notes.append(f"cannot tell: {', '.join(unsure)}")
+    if runs["upload"] and found["s3:GetObject"] is False:
+        notes.append("upload is write-only: an object already stored is sent again")
+    if found["s3:GetObject"] is None:
+        notes.append(
+            "s3:GetObject: S3 answered 403 for a key that may not exist (no archived object "
+            "to read, and no s3:ListBucket)"
+        )
+    if found["s3:AbortMultipartUpload"] is False:
+        notes.append("failed multipart uploads are left to the bucket's lifecycle rule")
+    state = OK
+    if not runs["upload"]:
+        state = FAIL
+    elif cannot or unsure or found["s3:AbortMultipartUpload"] is False:
+        state = WARN
     report.add(
-        "bucket",
-        OK,
-        f"{where} exists; a probe object under {settings.key_prefix}/ was written with "
-        "Content-MD5, read back and deleted",
-        region=region,
+        "permissions",
+        state,
+        f"{listed}; {'; '.join(notes)} (`archiver iam-policy` prints what each needs)",
+        actions=dict(found),
+        commands=runs,
     )
+
+
+PROBED = ("s3:PutObject", "s3:AbortMultipartUpload", "s3:GetObject", "s3:ListBucket")
+
+
+def _verdict(found: dict[str, bool | None], actions: tuple[str, ...]) -> bool | None:
+    """Whether every action is granted (None: one cannot be told)."""
+    states = [found.get(a) for a in actions]
+    if False in states:
+        return False
+    return None if None in states else True
 
 
 async def _check_cache(

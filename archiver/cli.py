@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import click
 
-from archiver import __version__, envfile
+from archiver import __version__, envfile, iam
 from archiver.errors import ArchiverError, ConfigError
 from archiver.models import Outcome
 from archiver.pipeline import Interrupt
@@ -35,6 +35,7 @@ from archiver.progress import (
     open_log_file,
 )
 from archiver.settings import (
+    DATABASE_VARIABLES,
     DEFAULT_BATCH_SIZE,
     DEFAULT_BUCKET,
     DEFAULT_CACHE_ROOT,
@@ -52,6 +53,7 @@ from archiver.settings import (
     UploadOptions,
     parse_bandwidth,
     parse_duration,
+    redact_dsn,
     validate_endpoint,
 )
 from archiver.signals import run_async, run_job
@@ -67,9 +69,11 @@ def _load_env_file(ctx: click.Context, _param: click.Parameter, value: str | Non
     elif Path(".env").is_file():
         path = ".env"
     if path:
-        for warning in envfile.load(Path(path)):
+        warnings, keys = envfile.load(Path(path))
+        for warning in warnings:
             click.echo(f"archiver: warning: {warning}", err=True)
         ctx.meta["archiver.env_loaded"] = str(Path(path).resolve())
+        ctx.meta["archiver.env_keys"] = keys
 
 
 def _env_file_option(func: F) -> F:
@@ -93,9 +97,9 @@ def _apply(func: F, options: list[Callable[[F], F]]) -> F:
 DATABASE_OPTIONS = [
     click.option(
         "--database-url",
-        envvar="DATABASE_URL",
+        envvar=list(DATABASE_VARIABLES),
         metavar="DSN",
-        help="PostgreSQL DSN (env DATABASE_URL).",
+        help="PostgreSQL DSN (env DATABASE_URL, then the app's SUPABASE_DB_URL).",
     ),
 ]
 S3_OPTIONS = [
@@ -204,11 +208,40 @@ def run_options(func: F) -> F:
     )
 
 
+def _database_from(database_url: str | None) -> str | None:
+    """Where the command line's database URL came from: the flag, or which variable (and
+    the .env that set it)."""
+    ctx = click.get_current_context(silent=True)
+    if not database_url or ctx is None:
+        return None
+    if ctx.get_parameter_source("database_url") is not click.core.ParameterSource.ENVIRONMENT:
+        return "--database-url"
+    name = next((n for n in DATABASE_VARIABLES if os.environ.get(n)), DATABASE_VARIABLES[0])
+    meta = ctx.find_root().meta
+    if name in meta.get("archiver.env_keys", ()):
+        return f"{name} in {meta['archiver.env_loaded']}"
+    return name
+
+
 def build_settings(params: dict[str, Any]) -> Settings:
     """A Settings from the shared options (removed from `params`); the defaults for the
-    options a command does not have."""
+    options a command does not have. With -v, a line on stderr says which database URL is
+    used (password hidden) and where it came from."""
+    database_url = params.pop("database_url", None) or None
+    settings = _settings(params, database_url)
+    if params.get("verbose") and settings.database_url:
+        click.echo(
+            f"archiver: database {redact_dsn(settings.database_url)} "
+            f"(from {settings.database_from})",
+            err=True,
+        )
+    return settings
+
+
+def _settings(params: dict[str, Any], database_url: str | None) -> Settings:
     return Settings(
-        database_url=params.pop("database_url", None) or None,
+        database_url=database_url,
+        database_from=_database_from(database_url),
         bucket=params.pop("bucket", DEFAULT_BUCKET),
         key_prefix=params.pop("key_prefix", DEFAULT_KEY_PREFIX),
         cache_root=params.pop("cache_root", Path(DEFAULT_CACHE_ROOT)),
@@ -852,8 +885,8 @@ def restore(**params: Any) -> int:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @click.pass_context
 def check(ctx: click.Context, /, **params: Any) -> int:
-    """Check database, credentials, bucket and cache before a long run (changes nothing but a
-    probe object, written and deleted)."""
+    """Check database, credentials, bucket, S3 permissions and cache before a long run
+    (changes nothing)."""
     from archiver.check import CheckOptions, format_check, run_check
 
     env_file = ctx.meta.get("archiver.env_loaded")
@@ -867,6 +900,31 @@ def check(ctx: click.Context, /, **params: Any) -> int:
     )
     ran = run_job(lambda _interrupt: run_check(settings, options))
     return finish(ran, params["as_json"], format_check)
+
+
+@cli.command("iam-policy")
+@config_options(database=False, cache=False)
+@click.argument("commands", nargs=-1, type=click.Choice(iam.CHOICES), metavar="[COMMAND]...")
+@click.option(
+    "--write-only",
+    is_flag=True,
+    help="upload without s3:GetObject: objects already stored are sent again.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the policy document alone.")
+def iam_policy(**params: Any) -> int:
+    """Print the least-privilege IAM policy for COMMANDs (default: upload, verify,
+    prune-local, restore and url) on the configured bucket and key prefix."""
+    settings = build_settings(params)
+    commands = tuple(dict.fromkeys(params["commands"])) or iam.DAILY
+    write_only = params["write_only"]
+    if params["as_json"]:
+        document = iam.policy(commands, settings.bucket, settings.key_prefix, write_only=write_only)
+        click.echo(json.dumps(document, indent=2))
+    else:
+        click.echo(
+            iam.format_policy(commands, settings.bucket, settings.key_prefix, write_only=write_only)
+        )
+    return 0
 
 
 @cli.command()

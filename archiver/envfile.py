@@ -5,6 +5,7 @@ default without a word)."""
 from __future__ import annotations
 
 import difflib
+import os
 from pathlib import Path
 
 from dotenv import dotenv_values, load_dotenv
@@ -74,7 +75,11 @@ AWS_KEYS = frozenset(
         "AWS_SIGV4A_SIGNING_REGION_SET",
     }
 )
-KNOWN_KEYS = ARCHIVER_KEYS | AWS_KEYS
+# The app's own name for the database URL, read when DATABASE_URL is not set. Not offered
+# as a spelling of the app's other keys (SUPABASE_URL is no typo of it).
+APP_KEYS = frozenset({"SUPABASE_DB_URL"})
+OURS = ARCHIVER_KEYS | AWS_KEYS
+KNOWN_KEYS = OURS | APP_KEYS
 SIMILAR = 0.85  # difflib ratio from which an unknown key is taken for a typo of a known one
 
 
@@ -89,7 +94,7 @@ def unknown_key_warnings(keys: list[str], where: str) -> list[str]:
         if upper in KNOWN_KEYS:
             close = [upper]
         else:
-            close = difflib.get_close_matches(upper, KNOWN_KEYS, n=1, cutoff=SIMILAR)
+            close = difflib.get_close_matches(upper, OURS, n=1, cutoff=SIMILAR)
         if not close and not upper.startswith(("ARCHIVER_", "AWS_")):
             continue  # the app's own settings (SUPABASE_URL, ...)
         if not close:
@@ -100,8 +105,10 @@ def unknown_key_warnings(keys: list[str], where: str) -> list[str]:
     return lines
 
 
-def load(path: Path) -> list[str]:
+def load(path: Path) -> tuple[list[str], set[str]]:
     """Load `path` into the environment (never over a variable already set); the warnings
-    about its unknown keys."""
+    about its unknown keys, and the keys it set."""
+    keys = list(dotenv_values(path))
+    unset = {k for k in keys if k not in os.environ}
     load_dotenv(path, override=False)
-    return unknown_key_warnings(list(dotenv_values(path)), str(path))
+    return unknown_key_warnings(keys, str(path)), {k for k in unset if k in os.environ}

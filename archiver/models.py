@@ -103,6 +103,9 @@ class RowResult:
     path: str | None = None
     file_state: tuple[int, float] | None = None  # (size, mtime) of the file it resolved to
     note: ProblemNote | None = None  # for archiver_problems, when the outcome is a problem
+    # an object already stored that could not be read back (no s3:GetObject) was sent
+    # again, unconditionally, and is recorded on the ETag S3 returned
+    resent: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,11 +154,14 @@ class Summary:
     # claims.Holder: the other processes still holding selected rows at the end
     holders: list[Any] = field(default_factory=list)
     not_selected: list[Problem] = field(default_factory=list)  # --media-id rows not handled
+    resent: int = 0  # objects already stored, sent again because they could not be read back
+    notes: list[str] = field(default_factory=list)  # what the credentials did not allow
 
     def add(self, result: RowResult) -> None:
         """Count one row's outcome."""
         self.counts[result.outcome] += 1
         self.bytes_uploaded += result.bytes_sent
+        self.resent += result.resent
 
     @property
     def selected(self) -> int:
@@ -202,7 +208,10 @@ class Summary:
             dry_run=self.dry_run,
             known_problem=self.counts[Outcome.KNOWN_PROBLEM],
             claimed_elsewhere=self.claimed_elsewhere,
+            resent=self.resent,
         )
+        if self.notes:
+            data["notes"] = list(self.notes)
         if self.holders:
             data["claimed_by"] = [h.as_json() for h in self.holders]
         if self.not_selected:

@@ -45,11 +45,17 @@ class ExistencePolicy:
     PUTs once `misses_to_switch` HEADs in a row found nothing, and goes back to HEADing
     first whenever an object turns out to exist. A server that rejects conditional writes,
     or a versioned bucket (where a server may ignore them), keeps it HEADing first.
+
+    A HEAD S3 refuses (403) counts as a miss: without s3:ListBucket that is how S3 answers
+    for a missing key, and the conditional PUT decides. Once S3 is seen refusing to read an
+    object that exists (write-only credentials, without s3:GetObject), no HEAD can tell
+    anything and none is sent again.
     """
 
     def __init__(self, misses_to_switch: int, *, conditional_writes: bool = True) -> None:
         self.misses_to_switch = misses_to_switch
         self.conditional_writes = conditional_writes
+        self.readable = True  # objects can be read back (HEAD)
         self.head_first = True
         self._misses = 0
 
@@ -62,10 +68,15 @@ class ExistencePolicy:
     def present(self) -> None:
         """An object was already there (HEAD hit, or a conditional PUT was refused)."""
         self._misses = 0
-        self.head_first = True
+        self.head_first = self.readable
 
     def no_conditional_writes(self) -> None:
         """The server does not implement If-None-Match on PUT, or cannot be trusted to
         honour it (a versioned bucket)."""
         self.conditional_writes = False
-        self.head_first = True
+        self.head_first = self.readable
+
+    def unreadable(self) -> None:
+        """S3 refused to read back an object that exists: HEADs tell nothing here."""
+        self.readable = False
+        self.head_first = False

@@ -388,6 +388,8 @@ def format_summary(summary: Summary, *, bucket: str) -> str:
     ]
     if summary.unrecorded:
         rows.append(("Not recorded", summary.unrecorded))
+    if summary.resent:
+        rows.append(("Sent again", summary.resent))
     if c[Outcome.KNOWN_PROBLEM]:
         rows.append(("Known problems", c[Outcome.KNOWN_PROBLEM]))
     if summary.claimed_elsewhere:
@@ -414,6 +416,7 @@ def format_summary(summary: Summary, *, bucket: str) -> str:
             "failed: `archiver problems` lists them, `--retry-problems` tries them again."
         )
     lines += holder_lines(summary.holders)
+    lines += [f"  Note: {note}" for note in summary.notes]
     if summary.not_selected:
         lines.append("  Not handled (--media-id):")
         lines += problem_lines(summary.not_selected, MAX_WARNINGS)

@@ -24,7 +24,8 @@ async def database(settings: Settings, *, max_size: int = 3) -> AsyncIterator[Da
 async def connected(
     settings: Settings, *, concurrency: int, storage: bool = True
 ) -> AsyncIterator[tuple[Database, Storage | None]]:
-    """The database, and (when `storage`) an S3 client whose bucket was checked usable."""
+    """The database, and (when `storage`) an S3 client whose bucket was checked usable by a
+    request on an object under the prefix (no bucket-level permission needed)."""
     async with AsyncExitStack() as stack:
         db = await stack.enter_async_context(database(settings))
         store: Storage | None = None
@@ -32,5 +33,5 @@ async def connected(
             store = await stack.enter_async_context(
                 Storage.open(settings, max_connections=concurrency)
             )
-            await store.check_bucket()
+            await store.check_access(settings.key_prefix)
         yield db, store

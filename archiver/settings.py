@@ -216,6 +216,11 @@ class ClientOptions:
         )
 
 
+# Where the database's DSN is read from, first found first: archiver's own name, then the
+# name the app's .env gives it (Supabase's connection string).
+DATABASE_VARIABLES = ("DATABASE_URL", "SUPABASE_DB_URL")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Where things are: database, bucket, keys, local cache, AWS session and client."""
@@ -228,6 +233,9 @@ class Settings:
     region: str = DEFAULT_REGION
     endpoint_url: str | None = None
     client: ClientOptions = field(default_factory=ClientOptions)
+    # Where database_url came from, for -v and check: `DATABASE_URL`, `SUPABASE_DB_URL`
+    # (either with " in PATH" when a .env set it) or `--database-url`.
+    database_from: str | None = None
 
     def __post_init__(self) -> None:
         validate_bucket(self.bucket)
@@ -239,21 +247,24 @@ class Settings:
             f"Settings(database_url={redact_dsn(self.database_url)!r}, bucket={self.bucket!r}, "
             f"key_prefix={self.key_prefix!r}, cache_root={str(self.cache_root)!r}, "
             f"profile={self.profile!r}, region={self.region!r}, "
-            f"endpoint_url={self.endpoint_url!r}, client={self.client!r})"
+            f"endpoint_url={self.endpoint_url!r}, client={self.client!r}, "
+            f"database_from={self.database_from!r})"
         )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: object) -> Settings:
-        """Settings from the variables the command line reads (DATABASE_URL,
-        ARCHIVER_BUCKET, ARCHIVER_KEY_PREFIX, ARCHIVER_CACHE_ROOT, AWS_PROFILE, AWS_REGION,
-        AWS_ENDPOINT_URL_S3, ...), with the same defaults; `overrides` win. For programs that
-        archive through the Python API (`archiver.archive`)."""
+        """Settings from the variables the command line reads (DATABASE_URL, else
+        SUPABASE_DB_URL; ARCHIVER_BUCKET, ARCHIVER_KEY_PREFIX, ARCHIVER_CACHE_ROOT,
+        AWS_PROFILE, AWS_REGION, AWS_ENDPOINT_URL_S3, ...), with the same defaults;
+        `overrides` win. For programs that archive through the Python API
+        (`archiver.archive`)."""
 
         def first(*names: str) -> str | None:
             return next((environ[n] for n in names if environ.get(n)), None)
 
         values: dict[str, object] = {
-            "database_url": first("DATABASE_URL"),
+            "database_url": first(*DATABASE_VARIABLES),
+            "database_from": next((n for n in DATABASE_VARIABLES if environ.get(n)), None),
             "bucket": first("ARCHIVER_BUCKET") or DEFAULT_BUCKET,
             "key_prefix": first("ARCHIVER_KEY_PREFIX") or DEFAULT_KEY_PREFIX,
             "cache_root": Path(first("ARCHIVER_CACHE_ROOT") or DEFAULT_CACHE_ROOT),
@@ -268,7 +279,10 @@ class Settings:
     def require_database(self) -> str:
         """The DSN, or a ConfigError saying how to give one."""
         if not self.database_url:
-            raise ConfigError("no database configured: set DATABASE_URL or pass --database-url")
+            raise ConfigError(
+                "no database configured: set DATABASE_URL (or the app's SUPABASE_DB_URL), in the "
+                "environment or ./.env, or pass --database-url"
+            )
         return check_dsn(self.database_url)
 
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
+import logging
+import uuid
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -34,7 +35,10 @@ from botocore.httpchecksum import resolve_checksum_context
 from botocore.utils import determine_content_length, percent_encode
 
 from archiver.errors import AccessDenied, BucketMissing, StorageError, StorageUnavailable
+from archiver.iam import MAYBE_MISSING, OBJECT_ACTIONS, POLICY_HINT, SETTING_ACTIONS
 from archiver.settings import ClientOptions, Settings
+
+log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 60.0
@@ -47,18 +51,20 @@ PREFLIGHT_CALL_TIMEOUT_S = 4.0
 PREFLIGHT_TIMEOUT_S = 8.0
 EXTRA_CONNECTIONS = 8  # HEADs and multipart control calls beside the uploads
 
-_FATAL_CODES = frozenset(
+# Refusals of the credentials themselves (not of one action): every request would fail.
+_CREDENTIAL_CODES = frozenset(
     {
-        "AccessDenied",
-        "AllAccessDisabled",
         "InvalidAccessKeyId",
         "SignatureDoesNotMatch",
         "ExpiredToken",
         "InvalidToken",
         "TokenRefreshRequired",
         "AccountProblem",
+        "AllAccessDisabled",
     }
 )
+_FATAL_CODES = _CREDENTIAL_CODES | {"AccessDenied"}
+ACCESS_PROBE_NAME = "archiver-access-check"  # the key a run's start-up GET asks for
 
 
 EXPECT_CONTINUE_MIN_BYTES = 1024 * 1024
@@ -266,21 +272,6 @@ class PutTemplate:
         return dict(parsed)
 
 
-# The IAM action each bucket-level call needs, to name it when S3 refuses it.
-SETTING_ACTIONS = {
-    "get_public_access_block": "s3:GetBucketPublicAccessBlock",
-    "put_public_access_block": "s3:PutBucketPublicAccessBlock",
-    "get_bucket_encryption": "s3:GetEncryptionConfiguration",
-    "put_bucket_encryption": "s3:PutEncryptionConfiguration",
-    "get_bucket_policy": "s3:GetBucketPolicy",
-    "put_bucket_policy": "s3:PutBucketPolicy",
-    "get_bucket_versioning": "s3:GetBucketVersioning",
-    "put_bucket_versioning": "s3:PutBucketVersioning",
-    "get_bucket_lifecycle_configuration": "s3:GetLifecycleConfiguration",
-    "put_bucket_lifecycle_configuration": "s3:PutLifecycleConfiguration",
-}
-
-
 def content_md5(md5_hex: str) -> str:
     """The base64 Content-MD5 header value for a hex digest."""
     return base64.b64encode(bytes.fromhex(md5_hex)).decode("ascii")
@@ -298,11 +289,28 @@ def _denied(exc: ClientError) -> bool:
     return _status(exc) == 403 or _code(exc) in ("AccessDenied", "403", "Forbidden")
 
 
-def denied(bucket: str, action: str, key: str) -> AccessDenied:
-    """The error for a 403 on one object, naming the IAM action these credentials lack."""
+def _operation(method: str) -> str:
+    """botocore's method name as the S3 operation: `head_object` -> `HeadObject`."""
+    return "".join(part.capitalize() for part in method.split("_"))
+
+
+def denied(bucket: str, method: str, key: str) -> AccessDenied:
+    """The error for a 403 on one object: the operation, the object and the IAM action
+    these credentials lack on it."""
+    action = OBJECT_ACTIONS.get(method, method)
+    maybe = MAYBE_MISSING if method in ("head_object", "get_object") else ""
     return AccessDenied(
-        f"S3 denied {action} on s3://{bucket}/{key}: the credentials need {action} on the "
-        "key prefix"
+        f"S3 denied {_operation(method)} of s3://{bucket}/{key}: the credentials need "
+        f"{action} on it{maybe}; {POLICY_HINT}"
+    )
+
+
+def bucket_denied(bucket: str, method: str) -> StorageUnavailable:
+    """The error for a 403 on a bucket-level call, naming the IAM action."""
+    action = SETTING_ACTIONS.get(method, method)
+    return StorageUnavailable(
+        f"S3 denied {_operation(method)} on bucket {bucket!r}: the credentials need {action} "
+        f"on arn:aws:s3:::{bucket}; {POLICY_HINT}"
     )
 
 
@@ -456,6 +464,8 @@ class Storage:
         self._session: Any = None  # the aioboto3 session the client came from
         self._part_checksums: bool | None = None  # the server checks CRC32 part checksums
         self._probe_lock = asyncio.Lock()
+        # IAM actions S3 refused where a run goes on without them (s3:AbortMultipartUpload)
+        self.refused: set[str] = set()
 
     @classmethod
     @asynccontextmanager
@@ -496,10 +506,22 @@ class Storage:
             yield store
 
     async def _call(self, doing: str, method: str, **params: Any) -> Any:
+        """One request: on a 403 an error naming the IAM action (AccessDenied for an
+        object, StorageUnavailable for the bucket), translated errors otherwise."""
         try:
             return await getattr(self._s3, method)(Bucket=self.bucket, **params)
-        except (ClientError, BotoCoreError) as exc:
+        except ClientError as exc:
+            raise self._refusal(exc, method, params.get("Key"), doing) from exc
+        except BotoCoreError as exc:
             raise translate(exc, self.bucket, doing) from exc
+
+    def _refusal(self, exc: ClientError, method: str, key: str | None, doing: str) -> Exception:
+        """`exc` as archiver's error; a 403 names the operation and the action it needs."""
+        if _denied(exc) and _code(exc) not in _CREDENTIAL_CODES:
+            if key is not None:
+                return denied(self.bucket, method, key)
+            return bucket_denied(self.bucket, method)
+        return translate(exc, self.bucket, doing)
 
     @asynccontextmanager
     async def _quick(
@@ -524,10 +546,45 @@ class Storage:
                 "(check AWS_ENDPOINT_URL_S3 / --endpoint-url and the network)"
             ) from exc
 
-    async def check_bucket(self) -> None:
-        """Raise BucketMissing / StorageUnavailable unless the bucket is usable (quickly)."""
+    async def check_access(self, prefix: str) -> bool | None:
+        """Prove endpoint, credentials and bucket before a run, quickly, with a request on
+        the objects the run works on, not on the bucket (which would need bucket-level
+        permissions the run does not): a one-byte GET of a key under `prefix` that is not
+        expected to exist. An object, NoSuchKey, and AccessDenied (no s3:GetObject, or no
+        s3:ListBucket to tell a missing key) all prove that the bucket answers to these
+        credentials; NoSuchBucket proves it missing (BucketMissing); a refusal of the
+        credentials themselves (InvalidAccessKeyId, SignatureDoesNotMatch, ExpiredToken,
+        ...) or no answer is StorageUnavailable. Returns whether the GET was allowed (None:
+        S3 denied it, which may or may not mean s3:GetObject is not granted)."""
+        key = f"{prefix}/{ACCESS_PROBE_NAME}"
         async with self._quick() as client:
-            await self._head_bucket(client, missing_ok=False)
+            try:
+                response = await client.get_object(Bucket=self.bucket, Key=key, Range="bytes=0-0")
+                await response["Body"].read()
+                response["Body"].close()
+            except ClientError as exc:
+                code, status = _code(exc), _status(exc)
+                if code == "NoSuchBucket":
+                    raise BucketMissing(
+                        f"bucket {self.bucket!r} does not exist (create it with: archiver "
+                        "setup-bucket)"
+                    ) from exc
+                if code in ("NoSuchKey", "InvalidRange") or status in (404, 416):
+                    return True
+                if code in _CREDENTIAL_CODES:
+                    raise StorageUnavailable(
+                        f"S3 refused these credentials ({code}) at bucket {self.bucket!r}: check "
+                        "AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+                    ) from exc
+                if _denied(exc):
+                    return None
+                message = str(exc.response.get("Error", {}).get("Message") or "").strip()
+                raise StorageUnavailable(
+                    f"bucket {self.bucket!r} is not usable: {code or status} {message}".rstrip()
+                ) from exc
+            except BotoCoreError as exc:
+                raise unreachable(exc, self.bucket) from exc
+        return True
 
     async def _head_bucket(self, client: Any, *, missing_ok: bool) -> bool:
         """Whether the bucket exists (False only with `missing_ok`); StorageUnavailable or
@@ -542,9 +599,7 @@ class Storage:
                     f"bucket {self.bucket!r} does not exist (create it with: archiver setup-bucket)"
                 ) from exc
             if _status(exc) == 403 or _code(exc) in ("403", *_FATAL_CODES):
-                raise StorageUnavailable(
-                    f"access to bucket {self.bucket!r} denied (check AWS_PROFILE and credentials)"
-                ) from exc
+                raise bucket_denied(self.bucket, "head_bucket") from exc
             raise StorageUnavailable(f"bucket {self.bucket!r} is not usable: {exc}") from exc
         except BotoCoreError as exc:
             raise unreachable(exc, self.bucket) from exc
@@ -604,7 +659,7 @@ class Storage:
                 raise ConditionalWritesUnsupported(key) from exc
             self._refused_storage_class(exc)
             if _denied(exc):
-                raise denied(self.bucket, "s3:PutObject", key) from exc
+                raise denied(self.bucket, "put_object", key) from exc
             raise translate(exc, self.bucket, f"PUT {key}") from exc
         except BotoCoreError as exc:
             raise translate(exc, self.bucket, f"PUT {key}") from exc
@@ -632,10 +687,7 @@ class Storage:
             if _status(exc) == 404 or _code(exc) in ("404", "NoSuchKey", "NotFound"):
                 return None
             if _denied(exc):
-                raise AccessDenied(
-                    f"S3 denied HEAD of s3://{self.bucket}/{key}: it needs s3:GetObject on the "
-                    "key prefix (and s3:ListBucket to tell a missing object from a forbidden one)"
-                ) from exc
+                raise denied(self.bucket, "head_object", key) from exc
             raise translate(exc, self.bucket, f"HEAD {key}") from exc
         except BotoCoreError as exc:
             raise translate(exc, self.bucket, f"HEAD {key}") from exc
@@ -662,7 +714,8 @@ class Storage:
             )
         except ClientError as exc:
             self._refused_storage_class(exc)
-            raise translate(exc, self.bucket, f"starting multipart upload of {key}") from exc
+            doing = f"starting multipart upload of {key}"
+            raise self._refusal(exc, "create_multipart_upload", key, doing) from exc
         except BotoCoreError as exc:
             raise translate(exc, self.bucket, f"starting multipart upload of {key}") from exc
         return str(response["UploadId"])
@@ -729,7 +782,7 @@ class Storage:
         except ClientError as exc:
             if if_absent and (_status(exc) == 412 or _code(exc) == "PreconditionFailed"):
                 return None
-            raise translate(exc, self.bucket, f"completing {key}") from exc
+            raise self._refusal(exc, "complete_multipart_upload", key, f"completing {key}") from exc
         except BotoCoreError as exc:
             raise translate(exc, self.bucket, f"completing {key}") from exc
         return Completed(str(response.get("ETag", "")).strip('"'), response.get("ChecksumCRC32"))
@@ -775,10 +828,17 @@ class Storage:
         return False  # took a part whose checksum does not match: it does not check them
 
     async def abort_multipart(self, key: str, upload_id: str) -> None:
-        """Abort a multipart upload so that no parts are left behind (best effort)."""
-        # The bucket's AbortIncompleteMultipartUpload lifecycle rule is the backstop.
-        with contextlib.suppress(ClientError, BotoCoreError):
+        """Abort a multipart upload so that no parts are left behind (best effort). A
+        refusal is remembered in `refused` (once, with a warning): the bucket's
+        AbortIncompleteMultipartUpload lifecycle rule is then what removes the parts."""
+        try:
             await self._s3.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except ClientError as exc:
+            if _denied(exc) and "s3:AbortMultipartUpload" not in self.refused:
+                self.refused.add("s3:AbortMultipartUpload")
+                log.warning("%s", denied(self.bucket, "abort_multipart_upload", key))
+        except BotoCoreError:
+            pass
 
     async def download(
         self,
@@ -805,7 +865,7 @@ class Storage:
             if _code(exc) in ("NoSuchKey", "404") or _status(exc) == 404:
                 raise StorageError(f"no object at {key}") from exc
             if _denied(exc):
-                raise denied(self.bucket, "s3:GetObject", key) from exc
+                raise denied(self.bucket, "get_object", key) from exc
             raise translate(exc, self.bucket, f"GET {key}") from exc
         except (BotoCoreError, OSError, aiohttp.ClientError) as exc:  # cut off mid-body
             raise translate(exc, self.bucket, f"GET {key}") from exc
@@ -862,18 +922,6 @@ class Storage:
         except BotoCoreError as exc:
             raise translate(exc, self.bucket, method) from exc
 
-    async def _object_call(self, method: str, action: str, key: str, **params: Any) -> Any:
-        """One request on an object: AccessDenied naming `action` on a 403, translated
-        errors otherwise."""
-        try:
-            return await getattr(self._s3, method)(Bucket=self.bucket, Key=key, **params)
-        except ClientError as exc:
-            if _denied(exc):
-                raise denied(self.bucket, action, key) from exc
-            raise translate(exc, self.bucket, f"{action} of {key}") from exc
-        except BotoCoreError as exc:
-            raise translate(exc, self.bucket, f"{action} of {key}") from exc
-
     async def credentials(self) -> tuple[str, str] | None:
         """(the access key id, where botocore found it: `env`, `shared-credentials-file`,
         `assume-role`, ...), or None when there are none. The secret is never read out."""
@@ -910,8 +958,8 @@ class Storage:
         HEAD it, delete it (its version too, on a versioned bucket). AccessDenied names the
         action refused; StorageError for anything else."""
         md5_hex = hashlib.md5(body).hexdigest()
-        response = await self._object_call(
-            "put_object", "s3:PutObject", key, Body=body, ContentMD5=content_md5(md5_hex)
+        response = await self._call(
+            f"PUT {key}", "put_object", Key=key, Body=body, ContentMD5=content_md5(md5_hex)
         )
         version = response.get("VersionId")
         try:
@@ -920,7 +968,50 @@ class Storage:
                 raise StorageError(f"the probe object {key} did not read back as it was sent")
         finally:
             extra = {"VersionId": version} if version and version != "null" else {}
-            await self._object_call("delete_object", "s3:DeleteObject", key, **extra)
+            await self._call(f"DELETE {key}", "delete_object", Key=key, **extra)
+
+    async def probe_permissions(self, prefix: str, known_key: str | None) -> dict[str, bool | None]:
+        """Which of the actions archiver's commands use these credentials have on the
+        bucket and `prefix`, by requests that change nothing: True granted, False denied,
+        None when S3's answer cannot tell. A multipart upload is started and aborted at once
+        (s3:PutObject, s3:AbortMultipartUpload; no object is made); a listing of one key
+        (s3:ListBucket); a HEAD of `known_key` (an object a row says is archived) and a GET
+        of a key that does not exist (s3:GetObject: a 403 for a key that may not exist
+        proves nothing without s3:ListBucket)."""
+        found: dict[str, bool | None] = {}
+
+        async def allowed(method: str, **params: Any) -> Any:
+            try:
+                return await getattr(self._s3, method)(Bucket=self.bucket, **params)
+            except ClientError as exc:
+                if _denied(exc) and _code(exc) not in _CREDENTIAL_CODES:
+                    return False
+                if _code(exc) in ("NoSuchKey", "404", "NotFound", "InvalidRange"):
+                    return None
+                raise self._refusal(exc, method, params.get("Key"), _operation(method)) from exc
+            except BotoCoreError as exc:
+                raise translate(exc, self.bucket, _operation(method)) from exc
+
+        listed = await allowed("list_objects_v2", Prefix=f"{prefix}/", MaxKeys=1)
+        found["s3:ListBucket"] = listed is not False
+        probe = f"{prefix}/.archiver-check-{uuid.uuid4().hex[:12]}"
+        started = await allowed("create_multipart_upload", Key=probe)
+        found["s3:PutObject"] = started is not False
+        found["s3:AbortMultipartUpload"] = None
+        if started:
+            aborted = await allowed(
+                "abort_multipart_upload", Key=probe, UploadId=started["UploadId"]
+            )
+            found["s3:AbortMultipartUpload"] = aborted is not False
+        read: bool | None = None
+        for key in filter(None, (known_key, f"{prefix}/{ACCESS_PROBE_NAME}")):
+            got = await allowed("head_object", Key=key)
+            if got is not False:  # an object, or "no such object": reading is allowed
+                read = True
+                break
+            read = False if found["s3:ListBucket"] else None
+        found["s3:GetObject"] = read
+        return found
 
     async def presigned_get(self, key: str, expires_s: int) -> str:
         """A URL that GETs `key` without credentials for `expires_s` seconds (signed here,

@@ -14,6 +14,7 @@ of exactly those parts; an existing object is accepted when the integrity rule
 from __future__ import annotations
 
 import asyncio
+import enum
 import hashlib
 import logging
 import time
@@ -67,6 +68,7 @@ class ObjectStore(Protocol):
     """The part of `storage.Storage` the uploader uses."""
 
     versioned: bool  # If-None-Match is not to be trusted on this bucket
+    refused: set[str]  # IAM actions S3 refused where the run goes on without them
 
     async def put_object(
         self,
@@ -118,6 +120,15 @@ class Prepared:
     file_state: tuple[int, float]  # (size, mtime) when it was found, before any read
     body: bytes | None = None  # read with the lookup when small
     body_md5: str | None = None
+
+
+class Denied(enum.Enum):
+    """S3 refused to say whether an object exists (a 403 on HEAD)."""
+
+    DENIED = "denied"
+
+
+DENIED = Denied.DENIED
 
 
 def _state(found: Resolution) -> tuple[int, float] | None:
@@ -221,6 +232,7 @@ class Uploader:
         self.inline_max = min(INLINE_READ_MAX_BYTES, options.byte_budget // options.concurrency)
         self._inflight: dict[str, asyncio.Future[RowResult]] = {}
         self._done: OrderedDict[str, None] = OrderedDict()
+        self.heads_denied = 0  # HEADs S3 refused (403)
 
     # -- the lookup, in a worker thread ------------------------------------------------
 
@@ -384,16 +396,55 @@ class Uploader:
             reason = f"cannot read {prep.path}: {why(exc)}"
             return self._result(prep, Outcome.FAILED, reason=reason, sent=sent)
 
+    async def _head(self, key: str) -> ObjectInfo | Denied | None:
+        """The object at `key` (None: no object), or DENIED when S3 refused the HEAD: a
+        missing key without s3:ListBucket, or any key without s3:GetObject. Not sent once
+        S3 was seen refusing to read an object that exists."""
+        assert self.store is not None
+        if not self.existence.readable:
+            return DENIED
+        try:
+            return await self.store.head_object(key)
+        except AccessDenied:
+            self.heads_denied += 1
+            return DENIED
+
     async def _existing_intact(self, prep: Prepared) -> bool | None:
         """HEAD the key: True when the object is there and intact, False when something
-        else is there, None when nothing is."""
-        assert self.store is not None
-        existing = await self.store.head_object(prep.key)
-        if existing is None:
+        else is there, None when nothing is, or S3 would not say (the PUT decides)."""
+        existing = await self._head(prep.key)
+        if existing is None or existing is DENIED:
             self.existence.absent()
             return None
         self.existence.present()
         return object_intact(existing, prep.md5, prep.size)
+
+    def access_notes(self) -> list[str]:
+        """What the run did differently because the credentials did not allow something."""
+        notes: list[str] = []
+        if self.store is None:
+            return notes
+        if not self.existence.readable:
+            notes.append(
+                "S3 refused to read back objects that exist (HeadObject needs s3:GetObject): "
+                "an object already stored was sent again, without If-None-Match, and its row "
+                "recorded only on the ETag S3 returned for the bytes sent"
+            )
+        elif self.heads_denied and self.store.versioned:
+            notes.append(
+                f"the bucket keeps versions, where a server may ignore If-None-Match (Ceph "
+                f"RGW does), so each key is HEADed before its PUT; S3 refused "
+                f"{self.heads_denied:,} of those HEADs (they need s3:GetObject on the prefix, "
+                "and s3:ListBucket to tell a missing key): those files were sent without "
+                "knowing whether they were stored (a new version where one was)"
+            )
+        if "s3:AbortMultipartUpload" in self.store.refused:
+            notes.append(
+                "S3 refused AbortMultipartUpload (s3:AbortMultipartUpload): the parts of an "
+                "unfinished multipart upload are left to the bucket's lifecycle rule "
+                "(setup-bucket's AbortIncompleteMultipartUpload) to remove"
+            )
+        return notes
 
     async def _put(
         self, prep: Prepared, body: bytes | memoryview, sent: Sent, *, if_absent: bool
@@ -429,20 +480,26 @@ class Uploader:
         except ConditionalWritesUnsupported:
             self.existence.no_conditional_writes()
             etag = await self._put(prep, body, sent, if_absent=False)
-        if etag is None:  # 412: stored meanwhile, by another row or process
+        resent = False
+        if etag is None:  # 412: the key exists (stored meanwhile, or a HEAD could not tell)
             self.existence.present()
-            existing = await self.store.head_object(prep.key)
-            if object_intact(existing, prep.md5, prep.size):
+            existing = await self._head(prep.key)
+            if existing is DENIED:
+                # It cannot be read back (no s3:GetObject): sent again, unconditionally,
+                # and only the ETag S3 answers for those bytes can prove it.
+                self.existence.unreadable()
+                resent = True
+            elif object_intact(existing, prep.md5, prep.size):
                 return self._result(prep, Outcome.SKIPPED_EXISTING)
             etag = ""  # a different object under an MD5-named key is damaged: replace it
         for _ in range(INTEGRITY_ATTEMPTS):
             if etag == body_md5:
-                return self._result(prep, Outcome.UPLOADED, sent=sent)
+                return self._result(prep, Outcome.UPLOADED, sent=sent, resent=resent)
             if etag:  # stored, but not what was sent (damaged in transit): send it again
                 log.warning("%s: S3 returned ETag %s, expected %s", prep.key, etag, body_md5)
             etag = await self._put(prep, body, sent, if_absent=False)
         if etag == body_md5:
-            return self._result(prep, Outcome.UPLOADED, sent=sent)
+            return self._result(prep, Outcome.UPLOADED, sent=sent, resent=resent)
         reason = f"S3 returned ETag {etag!r}, expected {body_md5}"
         return self._result(prep, Outcome.FAILED, reason=reason, sent=sent)
 
@@ -609,18 +666,28 @@ class Uploader:
         upload_id = await self.store.create_multipart(
             prep.key, prep.content_type, {METADATA_MD5: prep.md5}, crc32=crc32
         )
+        resent = False
         try:
             parts = await send(upload_id)
             completed = await self.store.complete_multipart(
                 prep.key, upload_id, parts, if_absent=not force
             )
+            if completed is None:  # the key exists: completed meanwhile, or not readable
+                existing = await self._head(prep.key)
+                if existing is DENIED:
+                    # It cannot be read back (no s3:GetObject): the same parts, completed
+                    # unconditionally, and proved by what S3 answers.
+                    self.existence.unreadable()
+                    resent = True
+                    completed = await self.store.complete_multipart(
+                        prep.key, upload_id, parts, if_absent=False
+                    )
         except BaseException:
             await asyncio.shield(self.store.abort_multipart(prep.key, upload_id))
             raise
         if completed is None:  # another process completed the same key meanwhile
             await self.store.abort_multipart(prep.key, upload_id)
-            existing = await self.store.head_object(prep.key)
-            if object_intact(existing, prep.md5, size):
+            if isinstance(existing, ObjectInfo) and object_intact(existing, prep.md5, size):
                 return self._result(prep, Outcome.SKIPPED_EXISTING, sent=sent)
             return self._result(
                 prep, Outcome.FAILED, reason="a different object appeared", sent=sent
@@ -628,7 +695,7 @@ class Uploader:
         problem = await self._completed_problem(prep, size, parts, completed)
         if problem is not None:
             return self._result(prep, Outcome.FAILED, reason=problem, sent=sent)
-        return self._result(prep, Outcome.UPLOADED, sent=sent)
+        return self._result(prep, Outcome.UPLOADED, sent=sent, resent=resent)
 
     async def _completed_problem(
         self, prep: Prepared, size: int, parts: Sequence[StoredPart], completed: Completed
@@ -651,7 +718,12 @@ class Uploader:
                 return f"S3 returned ETag {completed.etag!r}, expected {expected_etag}"
         # Some servers (Ceph RGW 16) complete the upload but return no ETag (or checksum):
         # the stored object decides, by the integrity rule (and its ETag, when known).
-        existing = await self.store.head_object(prep.key)
+        existing = await self._head(prep.key)
+        if existing is DENIED:
+            return (
+                "S3 completed the upload without an ETag, and the object cannot be read back "
+                "to prove it: HeadObject needs s3:GetObject"
+            )
         problem = mismatch(existing, prep.md5, size)
         if existing is not None and expected_etag and existing.etag != expected_etag:
             problem = f"ETag {existing.etag} differs from {expected_etag}"
@@ -662,7 +734,13 @@ class Uploader:
     # -- results ------------------------------------------------------------------------
 
     def _result(
-        self, prep: Prepared, outcome: Outcome, *, reason: str = "", sent: Sent | None = None
+        self,
+        prep: Prepared,
+        outcome: Outcome,
+        *,
+        reason: str = "",
+        sent: Sent | None = None,
+        resent: bool = False,
     ) -> RowResult:
         return RowResult(
             prep.row.media_id,
@@ -674,6 +752,7 @@ class Uploader:
             size=prep.size,
             path=str(prep.path),
             file_state=prep.file_state,
+            resent=resent,
         )
 
     def _corrupt(self, prep: Prepared, actual: str) -> RowResult:
@@ -789,6 +868,7 @@ async def run_upload(
             summary.unrecorded = pipeline.stats.unrecorded
             summary.interrupted = interrupt.triggered
             summary.elapsed_s = time.monotonic() - started
+            summary.notes = uploader.access_notes()
         if claims is not None and not summary.error:
             summary.holders = await claims.elsewhere()
         unhandled = sorted(set(options.media_ids) - handled)

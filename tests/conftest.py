@@ -17,6 +17,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -128,6 +129,7 @@ class S3Server:
     url: str
     tls_url: str | None = None
     ca_file: str | None = None
+    rgw: Any = None  # tests.rgw.LocalRGW: its users and their keys (radosgw-admin)
 
 
 @pytest.fixture(scope="session")
@@ -158,7 +160,7 @@ def rgw_server() -> Iterator[S3Server]:
     except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
         pytest.fail(f"Ceph RGW did not start: {exc}")
     try:
-        yield S3Server("rgw", rgw.http_url, rgw.https_url, str(rgw.ca_file))
+        yield S3Server("rgw", rgw.http_url, rgw.https_url, str(rgw.ca_file), rgw)
     finally:
         rgw.stop()
 

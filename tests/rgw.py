@@ -174,6 +174,17 @@ rgw dns name = localhost
                    "--display-name", "archiver tests", "--access-key", access_key,
                    "--secret", secret_key])  # fmt: skip
 
+    def admin(self, *args: str) -> str:
+        """Run `radosgw-admin` on this cluster; its output."""
+        return self._run(["radosgw-admin", "-c", str(self.conf), *args])
+
+    def add_user(self, uid: str) -> tuple[str, str]:
+        """A new user of the gateway, owning nothing and granted nothing: (key id, secret)."""
+        access, secret = f"{uid}-key", f"{uid}-secret"
+        self.admin("user", "create", "--uid", uid, "--display-name", uid,
+                   "--access-key", access, "--secret", secret)  # fmt: skip
+        return access, secret
+
     def _run(self, argv: list[str]) -> str:
         out = subprocess.run(argv, capture_output=True, text=True, timeout=START_TIMEOUT_S)
         if out.returncode != 0:

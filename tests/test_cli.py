@@ -214,7 +214,7 @@ def test_every_variable_a_flag_reads_is_known_to_the_env_file_check() -> None:
     import click
 
     from archiver.cli import cli
-    from archiver.envfile import ARCHIVER_KEYS, AWS_KEYS
+    from archiver.envfile import KNOWN_KEYS
 
     names: set[str] = set()
 
@@ -229,4 +229,4 @@ def test_every_variable_a_flag_reads_is_known_to_the_env_file_check() -> None:
 
     walk(cli)
     assert "ARCHIVER_CDN_DOMAIN" in names and "ARCHIVER_WATCH_INTERVAL" in names
-    assert names - ARCHIVER_KEYS - AWS_KEYS == set()
+    assert names - KNOWN_KEYS == set()

@@ -29,6 +29,7 @@ from tests.helpers import REPO, both_servers, md5, media_file, run_cli
 STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
 APP_VARS = (
     "DATABASE_URL",
+    "SUPABASE_DB_URL",
     "ARCHIVER_BUCKET",
     "ARCHIVER_CACHE_ROOT",
     "ARCHIVER_KEY_PREFIX",
@@ -97,6 +98,33 @@ async def check_and_upload_from_the_app_dir(env: Any, db: Any, archiver: list[st
     assert await db.fetchval("SELECT count(archive_url) FROM post_media") == len(rows)
 
 
+async def test_the_apps_own_env_with_only_supabase_db_url_is_enough_for_verify(env, db) -> None:
+    """The app's `.env` names its database SUPABASE_DB_URL (beside SUPABASE_URL and
+    SUPABASE_API_KEY) and nothing of archiver's: verify reads it, and -v and check say
+    which variable was used, without its password."""
+    await jpeg_rows(env, db, 2)
+    environ, _ = app_environ(env)
+    environ.update(ARCHIVER_BUCKET=env.bucket, AWS_ENDPOINT_URL_S3=env.endpoint)
+    environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
+    dsn = env.database_url.replace("postgres@", "postgres:s3cret-pw@", 1)  # trust auth
+    dotenv = env.workdir / ".env"
+    dotenv.write_text(
+        f"SUPABASE_URL=https://example.invalid\nSUPABASE_API_KEY=anon\nSUPABASE_DB_URL={dsn}\n"
+    )
+    cmd = [sys.executable, "-m", "archiver"]
+    out = run([*cmd, "verify", "--json", "-v", "--no-progress"], env.workdir, environ)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["total"] == 2, out.stdout
+    assert f"(from SUPABASE_DB_URL in {dotenv.resolve()})" in out.stderr
+    assert "s3cret-pw" not in out.stdout + out.stderr and "warning" not in out.stderr
+    out = run([*cmd, "check", "--json"], env.workdir, environ)
+    configuration = json.loads(out.stdout)["checks"]["configuration"]
+    assert configuration["database_from"] == f"SUPABASE_DB_URL in {dotenv.resolve()}"
+    # DATABASE_URL, where both are set, wins; from the environment it is named as such.
+    out = run([*cmd, "verify", "-v", "--no-progress"], env.workdir, dict(environ, DATABASE_URL=dsn))
+    assert out.returncode == 0 and "(from DATABASE_URL)" in out.stderr, out.stderr
+
+
 async def test_the_console_script_runs_from_the_apps_directory_with_its_env(env, db) -> None:
     script = Path(sys.executable).parent / "archiver"
     assert script.is_file(), "the project's console script"
@@ -130,16 +158,23 @@ async def test_uv_tool_install_puts_archiver_on_path_and_it_works_from_the_app_d
 
 
 @both_servers
-async def test_check_passes_on_a_ready_set_up(env, db) -> None:
+async def test_check_passes_on_a_ready_set_up(env, db, s3) -> None:
     await jpeg_rows(env, db, 3)
     out = run_cli(env, "check", "--json")
     assert out.returncode == 0, out.stdout + out.stderr
     report = json.loads(out.stdout)
     assert report["ok"] is True
     checks = report["checks"]
-    assert [checks[n]["state"] for n in ("database", "credentials", "bucket", "cache")] == [
-        "ok"
-    ] * 4
+    names = ("database", "credentials", "bucket", "permissions", "cache")
+    assert [checks[n]["state"] for n in names] == ["ok"] * 5
+    # The owner's credentials may do everything; the probe left nothing behind.
+    assert checks["permissions"]["actions"] == {
+        "s3:ListBucket": True,
+        "s3:PutObject": True,
+        "s3:AbortMultipartUpload": True,
+        "s3:GetObject": True,
+    }
+    assert all(checks["permissions"]["commands"].values())
     assert checks["database"]["rows"] == 3 and checks["database"]["not_archived"] == 3
     assert checks["cache"]["found"] == 3 and checks["cache"]["sampled"] == 3
     assert checks["credentials"]["access_key"].endswith("ting")  # the key id, masked
@@ -147,9 +182,15 @@ async def test_check_passes_on_a_ready_set_up(env, db) -> None:
     assert checks["bucket"]["region"]
     text = run_cli(env, "check")
     assert text.returncode == 0
+    assert re.search(r"^ok +bucket +s3://\S+ exists \(region [^)]+\)$", text.stdout, re.M)
     assert re.search(
-        r"^ok +bucket +s3://\S+ \(region [^)]+\) exists; a probe object", text.stdout, re.M
+        r"^ok +permissions +s3:PutObject granted; .*can run: upload, verify, prune-local, "
+        "restore, url",
+        text.stdout,
+        re.M,
     )
+    assert s3.list_objects_v2(Bucket=env.bucket).get("KeyCount", 0) == 0
+    assert s3.list_multipart_uploads(Bucket=env.bucket).get("Uploads", []) == []
 
 
 async def test_check_names_each_thing_that_is_not_ready(env, db, s3) -> None:

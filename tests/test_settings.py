@@ -120,8 +120,17 @@ def test_bad_upload_options(kwargs: dict[str, object]) -> None:
 
 
 def test_require_database() -> None:
-    with pytest.raises(ConfigError, match="DATABASE_URL"):
+    with pytest.raises(ConfigError, match=r"DATABASE_URL.*SUPABASE_DB_URL"):
         Settings().require_database()
+
+
+def test_the_database_url_is_database_url_else_the_apps_supabase_db_url() -> None:
+    app = "postgresql://u@pooler.example:6543/postgres"
+    settings = Settings.from_env({"SUPABASE_DB_URL": app})
+    assert (settings.database_url, settings.database_from) == (app, "SUPABASE_DB_URL")
+    both = Settings.from_env({"SUPABASE_DB_URL": app, "DATABASE_URL": "postgresql://x/y"})
+    assert (both.database_url, both.database_from) == ("postgresql://x/y", "DATABASE_URL")
+    assert Settings.from_env({"DATABASE_URL": ""}).database_url is None
 
 
 @pytest.mark.parametrize(

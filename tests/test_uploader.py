@@ -59,6 +59,12 @@ class FakeStore:
     checks_crc32: bool = False  # refuses a part whose CRC32 does not match (as AWS S3 does)
     crc_mismatch_part: int | None = None  # answers this part with another CRC32
     deny_puts: bool = False
+    # Least privilege: without s3:GetObject a HEAD of any key is refused (403); without
+    # s3:ListBucket a HEAD of a missing key is (S3 will not say it is missing).
+    readable: bool = True
+    listable: bool = True
+    deny_aborts: bool = False
+    refused: set[str] = field(default_factory=set)
     objects: dict[str, Stored] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)  # "HEAD", "PUT", "PUT-if-absent", ...
     uploads: dict[str, dict[int, bytes]] = field(default_factory=dict)
@@ -94,6 +100,8 @@ class FakeStore:
     async def head_object(self, key: str) -> ObjectInfo | None:
         self.calls.append("HEAD")
         stored = self.objects.get(key)
+        if not self.readable or (stored is None and not self.listable):
+            raise AccessDenied(f"S3 denied HeadObject of {key}")
         if stored is None:
             return None
         return ObjectInfo(len(stored.body), stored.etag, dict(stored.metadata))
@@ -157,6 +165,9 @@ class FakeStore:
 
     async def abort_multipart(self, key: str, upload_id: str) -> None:
         self.calls.append("ABORT")
+        if self.deny_aborts:
+            self.refused.add("s3:AbortMultipartUpload")
+            return
         self.aborted.append(upload_id)
         self.uploads.pop(upload_id, None)
 
@@ -476,3 +487,109 @@ async def test_a_multipart_upload_completed_without_an_etag_is_judged_by_a_head(
     bad = await rig.uploader(**MULTIPART).handle(rig.row(big(7)))
     assert bad.outcome is Outcome.FAILED and "without an ETag" in bad.reason
     assert "differs" in bad.reason
+
+
+# -- least privilege: what the uploader does when S3 will not say -------------------------
+
+
+async def test_without_list_bucket_a_refused_head_lets_the_conditional_put_decide(
+    rig: Rig,
+) -> None:
+    """s3:PutObject + s3:GetObject: a missing key's HEAD is refused, a stored one's is not."""
+    rig.store.listable = False
+    stored = rig.row(body(1))
+    await rig.uploader().handle(stored)
+    rig.store.calls.clear()
+    up = rig.uploader(concurrency=1)
+    new = await up.handle(rig.row(body(2)))
+    assert new.outcome is Outcome.UPLOADED and not new.resent
+    again = await up.handle(stored)
+    assert again.outcome is Outcome.SKIPPED_EXISTING and again.bytes_sent == 0
+    assert rig.store.calls == ["HEAD", "PUT-if-absent", "HEAD"]
+    assert up.access_notes() == []
+
+
+async def test_write_only_credentials_send_a_stored_object_again_and_trust_its_etag(
+    rig: Rig,
+) -> None:
+    """s3:PutObject alone: no HEAD can tell, so the conditional PUT decides; a key that
+    exists (412) cannot be read back, so the file is sent again, unconditionally, and
+    recorded on the ETag S3 answers. Once that is seen, no HEAD is sent again."""
+    rows = [rig.row(body(i)) for i in range(3)]
+    for row in rows[:2]:
+        await rig.uploader().handle(row)
+    key = (await rig.uploader(dry_run=True).handle(rows[1])).key
+    assert key is not None
+    rig.store.objects[key] = Stored(b"z" * 1000, md5(b"z" * 1000))  # damaged meanwhile
+    rig.store.readable = rig.store.listable = False
+    rig.store.calls.clear()
+
+    up = rig.uploader(concurrency=4)
+    results = [await up.handle(row) for row in rows]
+    assert [r.outcome for r in results] == [Outcome.UPLOADED] * 3
+    assert [r.resent for r in results] == [True, True, False]
+    assert rig.store.calls == [
+        *["HEAD", "PUT-if-absent", "HEAD", "PUT"],  # refused HEADs, 412, sent again
+        *["PUT-if-absent", "PUT"],  # no HEAD any more
+        "PUT-if-absent",  # a new object: one request
+    ]
+    assert rig.store.objects[key].body == body(1)  # the damaged object was replaced
+    assert all(rig.store.objects[r.key or ""].body == body(i) for i, r in enumerate(results))
+    notes = up.access_notes()
+    assert len(notes) == 1 and "s3:GetObject" in notes[0] and "ETag" in notes[0]
+
+
+async def test_write_only_a_resent_object_whose_etag_is_wrong_is_not_recorded(rig: Rig) -> None:
+    row = rig.row(body(4))
+    await rig.uploader().handle(row)
+    rig.store.readable = False
+    rig.store.damage_next_puts = 100
+    result = await rig.uploader().handle(row)
+    assert result.outcome is Outcome.FAILED and result.url is None
+    assert "S3 returned ETag" in result.reason
+
+
+async def test_a_versioned_bucket_without_reads_sends_every_file_and_says_why(
+    rig: Rig,
+) -> None:
+    rig.store.versioned = rig.store.ignores_conditions = True
+    rig.store.listable = False  # s3:GetObject, no s3:ListBucket: missing keys are 403
+    up = rig.uploader(concurrency=1)
+    for i in range(3):
+        assert (await up.handle(rig.row(body(i)))).outcome is Outcome.UPLOADED
+    assert rig.store.calls == ["HEAD", "PUT"] * 3
+    (note,) = up.access_notes()
+    assert "keeps versions" in note and "s3:GetObject" in note and "3 of those HEADs" in note
+
+
+async def test_write_only_a_stored_multipart_object_is_completed_again(rig: Rig) -> None:
+    data = big(8)
+    row = rig.row(data)
+    await rig.uploader(**MULTIPART).handle(row)
+    rig.store.readable = False
+    rig.store.calls.clear()
+    result = await rig.uploader(**MULTIPART).handle(row)
+    assert result.outcome is Outcome.UPLOADED and result.resent
+    assert rig.store.calls[0] == "HEAD" and "ABORT" not in rig.store.calls
+    assert rig.store.calls[-3:] == ["COMPLETE-if-absent", "HEAD", "COMPLETE"]
+    assert result.key and rig.store.objects[result.key].body == data
+
+
+async def test_write_only_a_multipart_object_completed_without_an_etag_is_not_recorded(
+    rig: Rig,
+) -> None:
+    rig.store.complete_without_etag = True  # Ceph RGW 16
+    rig.store.readable = False
+    result = await rig.uploader(**MULTIPART).handle(rig.row(big(9)))
+    assert result.outcome is Outcome.FAILED and result.url is None
+    assert "s3:GetObject" in result.reason
+
+
+async def test_a_refused_abort_is_reported_once_in_the_notes(rig: Rig) -> None:
+    rig.store.deny_aborts = True
+    rig.store.fail_part = 2
+    up = rig.uploader(**MULTIPART)
+    result = await up.handle(rig.row(big(10)))
+    assert result.outcome is Outcome.FAILED
+    (note,) = up.access_notes()
+    assert "s3:AbortMultipartUpload" in note
