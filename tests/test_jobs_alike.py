@@ -19,6 +19,7 @@ import pytest
 
 from archiver.sample import SampleRow, file_bytes, insert_rows
 from archiver.settings import DEFAULT_MAX_ATTEMPTS, MIB
+from archiver.storage import ACCESS_PROBE_NAME
 from tests.helpers import both_servers, md5, media_file, run_cli, start_cli
 from tests.proxy import Request, Respond
 
@@ -50,8 +51,13 @@ README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
 
 def is_object_request(r: Request) -> bool:
-    """A request on an object (`/bucket/key`), not on the bucket."""
-    return r.path.count("/") >= 2 and not r.path.endswith("/")
+    """A request on an object (`/bucket/key`), not on the bucket, nor the start-up check
+    every command makes under the prefix (`storage.ACCESS_PROBE_NAME`)."""
+    return (
+        r.path.count("/") >= 2
+        and not r.path.endswith("/")
+        and not r.path.endswith("/" + ACCESS_PROBE_NAME)
+    )
 
 
 def key_of(r: Request) -> str:
