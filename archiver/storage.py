@@ -289,6 +289,11 @@ def _denied(exc: ClientError) -> bool:
     return _status(exc) == 403 or _code(exc) in ("AccessDenied", "403", "Forbidden")
 
 
+def _action_refused(exc: ClientError) -> bool:
+    """A 403 for want of a permission, not for the credentials themselves."""
+    return _denied(exc) and _code(exc) not in _CREDENTIAL_CODES
+
+
 def _operation(method: str) -> str:
     """botocore's method name as the S3 operation: `head_object` -> `HeadObject`."""
     return "".join(part.capitalize() for part in method.split("_"))
@@ -517,7 +522,7 @@ class Storage:
 
     def _refusal(self, exc: ClientError, method: str, key: str | None, doing: str) -> Exception:
         """`exc` as archiver's error; a 403 names the operation and the action it needs."""
-        if _denied(exc) and _code(exc) not in _CREDENTIAL_CODES:
+        if _action_refused(exc):
             if key is not None:
                 return denied(self.bucket, method, key)
             return bucket_denied(self.bucket, method)
@@ -546,7 +551,7 @@ class Storage:
                 "(check AWS_ENDPOINT_URL_S3 / --endpoint-url and the network)"
             ) from exc
 
-    async def check_access(self, prefix: str) -> bool | None:
+    async def check_access(self, prefix: str) -> None:
         """Prove endpoint, credentials and bucket before a run, quickly, with a request on
         the objects the run works on, not on the bucket (which would need bucket-level
         permissions the run does not): a one-byte GET of a key under `prefix` that is not
@@ -554,8 +559,7 @@ class Storage:
         s3:ListBucket to tell a missing key) all prove that the bucket answers to these
         credentials; NoSuchBucket proves it missing (BucketMissing); a refusal of the
         credentials themselves (InvalidAccessKeyId, SignatureDoesNotMatch, ExpiredToken,
-        ...) or no answer is StorageUnavailable. Returns whether the GET was allowed (None:
-        S3 denied it, which may or may not mean s3:GetObject is not granted)."""
+        ...) or no answer is StorageUnavailable."""
         key = f"{prefix}/{ACCESS_PROBE_NAME}"
         async with self._quick() as client:
             try:
@@ -570,21 +574,20 @@ class Storage:
                         "setup-bucket)"
                     ) from exc
                 if code in ("NoSuchKey", "InvalidRange") or status in (404, 416):
-                    return True
+                    return
                 if code in _CREDENTIAL_CODES:
                     raise StorageUnavailable(
                         f"S3 refused these credentials ({code}) at bucket {self.bucket!r}: check "
                         "AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
                     ) from exc
                 if _denied(exc):
-                    return None
+                    return
                 message = str(exc.response.get("Error", {}).get("Message") or "").strip()
                 raise StorageUnavailable(
                     f"bucket {self.bucket!r} is not usable: {code or status} {message}".rstrip()
                 ) from exc
             except BotoCoreError as exc:
                 raise unreachable(exc, self.bucket) from exc
-        return True
 
     async def _head_bucket(self, client: Any, *, missing_ok: bool) -> bool:
         """Whether the bucket exists (False only with `missing_ok`); StorageUnavailable or
@@ -658,9 +661,7 @@ class Storage:
             if if_absent and (_status(exc) == 501 or _code(exc) == "NotImplemented"):
                 raise ConditionalWritesUnsupported(key) from exc
             self._refused_storage_class(exc)
-            if _denied(exc):
-                raise denied(self.bucket, "put_object", key) from exc
-            raise translate(exc, self.bucket, f"PUT {key}") from exc
+            raise self._refusal(exc, "put_object", key, f"PUT {key}") from exc
         except BotoCoreError as exc:
             raise translate(exc, self.bucket, f"PUT {key}") from exc
         if response.get("VersionId") not in (None, "", "null"):
@@ -686,9 +687,7 @@ class Storage:
         except ClientError as exc:
             if _status(exc) == 404 or _code(exc) in ("404", "NoSuchKey", "NotFound"):
                 return None
-            if _denied(exc):
-                raise denied(self.bucket, "head_object", key) from exc
-            raise translate(exc, self.bucket, f"HEAD {key}") from exc
+            raise self._refusal(exc, "head_object", key, f"HEAD {key}") from exc
         except BotoCoreError as exc:
             raise translate(exc, self.bucket, f"HEAD {key}") from exc
         return ObjectInfo(
@@ -834,7 +833,7 @@ class Storage:
         try:
             await self._s3.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
         except ClientError as exc:
-            if _denied(exc) and "s3:AbortMultipartUpload" not in self.refused:
+            if _action_refused(exc) and "s3:AbortMultipartUpload" not in self.refused:
                 self.refused.add("s3:AbortMultipartUpload")
                 log.warning("%s", denied(self.bucket, "abort_multipart_upload", key))
         except BotoCoreError:
@@ -864,9 +863,7 @@ class Storage:
         except ClientError as exc:
             if _code(exc) in ("NoSuchKey", "404") or _status(exc) == 404:
                 raise StorageError(f"no object at {key}") from exc
-            if _denied(exc):
-                raise denied(self.bucket, "get_object", key) from exc
-            raise translate(exc, self.bucket, f"GET {key}") from exc
+            raise self._refusal(exc, "get_object", key, f"GET {key}") from exc
         except (BotoCoreError, OSError, aiohttp.ClientError) as exc:  # cut off mid-body
             raise translate(exc, self.bucket, f"GET {key}") from exc
 
@@ -984,7 +981,7 @@ class Storage:
             try:
                 return await getattr(self._s3, method)(Bucket=self.bucket, **params)
             except ClientError as exc:
-                if _denied(exc) and _code(exc) not in _CREDENTIAL_CODES:
+                if _action_refused(exc):
                     return False
                 if _code(exc) in ("NoSuchKey", "404", "NotFound", "InvalidRange"):
                     return None
