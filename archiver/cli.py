@@ -51,6 +51,7 @@ from archiver.settings import (
     ClientOptions,
     Settings,
     UploadOptions,
+    database_variable,
     parse_bandwidth,
     parse_duration,
     redact_dsn,
@@ -216,7 +217,7 @@ def _database_from(database_url: str | None) -> str | None:
         return None
     if ctx.get_parameter_source("database_url") is not click.core.ParameterSource.ENVIRONMENT:
         return "--database-url"
-    name = next((n for n in DATABASE_VARIABLES if os.environ.get(n)), DATABASE_VARIABLES[0])
+    name = database_variable(os.environ) or DATABASE_VARIABLES[0]
     meta = ctx.find_root().meta
     if name in meta.get("archiver.env_keys", ()):
         return f"{name} in {meta['archiver.env_loaded']}"
@@ -228,18 +229,7 @@ def build_settings(params: dict[str, Any]) -> Settings:
     options a command does not have. With -v, a line on stderr says which database URL is
     used (password hidden) and where it came from."""
     database_url = params.pop("database_url", None) or None
-    settings = _settings(params, database_url)
-    if params.get("verbose") and settings.database_url:
-        click.echo(
-            f"archiver: database {redact_dsn(settings.database_url)} "
-            f"(from {settings.database_from})",
-            err=True,
-        )
-    return settings
-
-
-def _settings(params: dict[str, Any], database_url: str | None) -> Settings:
-    return Settings(
+    settings = Settings(
         database_url=database_url,
         database_from=_database_from(database_url),
         bucket=params.pop("bucket", DEFAULT_BUCKET),
@@ -252,6 +242,13 @@ def _settings(params: dict[str, Any], database_url: str | None) -> Settings:
         # every command, and passed to botocore explicitly (see `ClientOptions`).
         client=ClientOptions.from_env(os.environ),
     )
+    if params.get("verbose") and settings.database_url:
+        click.echo(
+            f"archiver: database {redact_dsn(settings.database_url)} "
+            f"(from {settings.database_from})",
+            err=True,
+        )
+    return settings
 
 
 def progress_mode(no_progress: bool) -> str:

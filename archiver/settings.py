@@ -221,6 +221,11 @@ class ClientOptions:
 DATABASE_VARIABLES = ("DATABASE_URL", "SUPABASE_DB_URL")
 
 
+def database_variable(environ: Mapping[str, str]) -> str | None:
+    """The first of DATABASE_VARIABLES set (not empty) in `environ`, or None."""
+    return next((name for name in DATABASE_VARIABLES if environ.get(name)), None)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Where things are: database, bucket, keys, local cache, AWS session and client."""
@@ -264,7 +269,7 @@ class Settings:
 
         values: dict[str, object] = {
             "database_url": first(*DATABASE_VARIABLES),
-            "database_from": next((n for n in DATABASE_VARIABLES if environ.get(n)), None),
+            "database_from": database_variable(environ),
             "bucket": first("ARCHIVER_BUCKET") or DEFAULT_BUCKET,
             "key_prefix": first("ARCHIVER_KEY_PREFIX") or DEFAULT_KEY_PREFIX,
             "cache_root": Path(first("ARCHIVER_CACHE_ROOT") or DEFAULT_CACHE_ROOT),

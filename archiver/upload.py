@@ -667,6 +667,7 @@ class Uploader:
             prep.key, prep.content_type, {METADATA_MD5: prep.md5}, crc32=crc32
         )
         resent = False
+        existing: ObjectInfo | Denied | None = None  # what a HEAD found after a 412
         try:
             parts = await send(upload_id)
             completed = await self.store.complete_multipart(
