@@ -55,6 +55,14 @@ _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 _LIBPQ_PASSWORD_RE = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
 _QUERY_PASSWORD_RE = re.compile(r"((?:^|[?&])password=)[^&#]*", re.IGNORECASE)
+# libpq's keyword/value form: `host=h port=5432 user=u password='p w'`, and nothing else.
+_LIBPQ_DSN_RE = re.compile(r"(?:\s*[A-Za-z_]+\s*=\s*(?:'(?:[^'\\]|\\.)*'|[^\s'=]*)\s*)+")
+NOT_A_DSN = "(hidden: neither a postgresql:// URL nor key=value pairs)"
+
+
+def _keyword_dsn(dsn: str) -> bool:
+    """Whether `dsn` is libpq's keyword/value form (no `://`, only key=value pairs)."""
+    return _LIBPQ_DSN_RE.fullmatch(dsn) is not None
 
 
 def _url_parts(dsn: str) -> tuple[str, str | None, str] | None:
@@ -73,7 +81,9 @@ def redact_dsn(dsn: str | None) -> str:
     if not dsn:
         return "(unset)"
     parts = _url_parts(dsn)
-    if parts is None:  # libpq key=value form
+    if parts is None:
+        if not _keyword_dsn(dsn):  # `user:pw@host/db` without its scheme, `postgresql//...`
+            return NOT_A_DSN
         return _LIBPQ_PASSWORD_RE.sub(r"\1***", dsn)
     scheme, userinfo, rest = parts
     rest = _QUERY_PASSWORD_RE.sub(r"\1***", rest)
@@ -92,7 +102,10 @@ def dsn_secrets(dsn: str | None) -> list[str]:
         return []
     found: list[str] = []
     parts = _url_parts(dsn)
-    if parts is None:
+    if parts is None and not _keyword_dsn(dsn):
+        # Any piece of a string of unknown shape may be (part of) its password.
+        found += [dsn, *re.split(r"[\s@/?#:=]", dsn)]
+    elif parts is None:
         found += [m.group(2).strip("'") for m in _LIBPQ_PASSWORD_RE.finditer(dsn)]
     else:
         _scheme, userinfo, rest = parts
@@ -119,16 +132,22 @@ def scrub(text: str, dsn: str | None) -> str:
     return text
 
 
-def check_dsn(dsn: str) -> str:
+def check_dsn(dsn: str, variable: str = "DATABASE_URL") -> str:
     """The DSN when a PostgreSQL driver can read it as meant, else a ConfigError whose
-    message names what is wrong and never holds the password."""
+    message names `variable` and what is wrong, and never holds any of the password."""
     parts = _url_parts(dsn)
     if parts is None:
-        return dsn  # key=value form: libpq's own syntax, passed on as it is
+        if _keyword_dsn(dsn):
+            return dsn  # key=value form: libpq's own syntax, passed on as it is
+        # Nothing of it is echoed: `user:password@host/db` copied without its scheme.
+        raise ConfigError(
+            f"{variable} is not a database URL: it must start with postgresql:// "
+            "(postgresql://user:password@host:port/dbname) or be libpq key=value pairs"
+        )
     scheme = parts[0]
     if scheme.lower() not in ("postgres://", "postgresql://"):
         raise ConfigError(
-            f"DATABASE_URL must start with postgresql:// (got {scheme!r}): {redact_dsn(dsn)}"
+            f"{variable} must start with postgresql:// (got {scheme!r}): {redact_dsn(dsn)}"
         )
     # Read as a URL parser reads it (the authority ends at the first `/`, `?` or `#`): an `@`
     # in the user info, or an `@` after the authority that is not inside a query value,
@@ -138,7 +157,7 @@ def check_dsn(dsn: str) -> str:
     stray_at = "@" in after and ("=" not in after or after.index("@") < after.index("="))
     if "@" in netloc.rpartition("@")[0] or stray_at:
         raise ConfigError(
-            "DATABASE_URL's user name or password holds an unescaped '@', '/', '?' or '#': "
+            f"{variable}'s user name or password holds an unescaped '@', '/', '?' or '#': "
             "percent-encode it (for example '@' as %40, '/' as %2F, '?' as %3F, '#' as %23)"
         )
     hostlist = netloc.rpartition("@")[2]
@@ -148,7 +167,7 @@ def check_dsn(dsn: str) -> str:
             continue
         port = after_ipv6.rpartition(":")[2]
         if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
-            raise ConfigError(f"DATABASE_URL has an invalid port {port!r}: {redact_dsn(dsn)}")
+            raise ConfigError(f"{variable} has an invalid port {port!r}: {redact_dsn(dsn)}")
     return dsn
 
 
@@ -288,7 +307,8 @@ class Settings:
                 "no database configured: set DATABASE_URL (or the app's SUPABASE_DB_URL), in the "
                 "environment or ./.env, or pass --database-url"
             )
-        return check_dsn(self.database_url)
+        variable = (self.database_from or "DATABASE_URL").split()[0]
+        return check_dsn(self.database_url, variable)
 
 
 def parse_bandwidth(text: str) -> int:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import random
 import subprocess
+
+import pytest
 from datetime import datetime
 
 from archiver.sample import SampleRow, file_bytes, insert_rows
@@ -78,6 +80,33 @@ def test_unreachable_database_exits_2_without_the_password(env) -> None:
     line = one_line_error(out.stderr)
     assert "Sup3rS3cret" not in out.stderr + out.stdout
     assert "database" in line
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgres.abcd:S3cretPass@127.0.0.1:6543/postgres",  # Supabase's, without its scheme
+        "postgresql//u:S3cretPass@127.0.0.1/db",
+        "postgresql:/u:S3cretPass@127.0.0.1/db",
+    ],
+)
+def test_a_database_string_of_no_known_shape_prints_no_password(env, dsn: str) -> None:
+    for variable in ("DATABASE_URL", "SUPABASE_DB_URL"):
+        environ = env.environ(**{variable: dsn})
+        if variable != "DATABASE_URL":
+            del environ["DATABASE_URL"]
+        for args in (["upload"], ["verify", "-v"], ["restore", "--all-missing"]):
+            out = run_cli(env, *args, environ=environ)
+            assert out.returncode == 2, (args, out.stderr)
+            line = out.stderr.splitlines()[-1] if "-v" in args else one_line_error(out.stderr)
+            assert line.startswith(f"archiver: error: {variable} is not a database URL"), line
+            assert "S3cret" not in out.stderr + out.stdout
+        out = run_cli(env, "check", "--json", environ=environ)
+        assert out.returncode == 1 and "S3cret" not in out.stderr + out.stdout
+        database = json.loads(out.stdout)["checks"]["database"]
+        assert database["state"] == "fail" and variable in database["detail"]
+    out = run_cli(env, "upload", "--database-url", dsn)
+    assert out.returncode == 2 and "S3cret" not in out.stderr + out.stdout
 
 
 def test_missing_database_url_exits_2(env) -> None:

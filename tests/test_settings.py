@@ -151,6 +151,11 @@ def test_the_database_url_is_database_url_else_the_apps_supabase_db_url() -> Non
         ("postgresql://app:pw@h:0/db", "invalid port '0'"),
         ("postgresql://app:pw@h:5432,h2:x/db", "invalid port 'x'"),
         ("mysql://u:pw@h/db", "must start with postgresql://"),
+        # Copied without (all of) the scheme: not a URL, not key=value pairs (issue 30).
+        ("postgres.abcd:S3cretPass@host:6543/postgres", "is not a database URL"),
+        ("postgresql//u:pw@h/db", "is not a database URL"),
+        ("postgresql:/u:pw@h/db", "is not a database URL"),
+        ("u:pw@h/db?sslmode=require", "is not a database URL"),
     ],
 )
 def test_check_dsn(dsn: str, error: str | None) -> None:
@@ -161,8 +166,27 @@ def test_check_dsn(dsn: str, error: str | None) -> None:
         check_dsn(dsn)
     assert error in str(caught.value)
     assert "pw" not in str(caught.value).replace("password", "")
-    for secret in ("Wr", "ngPass", "ngP", "P@ss"):
+    for secret in ("Wr", "ngPass", "ngP", "P@ss", "S3cret", "Pass"):
         assert secret not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgres.abcd:S3cretPass@host:6543/postgres",
+        "postgresql//u:S3cretPass@h/db",
+        "postgresql:/u:S3cretPass@h/db",
+        "S3cretPass",
+    ],
+)
+def test_strings_of_no_known_shape_are_never_printed(dsn: str) -> None:
+    assert "S3cret" not in redact_dsn(dsn)
+    message = f"could not connect to {dsn}: password S3cretPass rejected"
+    assert "S3cret" not in scrub(message, dsn)
+    settings = Settings(database_url=dsn, database_from="SUPABASE_DB_URL in /app/.env")
+    assert "S3cret" not in repr(settings)
+    with pytest.raises(ConfigError, match=r"^SUPABASE_DB_URL is not a database URL"):
+        settings.require_database()
 
 
 def test_scrub_removes_every_piece_of_a_malformed_password() -> None:
