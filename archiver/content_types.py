@@ -56,7 +56,7 @@ EXT_TO_MIME.update(
     }
 )
 
-_MIME_RE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*$")
+_MIME_RE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*\Z")
 
 # How many leading bytes `sniff_ext` needs.
 SNIFF_BYTES = 64

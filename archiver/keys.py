@@ -14,10 +14,10 @@ from datetime import UTC, datetime
 
 from archiver.models import MediaRow
 
-_MD5_RE = re.compile(r"^[0-9a-f]{32}$")
+_MD5_RE = re.compile(r"^[0-9a-f]{32}\Z")
 # A file suffix archiver puts in a key: a dot and a few ASCII letters or digits.
-_PLAIN_EXT_RE = re.compile(r"^\.[a-z0-9]{1,16}$")
-_DATED_NAME_RE = re.compile(r"^(\d{4})/(\d{2})/([0-9a-f]{32})(\.[a-z0-9]{1,16})$")
+_PLAIN_EXT_RE = re.compile(r"^\.[a-z0-9]{1,16}\Z")
+_DATED_NAME_RE = re.compile(r"^(\d{4})/(\d{2})/([0-9a-f]{32})(\.[a-z0-9]{1,16})\Z")
 
 
 def normalize_md5(md5_sum: str | None) -> str | None:

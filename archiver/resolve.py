@@ -33,7 +33,7 @@ from archiver.localfs import CacheRoot, why
 from archiver.models import MediaRow
 from archiver.settings import Settings
 
-_MEDIA_TYPE_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+_MEDIA_TYPE_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}\Z")
 _MD5_NAME_RE = re.compile(r"[0-9a-f]{32}\.")
 REAL_DIRS_REMEMBERED = 1024  # directories whose real path a Resolver keeps
 INDEX_MAX_AGE_S = 5.0  # a changed directory is listed again at most this often
@@ -92,7 +92,15 @@ def _confine(candidate: Path, root: Path, via: str) -> Found | Refused:
     return _found(candidate, real, st, via)
 
 
+def _control_characters(name: str) -> bool:
+    """Whether a file name holds a control character (C0, DEL, C1): such a name would carry
+    it into an object key and `archive_url` (`{md5}.jpg\\n`)."""
+    return any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in name)
+
+
 def _found(candidate: Path, real: Path, st: os.stat_result | None, via: str) -> Found | Refused:
+    if _control_characters(candidate.name) or _control_characters(real.name):
+        return Refused(f"the file name {str(real.name)!r} holds control characters")
     if st is None or not stat.S_ISREG(st.st_mode):
         return Refused(f"{candidate} is not a regular file")
     linked = Path(os.path.abspath(candidate)) != real

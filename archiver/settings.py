@@ -36,9 +36,9 @@ MEDIA_TYPES = ("image", "video", "document")
 # `upload --storage-class`: the classes an archive that is read back now and then can use
 # (GLACIER and DEEP_ARCHIVE objects cannot be read back without a restore first).
 STORAGE_CLASSES = ("STANDARD", "STANDARD_IA", "INTELLIGENT_TIERING", "GLACIER_IR")
-_DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$", re.IGNORECASE)
+_DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*\Z", re.IGNORECASE)
 _DURATION_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-_BANDWIDTH_RE = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*([kmgt]?)(i?)(b?)(?:/s)?\s*$", re.IGNORECASE)
+_BANDWIDTH_RE = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*([kmgt]?)(i?)(b?)(?:/s)?\s*\Z", re.IGNORECASE)
 
 # The S3 client, the same for every command (`ClientOptions`).
 RETRY_MODES = ("standard", "adaptive", "legacy")  # botocore's retry modes
@@ -50,7 +50,7 @@ CHECKSUM_CALCULATIONS = ("when_required", "when_supported")
 # S3-compatible servers reject.
 DEFAULT_CHECKSUM_CALCULATION = "when_required"
 
-_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z")
 
 
 _LIBPQ_PASSWORD_RE = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)

@@ -229,6 +229,28 @@ async def test_a_file_name_that_is_not_utf8_is_archived_under_a_clean_key(env, d
     assert "\\udcff" in out.stderr  # the -v line shows the name escaped
 
 
+async def test_a_file_name_with_a_control_character_is_an_invalid_row(env, db, s3) -> None:
+    rng = random.Random(1206)
+    rows = []
+    for n, (suffix, local) in enumerate([(".jpg\n", False), (".png\r", True), (".gif\x85", False)]):
+        data = file_bytes(".jpg", 3000 + n, rng)
+        path = env.cache_root / "images" / (md5(data) + suffix)
+        path.write_bytes(data)
+        rows.append(
+            SampleRow(f"ctl-{n}", "image", md5(data), None, rel(env, path) if local else None, DEC)
+        )
+    await insert_rows(db, rows)
+
+    result = json_of(run_cli(env, "upload", "--json"))
+
+    assert (result["uploaded"], result["invalid"]) == (0, 3)
+    listed = s3.list_objects_v2(Bucket=env.bucket).get("Contents", [])
+    assert not [o["Key"] for o in listed if not o["Key"].isprintable()]
+    assert await db.fetchval("SELECT count(archive_url) FROM post_media") == 0
+    verify = json_of(run_cli(env, "verify", "--check-local", "--json"))
+    assert verify["local"]["invalid"] == 3
+
+
 async def test_a_claim_with_an_impossible_owner_does_not_stop_uploads(env, db, s3) -> None:
     rows = await add_good_rows(env, db, 4, random.Random(1206))
     assert run_cli(env, "db", "init").returncode == 0
