@@ -367,10 +367,27 @@ class ObjectInfo:
     size: int
     etag: str  # without quotes
     metadata: Mapping[str, str]
+    # The server-side encryption whose ETags are not an MD5 of the content (`aws:kms`,
+    # `aws:kms:dsse`, `SSE-C`), or None (none, or SSE-S3, whose ETags are MD5s).
+    encryption: str | None = None
 
     @property
     def is_multipart(self) -> bool:
         return "-" in self.etag
+
+    @property
+    def encrypted(self) -> bool:
+        """Whether the ETag is not an MD5 because of the object's encryption."""
+        return self.encryption is not None
+
+
+def etag_hiding_encryption(response: Mapping[str, Any]) -> str | None:
+    """The encryption of an object (from a PUT's or a HEAD's response) whose ETag is then not
+    an MD5 of its content: SSE-KMS (`aws:kms`, `aws:kms:dsse`) or SSE-C; None otherwise."""
+    if response.get("SSECustomerAlgorithm"):
+        return "SSE-C"
+    sse = str(response.get("ServerSideEncryption") or "")
+    return sse if sse.startswith("aws:kms") else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -694,6 +711,7 @@ class Storage:
             size=int(response.get("ContentLength", 0)),
             etag=str(response.get("ETag", "")).strip('"'),
             metadata=dict(response.get("Metadata") or {}),
+            encryption=etag_hiding_encryption(response),
         )
 
     async def create_multipart(

@@ -2,11 +2,17 @@
 
 Statistics come from one aggregate query. `--verify-s3` HEADs every archived row's object
 (concurrently, bounded) and judges it by the integrity rule (`integrity.py`), against the
-size of the local file (or, without one, the recorded `file_size`): a multipart object
-whose recorded MD5 differs or is absent is `mismatched`, whatever its size. Only objects
-archiver would have made for the row are asked for (`keys.archived_key`): a row whose
-`archive_url` names another bucket or key is reported `invalid`. `--check-local` looks for
-every row's local file.
+size of the local file when there is one (the app's `file_size` column proves nothing): an
+object shown to hold something else is `mismatched`; one that carries nothing to judge it
+by (another tool's multipart copy, an SSE-KMS object without archiver's recorded MD5) is
+`unverifiable`, reported and never cleared. Only objects archiver would have made for the
+row are asked for (`keys.archived_key`): a row whose `archive_url` names another bucket or
+key is reported `invalid`. `--check-local` looks for every row's local file.
+
+`--repair` clears `archive_url` only where that sends the file again: the object is missing
+or shown bad, AND the row's local file is there (upload proves it against `md5_sum` before
+a byte is sent). A row with no local file is never cleared: clearing it would lose the
+only pointer to what the bucket holds.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from typing import Any
 
 from archiver.db import Database, RowFilter, StatsRow
 from archiver.errors import ConfigError, StorageError
-from archiver.integrity import mismatch
+from archiver.integrity import Verdict, judge
 from archiver.keys import NotOurs, row_key
 from archiver.models import MediaRow, Problem
 from archiver.pipeline import Interrupt, for_each
@@ -57,6 +63,7 @@ class S3Check:
     mismatched: int = 0
     errors: int = 0
     invalid: int = 0  # rows whose archive_url is not an object archiver made for them
+    unverifiable: int = 0  # present, but nothing it carries shows what it holds
 
     def as_json(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -74,11 +81,13 @@ class LocalCheck:
 
 @dataclass
 class Repair:
-    """`--repair`: rows whose archive_url was cleared (or would be, on a dry run)."""
+    """`--repair`: rows whose archive_url was cleared (or would be, on a dry run), and why;
+    rows found bad or missing that were left linked, and why."""
 
     dry_run: bool
     candidates: list[tuple[str, str]] = field(default_factory=list)  # (media_id, url)
-    no_local_file: list[str] = field(default_factory=list)  # cannot be uploaded again
+    reasons: dict[str, str] = field(default_factory=dict)  # media_id -> why it is cleared
+    no_local_file: dict[str, str] = field(default_factory=dict)  # media_id -> what was found
     cleared: int = 0
 
     def as_json(self) -> dict[str, Any]:
@@ -88,7 +97,9 @@ class Repair:
                 len(self.candidates) if self.dry_run else self.cleared
             ),
             "media_ids": sorted(m for m, _ in self.candidates),
+            "reasons": dict(sorted(self.reasons.items())),
             "no_local_file": sorted(self.no_local_file),
+            "left_linked": dict(sorted(self.no_local_file.items())),
         }
 
 
@@ -207,29 +218,38 @@ async def _check_s3(
             s3.invalid += 1
             return problem(row, "invalid", ours.reason)
         md5, key = ours
-        # The size the object must have: the local file's, else the recorded `file_size`.
+        # The size the object must have is the local file's: `file_size` proves nothing.
         found = await resolver.locate(row)
-        size = found.size if isinstance(found, Found) else row.file_size
+        size = found.size if isinstance(found, Found) else None
         try:
             info = await store.head_object(key)
         except StorageError as exc:  # a 403 or an error on this object: this row's problem
             return error(row, str(exc))
-        verdict = mismatch(info, md5, size)
+        judgement = judge(info, md5, size)
         s3.checked += 1
-        if verdict is None:
+        if judgement.verdict is Verdict.INTACT:
             s3.ok += 1
             progress.step(info.size if info is not None else 0)
             progress.say(f"ok {row.media_id}: {key}")
-        elif verdict == "missing":
+            return None
+        reason = judgement.reason or ""
+        if judgement.verdict is Verdict.UNKNOWN:
+            s3.unverifiable += 1
+            return problem(row, "unverifiable", reason)
+        if judgement.verdict is Verdict.MISSING:
             s3.missing += 1
-            problem(row, "missing", "no such object")
+            reason = "no such object"
+            problem(row, "missing", reason)
         else:
             s3.mismatched += 1
-            problem(row, "mismatched", verdict)
-        if verdict is not None and report.repair is not None and row.archive_url is not None:
-            report.repair.candidates.append((row.media_id, row.archive_url))
-            if not isinstance(found, Found):
-                report.repair.no_local_file.append(row.media_id)
+            problem(row, "mismatched", reason)
+        if report.repair is not None and row.archive_url is not None:
+            if isinstance(found, Found):
+                report.repair.candidates.append((row.media_id, row.archive_url))
+                report.repair.reasons[row.media_id] = reason
+            else:
+                report.repair.no_local_file[row.media_id] = reason
+        return None
 
     rows = db.rows(ARCHIVED, limit=options.limit)
     await for_each(
@@ -275,23 +295,44 @@ async def _check_local(
 
 
 def repair_lines(repair: Repair) -> list[str]:
-    """What --repair did (or would do), and which rows no upload can send again."""
+    """What --repair did (or would do) and why, and which rows it left linked."""
     n = len(repair.candidates)
-    if repair.dry_run:
-        lines = [f"Repair (dry run): would clear archive_url of {n:,} rows, missing or mismatched."]
+    if not n:
+        lines = [
+            "Repair: nothing to clear: no row whose object is missing or shown bad has its "
+            "local file here."
+        ]
+    elif repair.dry_run:
+        lines = [
+            f"Repair (dry run): would clear archive_url of {n:,} rows whose object is missing "
+            "or shown bad and whose local file is here:"
+        ]
     else:
         lines = [
-            f"Repair: cleared archive_url of {repair.cleared:,} rows (missing or mismatched); "
-            "the next `archiver upload` sends them again."
+            f"Repair: cleared archive_url of {repair.cleared:,} rows whose object is missing or "
+            "shown bad and whose local file is here; the next `archiver upload` sends them again:"
         ]
-        if repair.cleared < n:
-            lines.append(f"  {n - repair.cleared:,} rows changed meanwhile and were left alone.")
+    cleared = sorted(m for m, _ in repair.candidates)
+    lines += listed(
+        [f"    {printable(m)}: {printable(repair.reasons[m])}" for m in cleared], MAX_LISTED
+    )
+    if not repair.dry_run and repair.cleared < n:
+        lines.append(f"  {n - repair.cleared:,} rows changed meanwhile and were left alone.")
     if repair.no_local_file:
         lines.append(
-            f"  {len(repair.no_local_file):,} of them have no local file, so no upload can send "
-            "them again (restore the files from a backup):"
+            f"  Left linked: {len(repair.no_local_file):,} rows whose object is missing or shown "
+            "bad have no local file to send again, and clearing them would lose the only pointer "
+            "to what the bucket holds. Put each file back in the cache (from a backup, or an "
+            "earlier version of the object if the bucket keeps versions), then run "
+            "`archiver verify --verify-s3 --repair` again:"
         )
-        lines += listed([f"    {printable(m)}" for m in sorted(repair.no_local_file)], MAX_LISTED)
+        lines += listed(
+            [
+                f"    {printable(m)}: {printable(why)}"
+                for m, why in sorted(repair.no_local_file.items())
+            ],
+            MAX_LISTED,
+        )
     return lines
 
 
@@ -328,6 +369,7 @@ def format_report(report: VerifyReport) -> str:
                 ("Mismatched", c.mismatched),
                 ("Errors", c.errors),
                 ("Invalid", c.invalid),
+                ("Unverifiable", c.unverifiable),
             )
         ]
     if report.local is not None:

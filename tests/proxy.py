@@ -10,6 +10,7 @@ network and back on the same port.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -56,7 +57,36 @@ class CorruptResponse:
     """Forward the request, then flip the last byte of the response (its body's end)."""
 
 
-Action = Respond | Drop | Corrupt | CorruptResponse | None
+@dataclass(frozen=True)
+class Reply:
+    """An answer as the proxy sees it: status, headers (names lower-cased), body."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass(frozen=True)
+class Rewrite:
+    """Forward the request, then answer with what `change` makes of the server's answer:
+    how AWS answers where the test server answers otherwise (SSE-KMS ETags, ...)."""
+
+    change: Callable[[Reply], Reply]
+
+
+def as_sse_kms(reply: Reply) -> Reply:
+    """AWS's answer for an object stored with SSE-KMS: `x-amz-server-side-encryption:
+    aws:kms`, and an ETag that is not the MD5 of its bytes (AWS's Object.ETag docs)."""
+    headers = dict(reply.headers)
+    etag = headers.get("etag", "").strip('"')
+    if reply.status < 300 and etag:
+        if "-" not in etag:
+            headers["etag"] = '"' + hashlib.md5(b"kms:" + etag.encode()).hexdigest() + '"'
+        headers["x-amz-server-side-encryption"] = "aws:kms"
+    return Reply(reply.status, headers, reply.body)
+
+
+Action = Respond | Drop | Corrupt | CorruptResponse | Rewrite | None
 Rule = Callable[[Request], Action]
 
 REASONS = {
@@ -207,7 +237,11 @@ class S3Proxy:
             if self.delay_s and self.delay_if(request):
                 await asyncio.sleep(self.delay_s)
             status = await self._forward(
-                head, body, writer, corrupt=isinstance(action, CorruptResponse)
+                head,
+                body,
+                writer,
+                corrupt=isinstance(action, CorruptResponse),
+                change=action.change if isinstance(action, Rewrite) else None,
             )
             if what == "forwarded":
                 what = f"forwarded {status}"
@@ -219,8 +253,14 @@ class S3Proxy:
             writer.close()
 
     async def _forward(
-        self, head: bytes, body: bytes, writer: asyncio.StreamWriter, *, corrupt: bool = False
-    ) -> None:
+        self,
+        head: bytes,
+        body: bytes,
+        writer: asyncio.StreamWriter,
+        *,
+        corrupt: bool = False,
+        change: Callable[[Reply], Reply] | None = None,
+    ) -> int:
         host, port = urlsplit(self.upstream).hostname, urlsplit(self.upstream).port
         up_reader, up_writer = await asyncio.open_connection(host, port)
         try:
@@ -236,11 +276,29 @@ class S3Proxy:
             response = await up_reader.read()  # the upstream closes after one response
             if corrupt and response:
                 response = response[:-1] + bytes([response[-1] ^ 0xFF])
+            if change is not None and response.startswith(b"HTTP/"):
+                response = _rewritten(response, change)
             writer.write(response)
             await writer.drain()
             return int(response.split(b" ", 2)[1]) if response.startswith(b"HTTP/") else 0
         finally:
             up_writer.close()
+
+
+def _rewritten(response: bytes, change: Callable[[Reply], Reply]) -> bytes:
+    head, _, body = response.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ", 2)[1])
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    reply = change(Reply(status, headers, body))
+    if "content-length" in reply.headers and reply.body != body:
+        reply.headers["content-length"] = str(len(reply.body))
+    out = [f"HTTP/1.1 {reply.status} {REASONS.get(reply.status, 'OK')}"]
+    out += [f"{name}: {value}" for name, value in reply.headers.items()]
+    return "\r\n".join([*out, "", ""]).encode("latin-1") + reply.body
 
 
 async def _cancel_others() -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import random
 import subprocess
+from datetime import datetime
 
 import pytest
-from datetime import datetime
 
 from archiver.sample import SampleRow, file_bytes, insert_rows
 from tests.helpers import (

@@ -29,7 +29,7 @@ from tests.helpers import (
     start_cli,
     wait_for,
 )
-from tests.proxy import Respond
+from tests.proxy import Respond, Rewrite, as_sse_kms
 
 # -- liveness ---------------------------------------------------------------------------------
 
@@ -338,25 +338,82 @@ async def test_verify_repair_then_upload_restores_what_was_lost(env, db, s3):
     out = run_cli(env, "verify", "--verify-s3", "--repair", "--dry-run", "--json")
     assert out.returncode == 1, out.stderr
     repair = json.loads(out.stdout)["repair"]
-    assert repair["would_clear"] == 3 and repair["media_ids"] == ["r0000", "r0001", "r0002"]
+    assert repair["would_clear"] == 2 and repair["media_ids"] == ["r0000", "r0001"]
+    assert repair["reasons"]["r0000"] == "no such object"
+    assert "size 7 differs" in repair["reasons"]["r0001"]
+    # No local file: clearing it would lose the only pointer to what the bucket holds.
     assert repair["no_local_file"] == ["r0002"]
+    assert repair["left_linked"] == {"r0002": "no such object"}
     assert await db.fetchval("SELECT count(archive_url) FROM post_media") == 6  # dry run
 
     out = run_cli(env, "verify", "--verify-s3", "--repair")
     assert out.returncode == 1, out.stderr
-    assert "Repair: cleared archive_url of 3 rows" in out.stdout
-    assert "r0002" in out.stdout.split("no local file")[1]
+    assert "Repair: cleared archive_url of 2 rows" in out.stdout
+    assert "r0001: size 7 differs" in out.stdout
+    assert "r0002: no such object" in out.stdout.split("Left linked")[1]
     cleared = await db.fetch("SELECT media_id FROM post_media WHERE archive_url IS NULL")
-    assert sorted(r["media_id"] for r in cleared) == ["r0000", "r0001", "r0002"]
+    assert sorted(r["media_id"] for r in cleared) == ["r0000", "r0001"]
 
     out = run_cli(env, "upload", "--json")
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
-    assert (result["uploaded"], result["missing_local"]) == (2, 1)
+    assert (result["uploaded"], result["missing_local"]) == (2, 0)
     out = run_cli(env, "verify", "--verify-s3", "--json")
-    assert out.returncode == 0, out.stdout
-    assert json.loads(out.stdout)["s3"]["ok"] == 5
-    assert await assert_archive_invariant(db, s3, env.bucket) == 5
+    assert out.returncode == 1, out.stdout
+    s3_check = json.loads(out.stdout)["s3"]
+    assert (s3_check["ok"], s3_check["missing"]) == (5, 1)
+
+
+async def test_repair_never_unlinks_an_object_it_cannot_judge(penv, db, s3, proxy):
+    """The three triggers of issue 30's audit: an SSE-KMS object (AWS's answer, emulated),
+    the same bytes rewritten by another tool as a multipart upload (no x-amz-meta-md5), and
+    a wrong `file_size` column on a row whose file was pruned. Each object is intact; none
+    is cleared, and the one that cannot be judged is reported so."""
+    rows = await make_rows(penv, db, 4)
+    assert run_cli(penv, "upload", "--json").returncode == 0
+    keys = {r.media_id: f"cache/{r.created_at:%Y/%m}/{r.md5_sum}.jpg" for r in rows}
+    # r0000: SSE-KMS on AWS (the proxy answers its HEADs as AWS does); its file is here.
+    # r0001: rewritten by another tool as a multipart upload of the same bytes (one part:
+    # the smallest a multipart object can be), without archiver's x-amz-meta-md5; file here.
+    data = s3.get_object(Bucket=penv.bucket, Key=keys["r0001"])["Body"].read()
+    started = s3.create_multipart_upload(Bucket=penv.bucket, Key=keys["r0001"])
+    part = s3.upload_part(
+        Bucket=penv.bucket,
+        Key=keys["r0001"],
+        UploadId=started["UploadId"],
+        PartNumber=1,
+        Body=data,
+    )
+    s3.complete_multipart_upload(
+        Bucket=penv.bucket,
+        Key=keys["r0001"],
+        UploadId=started["UploadId"],
+        MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]},
+    )
+    # r0002: pruned, and the app's file_size column is wrong.
+    (penv.cache_root / "images" / f"{rows[2].md5_sum}.jpg").unlink()
+    await db.execute("UPDATE post_media SET file_size = file_size + 7 WHERE media_id = 'r0002'")
+    kms_key = keys["r0000"]
+    proxy.rule = lambda r: Rewrite(as_sse_kms) if r.path.endswith(kms_key) else None
+
+    out = run_cli(penv, "verify", "--verify-s3", "--repair", "--json")
+
+    report = json.loads(out.stdout)
+    assert report["repair"]["cleared"] == 0 and report["repair"]["media_ids"] == []
+    assert report["s3"]["ok"] == 2 and report["s3"]["unverifiable"] == 2
+    assert report["s3"]["mismatched"] == 0
+    kinds = {p["media_id"]: (p["kind"], p["detail"]) for p in report["problems"]}
+    assert kinds["r0000"][0] == "unverifiable" and "aws:kms" in kinds["r0000"][1]
+    assert kinds["r0001"][0] == "unverifiable" and "multipart" in kinds["r0001"][1]
+    assert "r0002" not in kinds
+    assert await db.fetchval("SELECT count(archive_url) FROM post_media") == 4
+    text = run_cli(penv, "verify", "--verify-s3", "--repair").stdout
+    assert "Repair: nothing to clear" in text
+    assert [line.split() for line in text.splitlines() if "Unverifiable:" in line] == [
+        ["Unverifiable:", "2"]
+    ]
+    restore = json.loads(run_cli(penv, "restore", "--all-missing", "--json").stdout)
+    assert restore["restored"] == 1  # r0002 comes back: its row still points at it
 
 
 async def test_upload_pointed_at_rows(env, db, s3):
