@@ -23,8 +23,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from archiver.errors import AccessDenied, StorageError
+from archiver.iam import WRITE_PROBE_NAME
 from archiver.settings import Settings
-from archiver.storage import Refused, Storage, Unsupported
+from archiver.storage import Refused, Storage, Unsupported, default_encryption_hiding_etags
 
 GLACIER_IR_MIN_BYTES = 128 * 1024  # GLACIER_IR bills at least 128 KiB per object
 SMALL_OBJECTS_STAY = "all_storage_classes_128K"  # TransitionDefaultMinimumObjectSize
@@ -374,6 +375,8 @@ async def _encryption(store: Storage, _s: Settings, options: SetupOptions) -> Se
             "get_bucket_encryption", ("ServerSideEncryptionConfigurationNotFoundError",)
         )
         config = (current or {}).get("ServerSideEncryptionConfiguration") or {}
+        # SSE-KMS makes ETags no MD5: the write probe (as uploads do) then sends a checksum.
+        store.encryption = store.encryption or default_encryption_hiding_etags(current or {})
         return {
             (r.get("ApplyServerSideEncryptionByDefault") or {}).get("SSEAlgorithm")
             for r in config.get("Rules") or []
@@ -393,7 +396,9 @@ async def _encryption(store: Storage, _s: Settings, options: SetupOptions) -> Se
         )
 
     def in_place(algorithms: set[Any]) -> str:
-        return "SSE-S3" if "AES256" in algorithms else "SSE-KMS, kept"
+        if "AES256" in algorithms:
+            return "SSE-S3"
+        return "SSE-KMS, kept (its ETags are not MD5s: uploads are proved by CRC32 checksums)"
 
     return await converge(
         options.check_only, read, difference, write, "default encryption SSE-S3", in_place=in_place
@@ -546,7 +551,7 @@ async def _lifecycle(store: Storage, settings: Settings, options: SetupOptions) 
 async def _write_probe(store: Storage, settings: Settings, options: SetupOptions) -> Setting:
     """What an upload does (PutObject with Content-MD5, HEAD), then a delete: proves the
     bucket, as set up, takes archiver's uploads."""
-    key = f"{settings.key_prefix}/.archiver-write-probe-{uuid.uuid4().hex[:12]}"
+    key = f"{settings.key_prefix}/{WRITE_PROBE_NAME}{uuid.uuid4().hex[:12]}"
     try:
         await store.probe_write(key, PROBE_BODY)
     except AccessDenied as exc:

@@ -222,12 +222,25 @@ async def _check_bucket(settings: Settings, store: Storage, report: CheckReport)
         report.add("bucket", FAIL, str(exc))
         return False
     where = f"s3://{settings.bucket}"
+    await store.learn_encryption()
+    encryption = ""
+    if store.encryption:
+        key = store.kms_key or "its key's ARN"
+        encryption = (
+            f"; default encryption {store.encryption} (key {store.kms_key or 'not named'}): "
+            "ETags are not MD5s, so uploads are proved by CRC32 checksums the server must "
+            f"return, and the credentials need the key (`archiver iam-policy --kms-key {key}`)"
+        )
+    facts = {"encryption": store.encryption, "kms_key": store.kms_key}
     try:
         region = await store.bucket_region()
     except ArchiverError as exc:  # least privilege: no HeadBucket or GetBucketLocation
-        report.add("bucket", OK, f"{where} answers; its region is not known: {exc}", region=None)
+        detail = f"{where} answers; its region is not known: {exc}{encryption}"
+        report.add("bucket", OK, detail, region=None, **facts)
         return True
-    report.add("bucket", OK, f"{where} exists (region {region})", region=region)
+    report.add(
+        "bucket", OK, f"{where} exists (region {region}){encryption}", region=region, **facts
+    )
     return True
 
 

@@ -54,10 +54,30 @@ def _own_start() -> str:
         return "-"  # no /proc (not Linux): liveness falls back to the pid alone
 
 
+@functools.cache
+def here() -> str:
+    """Where this process's pids mean something: `{hostname}@{boot}.{pidns}`, the host name
+    qualified by the kernel's boot id (containers share their host's) and the inode of this
+    process's PID namespace. Containers that share a host name (and so do not see each
+    other's processes) are then told apart: a pid that is free in one namespace says nothing
+    of a process in another. `-` for what cannot be read (then no owner is judged dead)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            boot = f.read().strip().replace("-", "")[:12] or "-"
+    except OSError:
+        boot = "-"
+    try:
+        pidns = str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        pidns = "-"
+    return f"{socket.gethostname()}@{boot}.{pidns}"
+
+
 def new_owner() -> str:
-    """An owner name that says where a claim comes from: host, pid, the process's start
-    time (so that a later process given the same pid is not taken for it) and a random part."""
-    return f"{socket.gethostname()}:{os.getpid()}:{_own_start()}:{uuid.uuid4().hex[:8]}"
+    """An owner name that says where a claim comes from: host (with its boot and PID
+    namespace, `here`), pid, the process's start time (so that a later process given the
+    same pid is not taken for it) and a random part."""
+    return f"{here()}:{os.getpid()}:{_own_start()}:{uuid.uuid4().hex[:8]}"
 
 
 def dead_here(
@@ -69,13 +89,18 @@ def dead_here(
 ) -> bool:
     """Whether `owner` was a process on this host that no longer runs: its pid is gone, is a
     zombie (killed, not yet reaped: `kill(pid, 0)` still succeeds on it), or belongs to a
-    process started at another time than the owner (the pid was reused). Errs towards
-    "alive" when it cannot tell: then the claims wait for their lease, as for a process on
-    another machine. The owner comes from a table anyone with access can write: on this
+    process started at another time than the owner (the pid was reused). "This host" is
+    this boot of this machine and this PID namespace (`here`): a process in another
+    container is never judged by a pid of ours. Errs towards "alive" when it cannot tell:
+    then the claims wait for their lease, as for a process on another machine. The owner
+    comes from a table anyone with access can write: on this
     host, an owner whose pid no process can have (not a number, 0, past PID_MAX) names no
     live process."""
     owner_host, _, rest = owner.partition(":")
-    if owner_host != (host if host is not None else socket.gethostname()):
+    where = host if host is not None else here()
+    # Only an owner of this very PID namespace can be judged by its pid; an owner name
+    # without one (archiver before namespaces were named) may be another container's.
+    if owner_host != where or "-" in where.partition("@")[2].split("."):
         return False
     parts = rest.split(":")
     pid_text = parts[0]

@@ -907,20 +907,26 @@ def check(ctx: click.Context, /, **params: Any) -> int:
     is_flag=True,
     help="upload without s3:GetObject: objects already stored are sent again.",
 )
+@click.option(
+    "--kms-key",
+    metavar="ARN",
+    help="The ARN of the bucket's SSE-KMS key: adds the KMS actions the commands need on it.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the policy document alone.")
 def iam_policy(**params: Any) -> int:
     """Print the least-privilege IAM policy for COMMANDs (default: upload, verify,
     prune-local, restore and url) on the configured bucket and key prefix."""
     settings = build_settings(params)
     commands = tuple(dict.fromkeys(params["commands"])) or iam.DAILY
-    write_only = params["write_only"]
+    kms_key = params["kms_key"]
+    if kms_key is not None and not kms_key.startswith("arn:"):
+        raise click.BadParameter("give the key's ARN (arn:aws:kms:REGION:ACCOUNT:key/ID)")
+    args = (commands, settings.bucket, settings.key_prefix)
+    options = {"write_only": params["write_only"], "kms_key": kms_key}
     if params["as_json"]:
-        document = iam.policy(commands, settings.bucket, settings.key_prefix, write_only=write_only)
-        click.echo(json.dumps(document, indent=2))
+        click.echo(json.dumps(iam.policy(*args, **options), indent=2))
     else:
-        click.echo(
-            iam.format_policy(commands, settings.bucket, settings.key_prefix, write_only=write_only)
-        )
+        click.echo(iam.format_policy(*args, **options))
     return 0
 
 

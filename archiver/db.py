@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from archiver.errors import ConfigError, DatabaseError, DatabaseUnavailable
+from archiver.errors import ConfigError, DatabaseAuthFailed, DatabaseError, DatabaseUnavailable
 from archiver.models import KnownProblem, MediaRow, ProblemNote
 from archiver.policies import RetryPolicy
 from archiver.settings import redact_dsn, scrub
@@ -374,7 +374,9 @@ class Database:
             )
         except Exception as exc:  # whatever the driver makes of a DSN: one line, no secret
             detail = scrub(str(exc), dsn) or exc.__class__.__name__
-            raise DatabaseUnavailable(
+            # A wrong password, an unknown or refused role: not an outage (28000, 28P01).
+            refused = isinstance(exc, asyncpg.InvalidAuthorizationSpecificationError)
+            raise (DatabaseAuthFailed if refused else DatabaseUnavailable)(
                 f"cannot connect to the database {redact_dsn(dsn)}: {detail}"
             ) from exc
         assert pool is not None

@@ -43,3 +43,18 @@ class BucketMissing(ConfigError):
 
 class StorageUnavailable(ConfigError):
     """S3 cannot be used at all: no credentials, access denied, endpoint unreachable."""
+
+
+class AuthenticationFailed(ConfigError):
+    """The database or S3 refused who archiver is (a wrong password, unknown or revoked
+    keys): not an outage. A watch ends on it (exit 2), so that its supervisor restarts it
+    with the configuration fixed, rather than backing off forever."""
+
+
+class DatabaseAuthFailed(DatabaseUnavailable, AuthenticationFailed):
+    """The database refused the DSN's user or password."""
+
+
+class CredentialsRefused(StorageUnavailable, AuthenticationFailed):
+    """S3 refused the credentials themselves (InvalidAccessKeyId, SignatureDoesNotMatch,
+    ExpiredToken, ...)."""

@@ -15,7 +15,7 @@ import textwrap
 from dataclasses import dataclass
 from typing import Any
 
-OBJECTS, BUCKET, CLOUDFRONT = "objects", "bucket", "cloudfront"
+OBJECTS, BUCKET, CLOUDFRONT, PROBE, KMS = "objects", "bucket", "cloudfront", "probe", "kms"
 
 # The IAM action each object call needs, to name it when S3 refuses it (the multipart
 # calls but the abort are authorised by s3:PutObject; a HEAD by s3:GetObject).
@@ -59,7 +59,18 @@ class Needs:
     objects: tuple[str, ...] = ()
     bucket: tuple[str, ...] = ()
     cloudfront: tuple[str, ...] = ()
+    probe: tuple[str, ...] = ()  # on setup-bucket's write-probe keys only
+    kms: tuple[str, ...] = ()  # on the bucket's SSE-KMS key, when one is given
     why: str = ""
+
+
+# setup-bucket's write probe puts, reads and deletes `{prefix}/{WRITE_PROBE_NAME}{random}`:
+# its deletes are granted on those keys alone, never on archived objects.
+WRITE_PROBE_NAME = ".archiver-write-probe-"
+# SSE-KMS: PutObject and CreateMultipartUpload need kms:GenerateDataKey, a multipart upload
+# (its parts) and any read of the bytes kms:Decrypt; a HEAD needs neither.
+KMS_WRITE = ("kms:GenerateDataKey", "kms:Decrypt")
+KMS_READ = ("kms:Decrypt",)
 
 
 READ = ("s3:GetObject",)
@@ -88,32 +99,38 @@ CDN_ACTIONS = tuple(
 COMMANDS: dict[str, Needs] = {
     "upload": Needs(
         objects=("s3:PutObject", "s3:AbortMultipartUpload", "s3:GetObject"),
+        kms=KMS_WRITE,
         why="PutObject stores (multipart too); AbortMultipartUpload cleans up a failed "
         "multipart upload; GetObject (HEAD) skips objects already stored: without it "
         "(--write-only) an object already there is sent again and proved by its ETag",
     ),
     "upload --write-only": Needs(
         objects=("s3:PutObject", "s3:AbortMultipartUpload"),
+        kms=KMS_WRITE,
         why="stores without reading back: an object already there is sent again and "
         "proved by the ETag S3 returns",
     ),
     "verify": Needs(objects=READ, why="HEAD of each archived object (--verify-s3)"),
     "prune-local": Needs(objects=READ, why="HEAD of each object before its file is deleted"),
-    "restore": Needs(objects=READ, why="GET of each object"),
-    "url": Needs(objects=READ, why="presigned GET links are signed with these credentials"),
+    "restore": Needs(objects=READ, kms=KMS_READ, why="GET of each object"),
+    "url": Needs(
+        objects=READ, kms=KMS_READ, why="presigned GET links are signed with these credentials"
+    ),
     "check": Needs(
         objects=("s3:PutObject", "s3:AbortMultipartUpload", "s3:GetObject"),
         bucket=("s3:ListBucket", "s3:GetBucketLocation"),
+        kms=("kms:GenerateDataKey",),
         why="HeadBucket and the bucket's region; the object actions are probed, not used",
     ),
     "setup-bucket": Needs(
-        objects=("s3:PutObject", "s3:GetObject", "s3:DeleteObject", "s3:DeleteObjectVersion"),
+        probe=("s3:PutObject", "s3:GetObject", "s3:DeleteObject", "s3:DeleteObjectVersion"),
         bucket=(
             "s3:CreateBucket",
             *dict.fromkeys(SETTING_ACTIONS.values()),
         ),
+        kms=KMS_WRITE,
         why="creates and configures the bucket; its write probe puts, reads and deletes "
-        "one object (and its version)",
+        f"one object (and its version), under {{prefix}}/{WRITE_PROBE_NAME}* only",
     ),
     "setup-cdn": Needs(
         bucket=(
@@ -138,19 +155,38 @@ def needs_for(command: str, *, write_only: bool = False) -> Needs:
 
 
 def policy(
-    commands: tuple[str, ...], bucket: str, prefix: str, *, write_only: bool = False
+    commands: tuple[str, ...],
+    bucket: str,
+    prefix: str,
+    *,
+    write_only: bool = False,
+    kms_key: str | None = None,
 ) -> dict[str, Any]:
     """The IAM policy document (Version, Statement) that lets `commands` run on
-    s3://{bucket}/{prefix}/ and nothing else: one statement per kind of resource."""
-    wanted: dict[str, dict[str, None]] = {OBJECTS: {}, BUCKET: {}, CLOUDFRONT: {}}
+    s3://{bucket}/{prefix}/ and nothing else: one statement per kind of resource (the KMS
+    one only given `kms_key`, the ARN of the bucket's SSE-KMS key)."""
+    wanted: dict[str, dict[str, None]] = {
+        OBJECTS: {},
+        PROBE: {},
+        BUCKET: {},
+        CLOUDFRONT: {},
+        KMS: {},
+    }
     for command in commands:
         needs = needs_for(command, write_only=write_only)
         for kind in wanted:
             wanted[kind].update(dict.fromkeys(getattr(needs, kind)))
+    # What the archived objects grant already need not be granted again on the probe keys.
+    for action in wanted[OBJECTS]:
+        wanted[PROBE].pop(action, None)
+    if kms_key is None:
+        wanted[KMS].clear()
     resources = {
         OBJECTS: ("ArchiverObjects", f"arn:aws:s3:::{bucket}/{prefix}/*"),
+        PROBE: ("ArchiverWriteProbe", f"arn:aws:s3:::{bucket}/{prefix}/{WRITE_PROBE_NAME}*"),
         BUCKET: ("ArchiverBucket", f"arn:aws:s3:::{bucket}"),
         CLOUDFRONT: ("ArchiverCloudFront", "*"),
+        KMS: ("ArchiverKms", kms_key or ""),
     }
     statements = [
         {
@@ -166,19 +202,32 @@ def policy(
 
 
 def format_policy(
-    commands: tuple[str, ...], bucket: str, prefix: str, *, write_only: bool = False
+    commands: tuple[str, ...],
+    bucket: str,
+    prefix: str,
+    *,
+    write_only: bool = False,
+    kms_key: str | None = None,
 ) -> str:
     """The text output: what each command needs and why, then the document to attach."""
     lines = [f"Least-privilege IAM policy for s3://{bucket}/{prefix}/ ({', '.join(commands)}):"]
     width = max(len(c) for c in commands)
     for command in commands:
         needs = needs_for(command, write_only=write_only)
-        actions = [*needs.objects, *needs.bucket]
+        actions = [*needs.objects, *needs.probe, *needs.bucket]
+        if kms_key is not None:
+            actions += needs.kms
         if needs.cloudfront:
             actions.append(f"{len(needs.cloudfront)} cloudfront actions")
         pad = " " * (width + 4)
         lines.append(f"  {command:<{width}}  {', '.join(actions)}")
         lines.append(textwrap.fill(needs.why, 92, initial_indent=pad, subsequent_indent=pad))
+    if kms_key is None and any(needs_for(c, write_only=write_only).kms for c in commands):
+        lines.append(
+            "If the bucket's default encryption is SSE-KMS, pass its key's ARN (--kms-key) "
+            "for the KMS actions these commands need on it (`archiver check` names it)."
+        )
     lines.append("Attach it to the user or role archiver runs as (--json prints it alone):")
-    lines.append(json.dumps(policy(commands, bucket, prefix, write_only=write_only), indent=2))
+    document = policy(commands, bucket, prefix, write_only=write_only, kms_key=kms_key)
+    lines.append(json.dumps(document, indent=2))
     return "\n".join(lines)

@@ -34,8 +34,15 @@ from botocore.exceptions import (
 from botocore.httpchecksum import resolve_checksum_context
 from botocore.utils import determine_content_length, percent_encode
 
-from archiver.errors import AccessDenied, BucketMissing, StorageError, StorageUnavailable
+from archiver.errors import (
+    AccessDenied,
+    BucketMissing,
+    CredentialsRefused,
+    StorageError,
+    StorageUnavailable,
+)
 from archiver.iam import MAYBE_MISSING, OBJECT_ACTIONS, POLICY_HINT, SETTING_ACTIONS
+from archiver.integrity import METADATA_MD5, judge
 from archiver.settings import ClientOptions, Settings
 
 log = logging.getLogger(__name__)
@@ -158,6 +165,7 @@ class PutTemplate:
 
     PROBE_KEY = "archiver-template/probe key~"  # a space and a tilde: the encoding is checked
     _PER_REQUEST = ("Content-MD5", "Content-Type", "Content-Length", "Expect", "If-None-Match")
+    CHECKSUM_HEADERS = ("x-amz-sdk-checksum-algorithm", "x-amz-checksum-crc32")
 
     def __init__(
         self,
@@ -172,6 +180,9 @@ class PutTemplate:
         self._url_prefix = url_prefix
         self._headers = headers
         self._context = context
+        # A PUT was redirected to the bucket's region (AWS's AuthorizationHeaderMalformed):
+        # botocore's redirector now knows the region, and the template is rebuilt with it.
+        self.stale = False
 
     @classmethod
     async def build(cls, client: Any, bucket: str) -> PutTemplate | None:
@@ -229,7 +240,7 @@ class PutTemplate:
         ):
             return None
         headers = {k: v for k, v in request["headers"].items() if k not in cls._PER_REQUEST}
-        if any(k.lower().startswith("x-amz-checksum-") for k in headers):
+        if any(k.lower().startswith(("x-amz-checksum-", "x-amz-meta-")) for k in headers):
             return None
         return cls(client, operation, url[: -len(encoded_key)], headers, context)
 
@@ -242,13 +253,20 @@ class PutTemplate:
         *,
         if_none_match: bool,
         storage_class: str | None = None,
+        checksum: tuple[str, str] | None = None,
     ) -> dict[str, Any]:
-        """One PUT of `body` at `key`; botocore's parsed reply (ClientError at 300+)."""
+        """One PUT of `body` at `key`; botocore's parsed reply (ClientError at 300+). With
+        `checksum` (the CRC32, base64, and the MD5, hex): S3's x-amz-checksum-crc32 and the
+        MD5 in the object's metadata."""
         headers = dict(self._headers)
         headers["Content-MD5"] = content_md5_b64
         headers["Content-Type"] = content_type
         if storage_class:
             headers["x-amz-storage-class"] = storage_class
+        if checksum is not None:
+            headers["x-amz-sdk-checksum-algorithm"] = "CRC32"
+            headers["x-amz-checksum-crc32"] = checksum[0]
+            headers[f"x-amz-meta-{METADATA_MD5}"] = checksum[1]
         if if_none_match:
             headers["If-None-Match"] = "*"
         if len(body) >= EXPECT_CONTINUE_MIN_BYTES:
@@ -256,6 +274,10 @@ class PutTemplate:
         context = dict(self._context)
         if "signing" in context:
             context["signing"] = dict(context["signing"])
+        if "s3_redirect" in context:
+            # botocore's redirector keeps its per-request state here ("redirected": each
+            # request is redirected once): each PUT gets its own, as botocore's calls do.
+            context["s3_redirect"] = {**context["s3_redirect"], "redirected": False}
         request = {
             "url_path": "",
             "query_string": {},
@@ -266,6 +288,8 @@ class PutTemplate:
             "context": context,
         }
         http, parsed = await self._client._make_request(self._operation, request, context)
+        if context.get("s3_redirect", {}).get("redirected"):
+            self.stale = True
         if http.status_code >= 300:
             code = context.get("error_code_override") or parsed.get("Error", {}).get("Code")
             raise self._client.exceptions.from_code(code)(parsed, "PutObject")
@@ -341,6 +365,8 @@ def translate(exc: Exception, bucket: str, doing: str) -> Exception:
             return StorageUnavailable(
                 f"bucket name {bucket!r} belongs to another account: choose another"
             )
+        if code in _CREDENTIAL_CODES:
+            return CredentialsRefused(f"S3 refused {doing} in bucket {bucket!r}: {code}")
         if code in _FATAL_CODES:
             return StorageUnavailable(f"S3 refused {doing} in bucket {bucket!r}: {code}")
         if code == "MissingContentLength" or _status(exc) == 411:
@@ -381,6 +407,27 @@ class ObjectInfo:
         return self.encryption is not None
 
 
+def encrypted_without_checksums(bucket: str, encryption: str | None) -> str:
+    """Why archiver cannot prove an upload into this bucket (see `Storage.encryption`)."""
+    return (
+        f"bucket {bucket!r} encrypts objects with {encryption or 'SSE-KMS'}, whose ETags are "
+        "not MD5s, and this server does not answer with S3's additional checksums "
+        "(x-amz-checksum-crc32) to prove an upload by: archiver cannot prove what it would "
+        "store there (make the bucket's default encryption SSE-S3, or use a server that "
+        "supports checksums)"
+    )
+
+
+def default_encryption_hiding_etags(response: Mapping[str, Any]) -> str | None:
+    """The SSE-KMS algorithm of a GetBucketEncryption answer, or None (none, or SSE-S3)."""
+    config = response.get("ServerSideEncryptionConfiguration") or {}
+    for rule in config.get("Rules") or []:
+        algorithm = str((rule.get("ApplyServerSideEncryptionByDefault") or {}).get("SSEAlgorithm"))
+        if algorithm.startswith("aws:kms"):
+            return algorithm
+    return None
+
+
 def etag_hiding_encryption(response: Mapping[str, Any]) -> str | None:
     """The encryption of an object (from a PUT's or a HEAD's response) whose ETag is then not
     an MD5 of its content: SSE-KMS (`aws:kms`, `aws:kms:dsse`) or SSE-C; None otherwise."""
@@ -388,6 +435,17 @@ def etag_hiding_encryption(response: Mapping[str, Any]) -> str | None:
         return "SSE-C"
     sse = str(response.get("ServerSideEncryption") or "")
     return sse if sse.startswith("aws:kms") else None
+
+
+@dataclass(frozen=True, slots=True)
+class Put:
+    """What S3 answered to a PUT: the ETag, the CRC32 it echoed (when one was sent and the
+    server supports S3's additional checksums), and the encryption that makes the ETag no
+    MD5 (see `etag_hiding_encryption`)."""
+
+    etag: str
+    crc32: str | None = None
+    encryption: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -488,6 +546,16 @@ class Storage:
         self._probe_lock = asyncio.Lock()
         # IAM actions S3 refused where a run goes on without them (s3:AbortMultipartUpload)
         self.refused: set[str] = set()
+        # The bucket's encryption makes ETags no MD5 (SSE-KMS): learned from its default
+        # encryption, where the credentials may read it, or from a PUT's answer. Every PUT
+        # then carries a CRC32 that S3 checks and echoes, and the MD5 in its metadata.
+        self.encryption: str | None = None
+        self.kms_key: str | None = None  # the default encryption's KMS key, when read
+
+    @property
+    def plain_http(self) -> bool:
+        """Whether requests go over plain http (a test server, a gateway on the LAN)."""
+        return (self.endpoint_url or "").lower().startswith("http://")
 
     @classmethod
     @asynccontextmanager
@@ -593,7 +661,7 @@ class Storage:
                 if code in ("NoSuchKey", "InvalidRange") or status in (404, 416):
                     return
                 if code in _CREDENTIAL_CODES:
-                    raise StorageUnavailable(
+                    raise CredentialsRefused(
                         f"S3 refused these credentials ({code}) at bucket {self.bucket!r}: check "
                         "AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
                     ) from exc
@@ -626,16 +694,18 @@ class Storage:
         return True
 
     async def _put_template(self) -> PutTemplate | None:
-        """The run's PutObject template, built by the first PUT (None: botocore's own path)."""
-        if not self._template_tried:
-            async with self._template_lock:
-                if not self._template_tried:
-                    self._template = await PutTemplate.build(self._s3, self.bucket)
-                    self._template_tried = True
-                    if self._template is None:  # the template decides it for its own PUTs
-                        self._s3.meta.events.register(
-                            "before-sign.s3.PutObject", _no_continue_if_small
-                        )
+        """The run's PutObject template, built by the first PUT (None: botocore's own path),
+        and built again once a PUT learned that the bucket is in another region."""
+        template = self._template
+        if self._template_tried and (template is None or not template.stale):
+            return template
+        async with self._template_lock:
+            if not self._template_tried or (self._template and self._template.stale):
+                self._template = await PutTemplate.build(self._s3, self.bucket)
+                if self._template is None and not self._template_tried:
+                    # The template decides it for its own PUTs.
+                    self._s3.meta.events.register("before-sign.s3.PutObject", _no_continue_if_small)
+                self._template_tried = True
         return self._template
 
     async def put_object(
@@ -646,8 +716,11 @@ class Storage:
         content_type: str,
         *,
         if_absent: bool,
-    ) -> str | None:
-        """PUT one object with Content-MD5; its ETag, or None when `if_absent` and it exists."""
+        crc32: str | None = None,
+    ) -> Put | None:
+        """PUT one object with Content-MD5 (and, given `crc32`, base64: S3's CRC32 checksum
+        and the MD5 in its metadata); what S3 answered, or None when `if_absent` and it
+        exists."""
         params: dict[str, Any] = {
             "Key": key,
             "Body": body,
@@ -658,6 +731,10 @@ class Storage:
             params["IfNoneMatch"] = "*"
         if self.storage_class:
             params["StorageClass"] = self.storage_class
+        if crc32 is not None:
+            params.update(
+                ChecksumAlgorithm="CRC32", ChecksumCRC32=crc32, Metadata={METADATA_MD5: md5_hex}
+            )
         try:
             template = await self._put_template()
             if template is not None:
@@ -668,6 +745,7 @@ class Storage:
                     content_type,
                     if_none_match=if_absent,
                     storage_class=self.storage_class,
+                    checksum=(crc32, md5_hex) if crc32 is not None else None,
                 )
             else:  # botocore takes bytes, not a view of a reused buffer
                 params["Body"] = bytes(body)
@@ -683,7 +761,27 @@ class Storage:
             raise translate(exc, self.bucket, f"PUT {key}") from exc
         if response.get("VersionId") not in (None, "", "null"):
             self.versioned = True
-        return str(response.get("ETag", "")).strip('"')
+        return Put(
+            etag=str(response.get("ETag", "")).strip('"'),
+            crc32=response.get("ChecksumCRC32"),
+            encryption=etag_hiding_encryption(response),
+        )
+
+    async def learn_encryption(self) -> None:
+        """Set `encryption` when the bucket's default encryption makes ETags no MD5
+        (SSE-KMS). Best effort: credentials without s3:GetEncryptionConfiguration leave it
+        to the first PUT's answer."""
+        try:
+            async with self._quick() as client:
+                response = await client.get_bucket_encryption(Bucket=self.bucket)
+        except (ClientError, BotoCoreError, StorageUnavailable):
+            return
+        self.encryption = self.encryption or default_encryption_hiding_etags(response)
+        if self.encryption:
+            config = response.get("ServerSideEncryptionConfiguration") or {}
+            for rule in config.get("Rules") or []:
+                default = rule.get("ApplyServerSideEncryptionByDefault") or {}
+                self.kms_key = self.kms_key or default.get("KMSMasterKeyID")
 
     async def learn_versioning(self) -> None:
         """Set `versioned` when the bucket has (or had) versioning on. Best effort: a
@@ -969,21 +1067,49 @@ class Storage:
         return str(response.get("Arn", "?"))
 
     async def probe_write(self, key: str, body: bytes) -> None:
-        """Do what an upload does to one small object, then remove it: PUT with Content-MD5,
-        HEAD it, delete it (its version too, on a versioned bucket). AccessDenied names the
-        action refused; StorageError for anything else."""
+        """Do what an upload does to one small object, then remove it: PUT with Content-MD5
+        (and a CRC32 checksum where the bucket's encryption makes ETags no MD5), HEAD it,
+        delete it (its version too, on a versioned bucket). AccessDenied names the action
+        refused; StorageError for anything else, naming the cause."""
         md5_hex = hashlib.md5(body).hexdigest()
-        response = await self._call(
-            f"PUT {key}", "put_object", Key=key, Body=body, ContentMD5=content_md5(md5_hex)
-        )
-        version = response.get("VersionId")
+        versions: list[str] = []
+
+        async def put(crc32: str | None) -> dict[str, Any]:
+            extra: dict[str, Any] = {}
+            if crc32 is not None:
+                extra = {
+                    "ChecksumAlgorithm": "CRC32",
+                    "ChecksumCRC32": crc32,
+                    "Metadata": {METADATA_MD5: md5_hex},
+                }
+            response = await self._call(
+                f"PUT {key}",
+                "put_object",
+                Key=key,
+                Body=body,
+                ContentMD5=content_md5(md5_hex),
+                **extra,
+            )
+            versions.append(str(response.get("VersionId") or ""))
+            return dict(response)
+
         try:
+            crc32 = crc32_b64(body) if self.encryption else None
+            answer = await put(crc32)
+            hiding = etag_hiding_encryption(answer)
+            if hiding and crc32 is None:
+                self.encryption = hiding
+                crc32 = crc32_b64(body)
+                answer = await put(crc32)
+            if crc32 is not None and answer.get("ChecksumCRC32") != crc32:
+                raise StorageError(encrypted_without_checksums(self.bucket, self.encryption))
             info = await self.head_object(key)
-            if info is None or info.etag != md5_hex or info.size != len(body):
+            if info is None or not judge(info, md5_hex, len(body)).intact:
                 raise StorageError(f"the probe object {key} did not read back as it was sent")
         finally:
-            extra = {"VersionId": version} if version and version != "null" else {}
-            await self._call(f"DELETE {key}", "delete_object", Key=key, **extra)
+            for version in versions:  # what was put, and nothing else
+                extra = {"VersionId": version} if version and version != "null" else {}
+                await self._call(f"DELETE {key}", "delete_object", Key=key, **extra)
 
     async def probe_permissions(self, prefix: str, known_key: str | None) -> dict[str, bool | None]:
         """Which of the actions archiver's commands use these credentials have on the

@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from archiver.budget import BufferPool, ByteBudget, Throttle
 from archiver.claims import Claims
@@ -46,10 +46,12 @@ from archiver.storage import (
     Completed,
     ConditionalWritesUnsupported,
     ObjectInfo,
+    Put,
     Storage,
     StoredPart,
     composite_crc32,
     crc32_b64,
+    encrypted_without_checksums,
 )
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,11 @@ class ObjectStore(Protocol):
 
     versioned: bool  # If-None-Match is not to be trusted on this bucket
     refused: set[str]  # IAM actions S3 refused where the run goes on without them
+    encryption: str | None  # the bucket's encryption makes ETags no MD5 (SSE-KMS)
+    bucket: str
+
+    @property
+    def plain_http(self) -> bool: ...
 
     async def put_object(
         self,
@@ -78,7 +85,8 @@ class ObjectStore(Protocol):
         content_type: str,
         *,
         if_absent: bool,
-    ) -> str | None: ...
+        crc32: str | None = None,
+    ) -> Put | None: ...
 
     async def head_object(self, key: str) -> ObjectInfo | None: ...
 
@@ -168,9 +176,36 @@ def read_held(f: LocalFile, views: Sequence[memoryview]) -> str:
     return whole.hexdigest()
 
 
-def part_check(data: memoryview, crc32: bool) -> str:
-    """What a part is sent with: its CRC32 (base64) or its MD5 (hex)."""
-    return crc32_b64(data) if crc32 else hashlib.md5(data).hexdigest()
+@dataclass(frozen=True, slots=True)
+class PartMode:
+    """What each part of a run's multipart uploads carries: a CRC32 (where the server
+    checks it), Content-MD5, or both (a CRC32 over plain http, where an on-path writer
+    could swap a part for one with the same CRC32: the signed Content-MD5 stops that)."""
+
+    crc32: bool
+    md5: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PartCheck:
+    crc32: str | None  # base64
+    md5: str | None  # hex
+
+    def answered(self, part: StoredPart) -> str:
+        """What S3 answered that proves the part: the CRC32 it checked, or the ETag."""
+        return (part.crc32 if self.crc32 is not None else part.etag) or ""
+
+    @property
+    def expected(self) -> str:
+        return self.crc32 if self.crc32 is not None else self.md5 or ""
+
+
+def part_check(data: memoryview, mode: PartMode) -> PartCheck:
+    """What a part is sent with (blocking: it hashes the part)."""
+    return PartCheck(
+        crc32_b64(data) if mode.crc32 else None,
+        hashlib.md5(data).hexdigest() if mode.md5 else None,
+    )
 
 
 def hash_streamed(f: LocalFile, part_size: int) -> tuple[str, list[int]]:
@@ -194,12 +229,17 @@ def hash_streamed(f: LocalFile, part_size: int) -> tuple[str, list[int]]:
     return whole.hexdigest(), crcs
 
 
-def reread_part(f: LocalFile, view: memoryview, offset: int, crc: int, crc32: bool) -> str:
+def reread_part(
+    f: LocalFile, view: memoryview, offset: int, crc: int, mode: PartMode, whole: Any
+) -> PartCheck:
     """A part read again to be sent (a file larger than the byte budget): its bytes must be
-    those proved by `hash_streamed` (the same CRC32); its check (blocking)."""
+    those proved by `hash_streamed` (the same CRC32), and go into `whole`, the MD5 of the
+    second read, which must be `md5_sum` before the upload is completed (a change that
+    keeps each part's CRC32 is then caught too); its check (blocking)."""
     if f.pread_into(view, offset) != len(view) or zlib.crc32(view) != crc:
         raise StorageError(f"the file changed while it was sent (the part at byte {offset})")
-    return part_check(view, crc32)
+    whole.update(view)
+    return part_check(view, mode)
 
 
 class Uploader:
@@ -447,21 +487,47 @@ class Uploader:
         return notes
 
     async def _put(
-        self, prep: Prepared, body: bytes | memoryview, sent: Sent, *, if_absent: bool
-    ) -> str | None:
+        self,
+        prep: Prepared,
+        body: bytes | memoryview,
+        sent: Sent,
+        *,
+        if_absent: bool,
+        crc32: str | None,
+    ) -> Put | None:
         assert self.store is not None
         if self.throttle is not None:
             await self.throttle.take(len(body))
-        etag = await self.store.put_object(
-            prep.key, body, prep.md5, prep.content_type, if_absent=if_absent
+        put = await self.store.put_object(
+            prep.key, body, prep.md5, prep.content_type, if_absent=if_absent, crc32=crc32
         )
-        if etag is not None:
+        if put is not None:
             sent.bytes += len(body)
-        return etag
+        return put
 
-    async def _store_single(
-        self, prep: Prepared, body: bytes | memoryview, body_md5: str, sent: Sent
-    ) -> RowResult:
+    def _unproved(self, put: Put, body_md5: str, crc32: str | None) -> str | None:
+        """Why S3's answer does not prove it stored the bytes sent, or None when it does:
+        the CRC32 sent echoed (S3 checks it against the bytes), else the ETag being their
+        MD5. StorageUnavailable when the bucket's encryption hides the MD5 and the server
+        echoes no checksum: no upload into it can be proved, so none is tried again."""
+        assert self.store is not None
+        if crc32 is not None:
+            if put.crc32 is None:
+                raise StorageUnavailable(
+                    encrypted_without_checksums(self.store.bucket, self.store.encryption)
+                )
+            return (
+                None
+                if put.crc32 == crc32
+                else f"S3 returned checksum {put.crc32!r}, expected {crc32}"
+            )
+        return (
+            None if put.etag == body_md5 else f"S3 returned ETag {put.etag!r}, expected {body_md5}"
+        )
+
+    async def _conditional(self, prep: Prepared) -> bool | None:
+        """Whether the PUT is conditional (If-None-Match), or None when a HEAD found the
+        object intact already."""
         assert self.store is not None
         if self.store.versioned and self.existence.conditional_writes:
             # A versioned bucket may take a conditional PUT of a stored key as a new version
@@ -472,36 +538,54 @@ class Uploader:
         if conditional and self.existence.head_first:
             intact = await self._existing_intact(prep)
             if intact:
-                return self._result(prep, Outcome.SKIPPED_EXISTING)
+                return None
             conditional = intact is None  # a damaged object is replaced
-        conditional = conditional and self.existence.conditional_writes
+        return conditional and self.existence.conditional_writes
+
+    async def _store_single(
+        self, prep: Prepared, body: bytes | memoryview, body_md5: str, sent: Sent
+    ) -> RowResult:
+        assert self.store is not None
+        conditional = await self._conditional(prep)
+        if conditional is None:
+            return self._result(prep, Outcome.SKIPPED_EXISTING)
+        crc32 = crc32_b64(body) if self.store.encryption else None
         try:
-            etag = await self._put(prep, body, sent, if_absent=conditional)
+            put = await self._put(prep, body, sent, if_absent=conditional, crc32=crc32)
         except ConditionalWritesUnsupported:
             self.existence.no_conditional_writes()
-            etag = await self._put(prep, body, sent, if_absent=False)
+            put = await self._put(prep, body, sent, if_absent=False, crc32=crc32)
         resent = False
-        if etag is None:  # 412: the key exists (stored meanwhile, or a HEAD could not tell)
+        if put is None:  # 412: the key exists (stored meanwhile, or a HEAD could not tell)
             self.existence.present()
             existing = await self._head(prep.key)
             if existing is DENIED:
                 # It cannot be read back (no s3:GetObject): sent again, unconditionally,
-                # and only the ETag S3 answers for those bytes can prove it.
+                # and only what S3 answers for those bytes can prove it.
                 self.existence.unreadable()
                 resent = True
             elif object_intact(existing, prep.md5, prep.size):
                 return self._result(prep, Outcome.SKIPPED_EXISTING)
-            etag = ""  # a different object under an MD5-named key is damaged: replace it
+            # (a different object under an MD5-named key is damaged: it is replaced below)
         for _ in range(INTEGRITY_ATTEMPTS):
-            if etag == body_md5:
-                return self._result(prep, Outcome.UPLOADED, sent=sent, resent=resent)
-            if etag:  # stored, but not what was sent (damaged in transit): send it again
-                log.warning("%s: S3 returned ETag %s, expected %s", prep.key, etag, body_md5)
-            etag = await self._put(prep, body, sent, if_absent=False)
-        if etag == body_md5:
+            if put is not None and put.encryption and crc32 is None:
+                # The bucket encrypts with SSE-KMS (its default could not be read): the ETag
+                # is no MD5, so this PUT and every later one carry a checksum instead.
+                log.info("the bucket encrypts with %s: PUTs carry CRC32s", put.encryption)
+                self.store.encryption = put.encryption
+                crc32 = crc32_b64(body)
+            elif put is not None:
+                problem = self._unproved(put, body_md5, crc32)
+                if problem is None:
+                    return self._result(prep, Outcome.UPLOADED, sent=sent, resent=resent)
+                # Stored, but not what was sent (damaged in transit): send it again.
+                log.warning("%s: %s", prep.key, problem)
+            put = await self._put(prep, body, sent, if_absent=False, crc32=crc32)
+        assert put is not None
+        problem = self._unproved(put, body_md5, crc32)
+        if problem is None:
             return self._result(prep, Outcome.UPLOADED, sent=sent, resent=resent)
-        reason = f"S3 returned ETag {etag!r}, expected {body_md5}"
-        return self._result(prep, Outcome.FAILED, reason=reason, sent=sent)
+        return self._result(prep, Outcome.FAILED, reason=problem, sent=sent)
 
     async def _store_multipart(self, prep: Prepared, sent: Sent) -> RowResult:
         """No byte is sent before the file is proved to hash to md5_sum. A file that fits
@@ -527,11 +611,19 @@ class Uploader:
         finally:
             f.close()
 
-    async def _part_checksums(self) -> bool:
-        """Whether parts carry CRC32s (the server checks them), asked once per run."""
+    async def _part_mode(self) -> PartMode:
+        """What parts carry: CRC32s where the server checks them (asked once per run), with
+        Content-MD5 too over plain http; Content-MD5 alone elsewhere. StorageUnavailable
+        where the bucket's encryption makes part ETags no MD5 and the server checks no
+        CRC32: no part could be proved."""
         assert self.store is not None
         probe_key = f"{self.settings.key_prefix}/archiver-probe-{uuid.uuid4().hex}"
-        return await self.store.checks_part_checksums(probe_key)
+        crc32 = await self.store.checks_part_checksums(probe_key)
+        if self.store.encryption and not crc32:
+            raise StorageUnavailable(
+                encrypted_without_checksums(self.store.bucket, self.store.encryption)
+            )
+        return PartMode(crc32=crc32, md5=not crc32 or self.store.plain_http)
 
     async def _multipart_held(
         self, prep: Prepared, f: LocalFile, part_size: int, sent: Sent, *, force: bool
@@ -545,8 +637,8 @@ class Uploader:
             digest = await asyncio.to_thread(read_held, f, views)
             if digest != prep.md5:
                 return self._corrupt(prep, digest)
-            crc32 = await self._part_checksums()
-            checks = await asyncio.to_thread(lambda: [part_check(v, crc32) for v in views])
+            mode = await self._part_mode()
+            checks = await asyncio.to_thread(lambda: [part_check(v, mode) for v in views])
 
             async def send(upload_id: str) -> list[StoredPart]:
                 errors: list[Exception] = []
@@ -555,14 +647,14 @@ class Uploader:
                     for number, (view, check) in enumerate(zip(views, checks, strict=True), 1):
                         tg.create_task(
                             self._send_part(
-                                prep, upload_id, number, view, check, crc32, sent, stored, errors
+                                prep, upload_id, number, view, check, sent, stored, errors
                             )
                         )
                 if errors:
                     raise errors[0]
                 return [stored[n] for n in sorted(stored)]
 
-            return await self._multipart(prep, f.size, sent, send, force=force, crc32=crc32)
+            return await self._multipart(prep, f.size, sent, send, force=force, mode=mode)
         finally:
             for view in views:
                 self.buffers.give(view)
@@ -574,16 +666,17 @@ class Uploader:
         digest, crcs = await asyncio.to_thread(hash_streamed, f, part_size)
         if digest != prep.md5:
             return self._corrupt(prep, digest)
-        crc32 = await self._part_checksums()
+        mode = await self._part_mode()
 
         async def send(upload_id: str) -> list[StoredPart]:
             errors: list[Exception] = []
             stored: dict[int, StoredPart] = {}
+            second_read = hashlib.md5()
 
-            async def one(number: int, view: memoryview, check: str, taken: int) -> None:
+            async def one(number: int, view: memoryview, check: PartCheck, taken: int) -> None:
                 try:
                     await self._send_part(
-                        prep, upload_id, number, view, check, crc32, sent, stored, errors
+                        prep, upload_id, number, view, check, sent, stored, errors
                     )
                 finally:
                     self.buffers.give(view)
@@ -599,7 +692,7 @@ class Uploader:
                     view = self.buffers.take(length)
                     try:
                         check = await asyncio.to_thread(
-                            reread_part, f, view, offset, crcs[number - 1], crc32
+                            reread_part, f, view, offset, crcs[number - 1], mode, second_read
                         )
                     except (ArchiverError, OSError) as exc:
                         self.buffers.give(view)
@@ -610,9 +703,14 @@ class Uploader:
                     del view
             if errors:
                 raise errors[0]
+            if second_read.hexdigest() != prep.md5:  # the upload is aborted, not completed
+                raise StorageError(
+                    f"the file changed between its two reads: the bytes sent hash to "
+                    f"{second_read.hexdigest()}, not md5_sum {prep.md5}"
+                )
             return [stored[n] for n in sorted(stored)]
 
-        return await self._multipart(prep, f.size, sent, send, force=force, crc32=crc32)
+        return await self._multipart(prep, f.size, sent, send, force=force, mode=mode)
 
     async def _send_part(
         self,
@@ -620,8 +718,7 @@ class Uploader:
         upload_id: str,
         number: int,
         data: memoryview,
-        check: str,
-        crc32: bool,
+        check: PartCheck,
         sent: Sent,
         stored: dict[int, StoredPart],
         errors: list[Exception],
@@ -630,23 +727,23 @@ class Uploader:
         part's MD5 as ETag); a failure goes to `errors`, which stops the sending."""
         assert self.store is not None
         try:
-            # A CRC32 the server refuses a part for when it does not match, or Content-MD5.
-            sent_with = {"crc32": check} if crc32 else {"md5_hex": check}
             for _ in range(INTEGRITY_ATTEMPTS):
                 if self.throttle is not None:
                     await self.throttle.take(len(data))
-                part = await self.store.upload_part(prep.key, upload_id, number, data, **sent_with)
-                answered = part.crc32 if crc32 else part.etag
+                part = await self.store.upload_part(
+                    prep.key, upload_id, number, data, md5_hex=check.md5, crc32=check.crc32
+                )
                 sent.bytes += len(data)
-                if answered == check:
+                if check.answered(part) == check.expected:
                     break
-            if answered != check:
-                what = "checksum" if crc32 else "ETag"
+            if check.answered(part) != check.expected:
+                what = "checksum" if check.crc32 is not None else "ETag"
                 raise StorageError(
-                    f"part {number}: S3 returned {what} {answered!r}, expected {check}"
+                    f"part {number}: S3 returned {what} {check.answered(part)!r}, "
+                    f"expected {check.expected}"
                 )
             # The mode decides which check the completed object answers with.
-            stored[number] = StoredPart(number, part.etag, check if crc32 else None)
+            stored[number] = StoredPart(number, part.etag, check.crc32)
         except (ArchiverError, OSError) as exc:
             errors.append(exc)
 
@@ -658,13 +755,13 @@ class Uploader:
         send: Callable[[str], Awaitable[list[StoredPart]]],
         *,
         force: bool,
-        crc32: bool,
+        mode: PartMode,
     ) -> RowResult:
         """Start a multipart upload, `send` its parts, complete it and check the result;
         aborted on any failure, so no parts are left behind."""
         assert self.store is not None
         upload_id = await self.store.create_multipart(
-            prep.key, prep.content_type, {METADATA_MD5: prep.md5}, crc32=crc32
+            prep.key, prep.content_type, {METADATA_MD5: prep.md5}, crc32=mode.crc32
         )
         resent = False
         existing: ObjectInfo | Denied | None = None  # what a HEAD found after a 412
@@ -881,6 +978,7 @@ async def run_upload(
 async def _prepare_store(store: Storage, options: UploadOptions) -> None:
     """What the run's PUTs need to know of the bucket and the options."""
     store.storage_class = options.storage_class
+    await store.learn_encryption()
     if not options.force:
         await store.learn_versioning()
 

@@ -21,7 +21,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from archiver.errors import ArchiverError, ConfigError, DatabaseUnavailable, StorageUnavailable
+from archiver.errors import (
+    ArchiverError,
+    AuthenticationFailed,
+    ConfigError,
+    DatabaseUnavailable,
+    StorageUnavailable,
+)
 from archiver.models import Outcome, RowResult, Summary
 from archiver.pipeline import Interrupt
 from archiver.settings import Settings, UploadOptions
@@ -42,7 +48,10 @@ def backoff_s(interval_s: float, failures: int) -> float:
 
 def retryable(exc: ArchiverError) -> bool:
     """Whether a pass that failed so may work later: the database or S3 down, a database
-    error mid-run. A configuration error stays one."""
+    error mid-run. A configuration error stays one, and so does a refusal of who archiver
+    is (a changed password, revoked keys): the supervisor restarts it with the new one."""
+    if isinstance(exc, AuthenticationFailed):
+        return False
     return isinstance(exc, DatabaseUnavailable | StorageUnavailable) or not isinstance(
         exc, ConfigError
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,6 +41,36 @@ class Respond:
     status: int
     code: str = "InternalError"
     message: str = "injected by the test proxy"
+    extra_xml: str = ""  # more elements of <Error> (AWS's <Region>, ...)
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def signed_region(request: Request) -> str | None:
+    """The region a SigV4 request was signed for (its credential scope)."""
+    found = re.search(
+        r"Credential=[^/]+/\d{8}/([^/]+)/s3/", request.headers.get("authorization", "")
+    )
+    return found.group(1) if found else None
+
+
+def bucket_in_region(region: str) -> Callable[[Request], Respond | None]:
+    """A rule answering as AWS does for a bucket in `region`: a request signed for another
+    region gets 400 AuthorizationHeaderMalformed naming the bucket's region (in the body and
+    in x-amz-bucket-region); requests signed for `region` are forwarded."""
+
+    def rule(request: Request) -> Respond | None:
+        signed = signed_region(request)
+        if signed is None or signed == region:
+            return None
+        return Respond(
+            400,
+            "AuthorizationHeaderMalformed",
+            f"the region '{signed}' is wrong; expecting '{region}'",
+            extra_xml=f"<Region>{region}</Region>",
+            headers=(("x-amz-bucket-region", region),),
+        )
+
+    return rule
 
 
 @dataclass(frozen=True)
@@ -192,11 +223,12 @@ class S3Proxy:
     async def _respond(writer: asyncio.StreamWriter, action: Respond, *, head: bool) -> None:
         xml = (
             f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{action.code}</Code>"
-            f"<Message>{action.message}</Message></Error>"
+            f"<Message>{action.message}</Message>{action.extra_xml}</Error>"
         ).encode()
+        extra = "".join(f"{name}: {value}\r\n" for name, value in action.headers)
         writer.write(
             f"HTTP/1.1 {action.status} {REASONS.get(action.status, 'Error')}\r\n"
-            f"Content-Type: application/xml\r\nContent-Length: {len(xml)}\r\n"
+            f"Content-Type: application/xml\r\nContent-Length: {len(xml)}\r\n{extra}"
             "Connection: close\r\n\r\n".encode()
             + (b"" if head else xml)  # a response to HEAD has no body, as S3's have none
         )

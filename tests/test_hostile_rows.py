@@ -8,7 +8,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from archiver.claims import here
 from archiver.localpg import free_port
 from archiver.sample import SampleRow, file_bytes, insert_rows
 from archiver.settings import MIB
@@ -254,7 +254,7 @@ async def test_a_file_name_with_a_control_character_is_an_invalid_row(env, db, s
 async def test_a_claim_with_an_impossible_owner_does_not_stop_uploads(env, db, s3) -> None:
     rows = await add_good_rows(env, db, 4, random.Random(1206))
     assert run_cli(env, "db", "init").returncode == 0
-    host = socket.gethostname()
+    host = here()
     await db.executemany(
         "INSERT INTO archiver_claims VALUES ($1, $2, now() + interval '1 hour')",
         [

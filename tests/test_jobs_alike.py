@@ -69,7 +69,7 @@ def key_of(r: Request) -> str:
 
 @both_servers
 @pytest.mark.parametrize("recorded", [None, "e" * 32], ids=["no-recorded-md5", "other-md5"])
-async def test_a_replaced_multipart_object_of_the_same_size_is_mismatched_and_kept(
+async def test_a_replaced_multipart_object_of_the_same_size_is_not_proved_and_kept(
     env, db, s3, recorded: str | None
 ) -> None:
     rng = random.Random(130)
@@ -104,13 +104,16 @@ async def test_a_replaced_multipart_object_of_the_same_size_is_mismatched_and_ke
     out = run_cli(env, "verify", "--verify-s3", "--json")
     assert out.returncode == 1, out.stderr
     report = json.loads(out.stdout)
-    assert report["s3"]["mismatched"] == 1 and report["s3"]["ok"] == 0
+    # Without a recorded MD5 nothing shows what it holds (issue 30: never taken for damage,
+    # never cleared by --repair); another recorded MD5 shows it holds another file.
+    kind = "unverifiable" if recorded is None else "mismatched"
+    assert report["s3"][kind] == 1 and report["s3"]["ok"] == 0
     (problem,) = report["problems"]
-    assert (problem["media_id"], problem["kind"], problem["url"]) == ("mp", "mismatched", url)
+    assert (problem["media_id"], problem["kind"], problem["url"]) == ("mp", kind, url)
     expected = "without a recorded MD5" if recorded is None else f"recorded MD5 {recorded}"
     assert expected in problem["detail"]
     text = run_cli(env, "verify", "--verify-s3")
-    assert text.returncode == 1 and f"mismatched mp {url}: " in text.stdout
+    assert text.returncode == 1 and f"{kind} mp {url}: " in text.stdout
 
     out = run_cli(env, "prune-local", "--json")
     assert out.returncode == 1, out.stderr

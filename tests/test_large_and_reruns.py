@@ -97,8 +97,9 @@ async def test_crc32_part_checksums_as_a_server_that_checks_them_is_sent_them(
 ) -> None:
     """moto takes CRC32 part checksums without checking them (so the probe says no); as AWS
     S3 checks them, the run is told so here, to send the requests of that mode to a real
-    HTTP server: parts with x-amz-checksum-crc32 and no Content-MD5, and a completed object
-    whose checksum of checksums is the one computed here."""
+    HTTP server: parts with x-amz-checksum-crc32 and, since this is plain http, where an
+    on-path writer could swap a part for one with the same CRC32, Content-MD5 too (issue 30);
+    and a completed object whose checksum of checksums is the one computed here."""
 
     async def checks(self: Storage, probe_key: str) -> bool:
         return True
@@ -120,7 +121,7 @@ async def test_crc32_part_checksums_as_a_server_that_checks_them_is_sent_them(
     assert len(parts) == 3
     for part in parts:
         names = {h.lower() for h in part.headers}
-        assert "x-amz-checksum-crc32" in names and "content-md5" not in names
+        assert "x-amz-checksum-crc32" in names and "content-md5" in names
     stored = s3.head_object(Bucket=penv.bucket, Key=key, ChecksumMode="ENABLED")
     sizes = [5 * MIB, 5 * MIB, 2 * MIB + 7]
     offsets = [0, 5 * MIB, 10 * MIB]

@@ -323,6 +323,42 @@ def test_iam_policy_documents_merge_commands_and_scope_each_action() -> None:
     assert json.loads(text[text.index("{") :]) == policy(("upload", "url"), "b-1", "cache")
 
 
+def test_setup_bucket_may_delete_its_write_probe_and_nothing_else() -> None:
+    """Issue 30, item 10: deletes are granted on the write-probe keys alone, never on
+    archived objects; KMS actions appear for a bucket encrypted with SSE-KMS."""
+    from archiver.iam import WRITE_PROBE_NAME, format_policy
+
+    statements = {s["Sid"]: s for s in policy(("setup-bucket",), "b-1", "cache")["Statement"]}
+    assert "ArchiverObjects" not in statements
+    probe = statements["ArchiverWriteProbe"]
+    assert probe["Resource"] == f"arn:aws:s3:::b-1/cache/{WRITE_PROBE_NAME}*"
+    assert probe["Action"] == [
+        "s3:DeleteObject",
+        "s3:DeleteObjectVersion",
+        "s3:GetObject",
+        "s3:PutObject",
+    ]
+    both = {s["Sid"]: s for s in policy(("upload", "setup-bucket"), "b-1", "cache")["Statement"]}
+    assert "s3:DeleteObject" not in both["ArchiverObjects"]["Action"]
+    assert both["ArchiverWriteProbe"]["Action"] == ["s3:DeleteObject", "s3:DeleteObjectVersion"]
+    assert not any(a.startswith("kms:") for s in both.values() for a in s["Action"])  # no key given
+
+    key = "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    kms = {s["Sid"]: s for s in policy(DAILY, "b-1", "cache", kms_key=key)["Statement"]}
+    assert kms["ArchiverKms"] == {
+        "Sid": "ArchiverKms",
+        "Effect": "Allow",
+        "Action": ["kms:Decrypt", "kms:GenerateDataKey"],
+        "Resource": key,
+    }
+    reads = {s["Sid"]: s for s in policy(("verify",), "b-1", "cache", kms_key=key)["Statement"]}
+    assert "ArchiverKms" not in reads  # a HEAD needs no key
+    restore = policy(("restore",), "b-1", "cache", kms_key=key)["Statement"]
+    assert restore[-1]["Action"] == ["kms:Decrypt"]
+    assert "--kms-key" in format_policy(DAILY, "b-1", "cache")
+    assert "--kms-key" not in format_policy(DAILY, "b-1", "cache", kms_key=key)
+
+
 def test_a_refusal_names_the_operation_the_object_and_the_iam_action() -> None:
     from archiver.storage import bucket_denied, denied
 
@@ -361,3 +397,10 @@ def test_iam_policy_on_the_command_line(tmp_path) -> None:
     assert out.returncode == 0 and "s3:PutBucketPolicy" in out.stdout
     out = cli("uplaod")
     assert out.returncode == 2 and "Invalid value for '[COMMAND]...'" in out.stderr
+    key = "arn:aws:kms:eu-west-1:123456789012:key/k1"
+    out = cli("upload", "--kms-key", key, "--json")
+    assert out.returncode == 0 and json.loads(out.stdout) == policy(
+        ("upload",), "social-tui", "cache", kms_key=key
+    )
+    out = cli("upload", "--kms-key", "k1")
+    assert out.returncode == 2 and "ARN" in out.stderr and "Traceback" not in out.stderr

@@ -248,12 +248,11 @@ async def test_byte_budget_bounds_what_is_held_at_once() -> None:
 
 def test_dead_here() -> None:
     import os
-    import socket
     import subprocess
 
-    from archiver.claims import dead_here, new_owner
+    from archiver.claims import dead_here, here, new_owner
 
-    host = socket.gethostname()
+    host = here()
     finished = subprocess.Popen(["true"])
     finished.wait()
     assert dead_here(f"{host}:{finished.pid}:abcd")  # ran here, gone
@@ -264,11 +263,10 @@ def test_dead_here() -> None:
 
 
 def test_dead_here_for_owners_no_process_can_have() -> None:
-    import socket
 
-    from archiver.claims import dead_here
+    from archiver.claims import dead_here, here
 
-    host = socket.gethostname()
+    host = here()
     # Written into archiver_claims by anyone: on this host, no such process can be alive.
     for pid in ("99999999999999999999", "\u00b2", "0", "", "-5", "12a"):
         assert dead_here(f"{host}:{pid}:x"), pid

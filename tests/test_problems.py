@@ -14,7 +14,7 @@ from datetime import datetime
 
 import pytest
 
-from archiver.claims import dead_here, new_owner, proc_stat
+from archiver.claims import dead_here, here, new_owner, proc_stat
 from archiver.models import KnownProblem, MediaRow, Outcome, RowResult, Summary
 from archiver.problems import note_for, row_fingerprint, set_aside
 from archiver.sample import SampleRow, insert_rows
@@ -56,29 +56,37 @@ def fake_host(procs: dict[int, tuple[str, int]], *, other_user: frozenset[int] =
 @pytest.mark.parametrize(
     ("owner", "procs", "other_user", "dead"),
     [
-        ("h1:100:500:ab12cd34", {100: ("S", 500)}, (), False),  # running, same start
-        ("h1:100:500:ab12cd34", {100: ("Z", 500)}, (), True),  # killed, not yet reaped
-        ("h1:100:500:ab12cd34", {100: ("X", 500)}, (), True),  # exiting
-        ("h1:100:500:ab12cd34", {100: ("R", 900)}, (), True),  # the pid was reused
-        ("h1:100:500:ab12cd34", {}, (), True),  # gone
-        ("h1:100:500:ab12cd34", {}, (100,), False),  # another user's, hidden: alive
-        ("h1:100:500:ab12cd34", {100: ("S", 900)}, (100,), True),  # another user's, reused
-        ("h1:100:ab12cd34", {100: ("S", 900)}, (), False),  # no start recorded: pid only
-        ("h1:100:ab12cd34", {100: ("Z", 900)}, (), True),
-        ("h1:100:-:ab12cd34", {100: ("S", 1)}, (), False),  # start unknown where it ran
-        ("h2:100:500:ab12cd34", {}, (), False),  # another host: only its lease frees it
-        ("h1:x1:500:ab12cd34", {}, (), True),  # no pid a process can have
-        ("h1:0:500:ab12cd34", {}, (), True),
-        ("h1:99999999:500:ab12cd34", {}, (), True),
+        ("h1@b.1:100:500:ab12cd34", {100: ("S", 500)}, (), False),  # running, same start
+        ("h1@b.1:100:500:ab12cd34", {100: ("Z", 500)}, (), True),  # killed, not yet reaped
+        ("h1@b.1:100:500:ab12cd34", {100: ("X", 500)}, (), True),  # exiting
+        ("h1@b.1:100:500:ab12cd34", {100: ("R", 900)}, (), True),  # the pid was reused
+        ("h1@b.1:100:500:ab12cd34", {}, (), True),  # gone
+        ("h1@b.1:100:500:ab12cd34", {}, (100,), False),  # another user's, hidden: alive
+        ("h1@b.1:100:500:ab12cd34", {100: ("S", 900)}, (100,), True),  # another user's, reused
+        ("h1@b.1:100:ab12cd34", {100: ("S", 900)}, (), False),  # no start recorded: pid only
+        ("h1@b.1:100:ab12cd34", {100: ("Z", 900)}, (), True),
+        ("h1@b.1:100:-:ab12cd34", {100: ("S", 1)}, (), False),  # start unknown where it ran
+        ("h2@b.1:100:500:ab12cd34", {}, (), False),  # another host: only its lease frees it
+        # Issue 30, item 12: a container sharing the host name, in another PID namespace
+        # (or another boot): its pid 100 is not ours to judge, whatever ours is.
+        ("h1@b.2:100:500:ab12cd34", {}, (), False),
+        ("h1@c.1:100:500:ab12cd34", {}, (), False),
+        ("h1:100:500:ab12cd34", {}, (), False),  # no namespace named: the lease decides
+        ("h1@b.1:x1:500:ab12cd34", {}, (), True),  # no pid a process can have
+        ("h1@b.1:0:500:ab12cd34", {}, (), True),
+        ("h1@b.1:99999999:500:ab12cd34", {}, (), True),
     ],
 )
 def test_dead_here(owner, procs, other_user, dead) -> None:
     stat, signal0 = fake_host(procs, other_user=frozenset(other_user))
-    assert dead_here(owner, host="h1", stat=stat, signal0=signal0) is dead
+    assert dead_here(owner, host="h1@b.1", stat=stat, signal0=signal0) is dead
 
 
 def test_liveness_on_this_host_with_a_real_process() -> None:
     me = new_owner()
+    assert me.startswith(f"{socket.gethostname()}@")
+    pidns = str(os.stat("/proc/self/ns/pid").st_ino)
+    assert here().endswith(f".{pidns}")
     assert me.split(":")[2] == str(proc_stat(os.getpid())[1])
     assert not dead_here(me)
     host, pid, start, rand = me.split(":")
@@ -86,7 +94,7 @@ def test_liveness_on_this_host_with_a_real_process() -> None:
 
     child = subprocess.Popen(["sleep", "30"])
     try:
-        owner = f"{socket.gethostname()}:{child.pid}:{proc_stat(child.pid)[1]}:0000aaaa"
+        owner = f"{here()}:{child.pid}:{proc_stat(child.pid)[1]}:0000aaaa"
         assert not dead_here(owner)
         child.kill()
         wait_for(lambda: proc_stat(child.pid)[0] == "Z", timeout=10)

@@ -9,6 +9,7 @@ multipart upload that failed.
 from __future__ import annotations
 
 import hashlib
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -27,6 +28,7 @@ from archiver.storage import (
     Completed,
     ConditionalWritesUnsupported,
     ObjectInfo,
+    Put,
     StoredPart,
     composite_crc32,
     crc32_b64,
@@ -43,6 +45,7 @@ class Stored:
     body: bytes
     etag: str
     metadata: dict[str, str] = field(default_factory=dict)
+    encryption: str | None = None
 
 
 @dataclass
@@ -65,6 +68,15 @@ class FakeStore:
     listable: bool = True
     deny_aborts: bool = False
     refused: set[str] = field(default_factory=set)
+    # SSE-KMS as AWS answers it: ETags that are no MD5, the encryption named in every PUT's
+    # answer; `echoes_checksums` False: a server without S3's additional checksums.
+    kms: bool = False
+    echoes_checksums: bool = True
+    encryption: str | None = None  # what the uploader learned (or the bucket's default)
+    plain_http: bool = False
+    bucket: str = "bucket"
+    checksums_sent: list[str | None] = field(default_factory=list)  # x-amz-checksum-crc32
+    part_headers: list[tuple[str, ...]] = field(default_factory=list)  # each part's checks
     objects: dict[str, Stored] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)  # "HEAD", "PUT", "PUT-if-absent", ...
     uploads: dict[str, dict[int, bytes]] = field(default_factory=dict)
@@ -79,8 +91,10 @@ class FakeStore:
         content_type: str,
         *,
         if_absent: bool,
-    ) -> str | None:
+        crc32: str | None = None,
+    ) -> Put | None:
         self.calls.append("PUT-if-absent" if if_absent else "PUT")
+        self.checksums_sent.append(crc32)
         body = bytes(body)  # the uploader reuses its buffers
         if self.deny_puts:
             raise AccessDenied(f"S3 denied s3:PutObject on {key}")
@@ -94,8 +108,13 @@ class FakeStore:
         if self.damage_next_puts:
             self.damage_next_puts -= 1
             body = body[:-1] + bytes([body[-1] ^ 1])
-        self.objects[key] = Stored(body, md5(body))
-        return md5(body)
+        if crc32 is not None:
+            assert crc32_b64(body) == crc32  # else S3 answers BadDigest
+        etag = md5(b"kms" + body) if self.kms else md5(body)
+        metadata = {METADATA_MD5: md5_hex} if crc32 is not None else {}
+        self.objects[key] = Stored(body, etag, metadata, "aws:kms" if self.kms else None)
+        echoed = crc32_b64(body) if crc32 is not None and self.echoes_checksums else None
+        return Put(etag, echoed, "aws:kms" if self.kms else None)
 
     async def head_object(self, key: str) -> ObjectInfo | None:
         self.calls.append("HEAD")
@@ -104,7 +123,7 @@ class FakeStore:
             raise AccessDenied(f"S3 denied HeadObject of {key}")
         if stored is None:
             return None
-        return ObjectInfo(len(stored.body), stored.etag, dict(stored.metadata))
+        return ObjectInfo(len(stored.body), stored.etag, dict(stored.metadata), stored.encryption)
 
     async def create_multipart(
         self, key: str, content_type: str, metadata: Mapping[str, str], *, crc32: bool = False
@@ -126,6 +145,9 @@ class FakeStore:
         crc32: str | None = None,
     ) -> StoredPart:
         self.calls.append(f"PART-{number}")
+        self.part_headers.append(
+            tuple(h for h, v in (("content-md5", md5_hex), ("crc32", crc32)) if v is not None)
+        )
         body = bytes(body)  # the uploader reuses its buffers
         if number == self.fail_part:
             raise StorageError(f"part {number} failed (injected)")
@@ -593,3 +615,130 @@ async def test_a_refused_abort_is_reported_once_in_the_notes(rig: Rig) -> None:
     assert result.outcome is Outcome.FAILED
     (note,) = up.access_notes()
     assert "s3:AbortMultipartUpload" in note
+
+
+# -- issue 30: bytes sent are the bytes hashed; SSE-KMS ------------------------------------------
+
+
+def crc32_kept(data: bytes, at: int, changed: bytes) -> bytes:
+    """`data` with `changed` written at `at`, and the 4 bytes after it chosen so that the
+    CRC32 of the whole is still that of `data` (CRC32 is affine over GF(2): the effect of
+    each of those 32 bits is found, then the combination that undoes the change)."""
+    target = zlib.crc32(data)
+    base = bytearray(data)
+    base[at : at + len(changed)] = changed
+    spot = at + len(changed)
+    start = zlib.crc32(bytes(base))
+    effects = []
+    for bit in range(32):
+        flipped = bytearray(base)
+        flipped[spot + bit // 8] ^= 1 << (bit % 8)
+        effects.append((zlib.crc32(bytes(flipped)) ^ start, 1 << bit))
+    want = start ^ target
+    rows: list[tuple[int, int]] = []  # Gaussian elimination over GF(2)
+    for effect, bits in effects:
+        for r_effect, r_bits in rows:
+            if effect ^ r_effect < effect:
+                effect, bits = effect ^ r_effect, bits ^ r_bits
+        if effect:
+            rows.append((effect, bits))
+    chosen = 0
+    for r_effect, r_bits in sorted(rows, reverse=True):
+        if want ^ r_effect < want:
+            want, chosen = want ^ r_effect, chosen ^ r_bits
+    assert want == 0
+    for bit in range(32):
+        if chosen >> bit & 1:
+            base[spot + bit // 8] ^= 1 << (bit % 8)
+    assert zlib.crc32(bytes(base)) == target and bytes(base) != data
+    return bytes(base)
+
+
+async def test_a_change_between_the_two_reads_that_keeps_each_parts_crc32_is_not_completed(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file above the byte budget is hashed, then read again part by part: a change of
+    a part that keeps its CRC32 (a few chosen bytes) is caught by the MD5 of the second
+    read before the upload is completed (issue 30, item 4)."""
+    streamed = {**MULTIPART, "memory_budget": 5 * MIB}
+    data = big(14)
+    row = rig.row(data)
+    path = rig.root / "images" / f"{md5(data)}.jpg"
+    part_size = MULTIPART["part_size"]
+    assert isinstance(part_size, int)
+    second_part = data[part_size : 2 * part_size]
+    forged = crc32_kept(second_part, 1000, b"not the bytes that were proved")
+    proved = upload_module.hash_streamed
+
+    def then_changed(f: object, size: int) -> tuple[str, list[int]]:
+        result = proved(f, size)  # type: ignore[arg-type]
+        path.write_bytes(data[:part_size] + forged + data[2 * part_size :])
+        return result
+
+    monkeypatch.setattr(upload_module, "hash_streamed", then_changed)
+    result = await rig.uploader(**streamed).handle(row)
+    assert result.outcome is Outcome.FAILED
+    assert "changed between its two reads" in result.reason
+    assert "COMPLETE" not in " ".join(rig.store.calls) and rig.store.calls[-1] == "ABORT"
+    assert not rig.store.objects
+
+
+async def test_over_plain_http_crc32_parts_carry_content_md5_too(rig: Rig) -> None:
+    """An on-path writer could swap a part for one with the same CRC32; Content-MD5, a
+    signed header, stops that (issue 30, item 5). Over https the CRC32 alone is sent."""
+    rig.store.checks_crc32 = True
+    rig.store.plain_http = True
+    result = await rig.uploader(**MULTIPART).handle(rig.row(big(15)))
+    assert result.outcome is Outcome.UPLOADED
+    assert rig.store.part_headers and all(
+        h == ("content-md5", "crc32") for h in rig.store.part_headers
+    )
+    rig.store.plain_http = False
+    rig.store.part_headers.clear()
+    result = await rig.uploader(**MULTIPART).handle(rig.row(big(16)))
+    assert result.outcome is Outcome.UPLOADED
+    assert rig.store.part_headers and all(h == ("crc32",) for h in rig.store.part_headers)
+
+
+async def test_an_sse_kms_bucket_archives_single_puts_proved_by_checksums(rig: Rig) -> None:
+    """SSE-KMS ETags are not MD5s (issue 30, item 3). With the bucket's default known, every
+    PUT carries a CRC32 (and the MD5 in its metadata) and is proved by the echoed checksum;
+    when only a PUT's answer reveals it, that one file is sent once more, the rest once."""
+    rig.store.kms = True
+    rig.store.encryption = "aws:kms"  # the default encryption, read at start
+    up = rig.uploader(concurrency=1)
+    results = [await up.handle(rig.row(body(i))) for i in range(3)]
+    assert [r.outcome for r in results] == [Outcome.UPLOADED] * 3
+    assert rig.store.calls.count("PUT-if-absent") + rig.store.calls.count("PUT") == 3
+    assert all(c is not None for c in rig.store.checksums_sent)
+    for r in results:
+        assert r.key is not None
+        assert rig.store.objects[r.key].metadata == {
+            METADATA_MD5: md5(rig.store.objects[r.key].body)
+        }
+    again = await rig.uploader().handle(rig.row(body(0)))  # a new run: judged intact
+    assert again.outcome is Outcome.SKIPPED_EXISTING
+
+    rig.store = FakeStore(kms=True)  # the default could not be read (least privilege)
+    up = rig.uploader(concurrency=1)
+    results = [await up.handle(rig.row(body(10 + i))) for i in range(3)]
+    assert [r.outcome for r in results] == [Outcome.UPLOADED] * 3
+    assert rig.store.checksums_sent[0] is None  # learned from its answer
+    assert len(rig.store.checksums_sent) == 4  # that file once more, the others once
+    assert all(c is not None for c in rig.store.checksums_sent[1:])
+    assert rig.store.encryption == "aws:kms"
+
+
+async def test_an_sse_kms_bucket_on_a_server_without_checksums_is_refused_at_once(
+    rig: Rig,
+) -> None:
+    rig.store = FakeStore(kms=True, echoes_checksums=False)
+    up = rig.uploader(concurrency=1)
+    with pytest.raises(StorageUnavailable, match="encrypts objects with aws:kms"):
+        await up.handle(rig.row(body(1)))
+    assert len(rig.store.checksums_sent) == 2  # the first PUT, and the one with a checksum
+
+    rig.store = FakeStore(kms=True, encryption="aws:kms")
+    with pytest.raises(StorageUnavailable, match="x-amz-checksum-crc32"):
+        await rig.uploader(**MULTIPART).handle(rig.row(big(17)))  # no CRC32 parts either
+    assert not any(c.startswith(("CREATE", "PART")) for c in rig.store.calls)

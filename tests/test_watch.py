@@ -24,6 +24,8 @@ import archiver
 from archiver.errors import (
     BucketMissing,
     ConfigError,
+    CredentialsRefused,
+    DatabaseAuthFailed,
     DatabaseError,
     DatabaseUnavailable,
     StorageUnavailable,
@@ -82,6 +84,9 @@ def test_outages_are_retried_configuration_errors_are_not() -> None:
     assert retryable(DatabaseError("connection lost"))
     assert not retryable(ConfigError("no database configured"))
     assert not retryable(BucketMissing("bucket 'x' does not exist"))
+    # A changed password or revoked keys: the supervisor restarts with the new ones.
+    assert not retryable(DatabaseAuthFailed("password authentication failed"))
+    assert not retryable(CredentialsRefused("S3 refused these credentials"))
 
 
 # -- the real command -----------------------------------------------------------------------
@@ -308,6 +313,31 @@ def test_watch_refuses_what_makes_no_sense_in_a_loop(env, flag) -> None:
         out.stderr.strip()
         == f"archiver: error: --watch cannot be combined with {flag.split('=')[0]}"
     )
+
+
+@pytest.mark.parametrize("s3_server", ["rgw"], indirect=True)
+async def test_watch_ends_with_exit_2_when_it_is_no_longer_let_in(s3_server, env, db, s3) -> None:
+    """Issue 30, item 11: a refused database role or password, or S3 keys the server no
+    longer takes, end the watch with one line and exit 2 (a supervisor restarts it with the
+    new .env); an outage would back off instead. On RGW, which checks signatures."""
+    await backfill(env, db, ["w-a1"])
+    parts = urlsplit(env.database_url)
+    no_role = urlunsplit(
+        (parts.scheme, f"no_such_role@{parts.hostname}:{parts.port}", parts.path, "", "")
+    )
+    for extra in (
+        {"DATABASE_URL": no_role},
+        {"AWS_SECRET_ACCESS_KEY": "not-the-secret"},
+    ):
+        started = time.monotonic()
+        out = run_cli(env, "upload", "--watch", "--interval", "1", "--no-progress", **extra)
+        assert out.returncode == 2, out.stderr
+        lines = [line for line in out.stderr.splitlines() if line.strip()]
+        assert lines[0].startswith("archiver: watch: archiving new rows"), out.stderr
+        assert len(lines) == 2 and lines[1].startswith("archiver: error: "), out.stderr
+        assert "Traceback" not in out.stderr and "not-the-secret" not in out.stderr
+        assert time.monotonic() - started < 30  # no backoff: it ended at once
+    assert await archived(db, ["w-a1"]) == set()
 
 
 def test_watch_stops_at_once_on_a_configuration_error(env) -> None:
