@@ -21,6 +21,7 @@ functions, tested without a server.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import uuid
 from collections.abc import Awaitable, Callable
@@ -68,6 +69,12 @@ class CdnReport:
     key_group_id: str | None = None
     private_key: str | None = None  # its path (never its content)
     settings: dict[str, Setting] = field(default_factory=dict)
+    signed_by: list[str] = field(default_factory=list)  # key groups the distribution requires
+
+    @property
+    def public(self) -> bool:
+        """Whether anyone with a URL can fetch the media (no signature required)."""
+        return self.distribution_id is not None and not self.signed_by
 
     @property
     def not_applied(self) -> list[str]:
@@ -105,6 +112,7 @@ class CdnReport:
             "prefix": self.prefix,
             "bucket_exists": self.bucket_exists,
             "distribution_id": self.distribution_id,
+            "public": self.public,
             "arn": self.arn,
             "domain": self.domain,
             "status": self.status,
@@ -134,7 +142,11 @@ def resource_name(bucket: str) -> str:
 
 
 def statement_sid(prefix: str) -> str:
-    return f"archiver-cloudfront-read-{_slug(prefix)}"
+    """The Sid of the bucket policy statement for `prefix`: readable, and unique per prefix
+    (a slug alone makes `media/cache` and `media-cache` one Sid, each run evicting the
+    other's statement), so a hash of the prefix itself ends it."""
+    digest = hashlib.sha256(prefix.encode()).hexdigest()[:10]
+    return f"archiver-cloudfront-read-{_slug(prefix)[:40]}-{digest}"
 
 
 def origin_domain(bucket: str, region: str) -> str:
@@ -195,10 +207,15 @@ class WantedDistribution:
             },
         )
         if self.key_group_id is not None:
+            # Ours is added to the key groups the distribution trusts already: a group of
+            # another signer (another app, a key being rotated in) keeps working.
+            current_groups = current.get("TrustedKeyGroups") or {}
+            kept = list(current_groups.get("Items") or []) if current_groups.get("Enabled") else []
+            items = list(dict.fromkeys([*kept, self.key_group_id]))
             behaviour["TrustedKeyGroups"] = {
                 "Enabled": True,
-                "Quantity": 1,
-                "Items": [self.key_group_id],
+                "Quantity": len(items),
+                "Items": items,
             }
         behaviour.setdefault("TrustedKeyGroups", {"Enabled": False, "Quantity": 0})
         return behaviour
@@ -269,6 +286,14 @@ def signing_required(config: dict[str, Any]) -> list[str]:
     """The key groups whose signatures the default behaviour requires (empty: none)."""
     groups = (config.get("DefaultCacheBehavior") or {}).get("TrustedKeyGroups") or {}
     return list(groups.get("Items") or []) if groups.get("Enabled") else []
+
+
+PUBLIC_WARNING = (
+    "Public: signed URLs are not required, so anyone who has a media URL (a post, a log, a "
+    "browser's history) can fetch that file through the CDN, for as long as it is archived; "
+    "the bucket itself stays closed to everyone but this distribution. Run setup-cdn --signed "
+    "to require signed, expiring URLs."
+)
 
 
 # -- applying it ----------------------------------------------------------------------------
@@ -458,6 +483,7 @@ async def _distribution(
         created = (await cf.call("create_distribution", DistributionConfig=config))["Distribution"]
         _remember(report, created)
         stored = (await cf.call("get_distribution_config", Id=created["Id"]))["DistributionConfig"]
+        report.signed_by = signing_required(stored)
         problem = wanted.difference(stored)
         if problem is not None:
             return Setting(State.REFUSED, f"created {created['Id']}, but read back: {problem}")
@@ -468,6 +494,10 @@ async def _distribution(
 
     async def read() -> tuple[dict[str, Any], str]:
         got = await cf.call("get_distribution_config", Id=dist_id)
+        required = signing_required(wanted.merged(got["DistributionConfig"]))
+        report.signed_by = (
+            required if not options.check_only else signing_required(got["DistributionConfig"])
+        )
         return got["DistributionConfig"], got["ETag"]
 
     async def write(current: tuple[dict[str, Any], str]) -> None:
@@ -522,6 +552,8 @@ def format_cdn(report: CdnReport) -> str:
     lines += [f"  {name:<23}{setting}" for name, setting in report.settings.items()]
     if report.domain:
         lines.append(f"Domain: {report.domain} (status {report.status or 'unknown'})")
+    if report.public:
+        lines.append(PUBLIC_WARNING)
     if report.env:
         lines.append("For archiver url, set:")
         lines += [f"  {name}={value}" for name, value in report.env.items()]

@@ -751,6 +751,8 @@ def url(**params: Any) -> int:
             click.echo(format_urls(report))
         for problem in report.problems:
             click.echo(f"archiver: {problem_line(problem)}", err=True)
+        if report.note:
+            click.echo(f"archiver: note: {report.note}", err=True)
     return report.exit_code
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
+import stat
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -108,11 +109,38 @@ def _error(exc: ClientError) -> Exception:
 # -- keys and signed URLs -------------------------------------------------------------------
 
 
+def _read_private(path: Path) -> bytes:
+    """The bytes of a private key file that only the running user can have written or read,
+    as ssh demands of its keys: owned by this user, no permission for group or others
+    (checked on the open file, so it cannot be swapped between the check and the read).
+    Anyone else who could write it could plant a key archiver would register and sign with;
+    anyone who could read it could sign URLs."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid():
+            raise ConfigError(
+                f"CloudFront private key {path} is owned by uid {st.st_uid}, not by the user "
+                f"archiver runs as (uid {os.geteuid()}): it could have been put there by "
+                "someone else"
+            )
+        if st.st_mode & 0o077:
+            raise ConfigError(
+                f"CloudFront private key {path} is open to others (mode "
+                f"{stat.S_IMODE(st.st_mode):04o}): `chmod 600 {path}` (only its owner may "
+                "read or write it)"
+            )
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read()
+    finally:
+        os.close(fd)
+
+
 def _load_private_key(path: Path) -> rsa.RSAPrivateKey:
     """The RSA private key in PEM file `path`; ConfigError (naming the path, never the
     content) when it cannot be read as one."""
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        key = serialization.load_pem_private_key(_read_private(path), password=None)
     except FileNotFoundError as exc:
         raise ConfigError(f"CloudFront private key {path} does not exist") from exc
     except OSError as exc:

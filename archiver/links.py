@@ -15,7 +15,7 @@ import datetime as dt
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from archiver.db import RowFilter
@@ -27,8 +27,14 @@ from archiver.services import database
 from archiver.settings import Settings
 from archiver.storage import Storage
 
+if TYPE_CHECKING:
+    from archiver.cloudfront import UrlSigner
+
 DEFAULT_EXPIRES_S = 3600
 PRESIGN_MAX_S = 7 * 24 * 3600  # SigV4 presigned URLs last at most 7 days
+# A signed CloudFront URL lasts as long as it says; archiver signs none for more than a
+# year (a link handed out for longer is a public link: use an unsigned CDN URL for that).
+CDN_SIGNED_MAX_S = 365 * 24 * 3600
 _DOMAIN_RE = re.compile(
     r"^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)+$"
 )
@@ -65,6 +71,8 @@ class UrlOptions:
             raise ConfigError("a signed CloudFront URL needs ARCHIVER_CDN_DOMAIN (--cdn-domain)")
         if self.kind == "s3_presigned" and self.expires_s > PRESIGN_MAX_S:
             raise ConfigError("--expires: a presigned S3 URL lasts at most 7 days")
+        if self.kind == "cdn_signed" and self.expires_s > CDN_SIGNED_MAX_S:
+            raise ConfigError("--expires: archiver signs CloudFront URLs for at most 365 days")
 
     @property
     def kind(self) -> str:
@@ -80,6 +88,8 @@ class UrlReport:
     expires_at: dt.datetime | None = None  # None: the CDN URL does not expire
     urls: dict[str, str] = field(default_factory=dict)  # media_id -> URL, in the order asked
     problems: list[Problem] = field(default_factory=list)
+    # Why the URLs may stop working before --expires says: signed with temporary credentials.
+    note: str | None = None
 
     @property
     def exit_code(self) -> int:
@@ -92,6 +102,7 @@ class UrlReport:
             "expires_at": expires,
             "urls": self.urls,
             "problems": [p.as_json() for p in self.problems],
+            "note": self.note,
         }
 
 
@@ -106,6 +117,12 @@ async def run_url(
     now = now or dt.datetime.now(dt.UTC)
     wanted = tuple(dict.fromkeys(options.media_ids))
     report = UrlReport(options.kind, asked=len(wanted))
+    signer = None
+    if options.key_id is not None and options.private_key is not None:
+        from archiver.cloudfront import UrlSigner
+
+        # The key file is proved usable (ours, open to no one else, a PEM key) first.
+        signer = UrlSigner(options.key_id, options.private_key)
     if options.kind != "cdn":
         report.expires_at = (now + dt.timedelta(seconds=options.expires_s)).replace(microsecond=0)
     async with database(settings) as db:
@@ -128,22 +145,50 @@ async def run_url(
             continue
         keys[media_id] = found[1]
     if keys:
-        report.urls = await _sign(settings, options, keys, report.expires_at)
+        report.urls = await _sign(settings, options, keys, report, signer)
     return report
 
 
+def temporary_limit(
+    expires_at: dt.datetime, temporary: bool, credentials_expire: dt.datetime | None
+) -> tuple[dt.datetime, str | None]:
+    """When a presigned URL really stops working, and why when that is sooner than asked: a
+    URL signed with temporary credentials (a role, SSO, AWS_SESSION_TOKEN) is refused once
+    their session ends, whatever its X-Amz-Expires says."""
+    if not temporary:
+        return expires_at, None
+    if credentials_expire is None:
+        return expires_at, (
+            "signed with temporary credentials (a session token) whose end is not known here: "
+            "the URLs stop working when that session ends, which may be before expires_at"
+        )
+    ends = credentials_expire.astimezone(dt.UTC).replace(microsecond=0)
+    if ends >= expires_at:
+        return expires_at, None
+    return ends, (
+        f"signed with temporary credentials that expire at {ends.isoformat()}: the URLs stop "
+        "working then, before the --expires asked (sign with longer-lived credentials)"
+    )
+
+
 async def _sign(
-    settings: Settings, options: UrlOptions, keys: dict[str, str], expires_at: dt.datetime | None
+    settings: Settings,
+    options: UrlOptions,
+    keys: dict[str, str],
+    report: UrlReport,
+    signer: UrlSigner | None,
 ) -> dict[str, str]:
+    expires_at = report.expires_at
     if options.cdn_domain is not None:
         urls = {media_id: cdn_url(options.cdn_domain, key) for media_id, key in keys.items()}
-        if options.key_id is None or options.private_key is None or expires_at is None:
+        if signer is None or expires_at is None:
             return urls
-        from archiver.cloudfront import UrlSigner
-
-        signer = UrlSigner(options.key_id, options.private_key)
         return {media_id: signer.sign(url, expires_at) for media_id, url in urls.items()}
     async with Storage.open(settings, max_connections=1) as store:
+        if expires_at is not None:
+            report.expires_at, report.note = temporary_limit(
+                expires_at, *await store.credential_lifetime()
+            )
         return {
             media_id: await store.presigned_get(key, options.expires_s)
             for media_id, key in keys.items()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime
 import hashlib
 import logging
 import uuid
@@ -1153,6 +1154,19 @@ class Storage:
             read = False if found["s3:ListBucket"] else None
         found["s3:GetObject"] = read
         return found
+
+    async def credential_lifetime(self) -> tuple[bool, datetime.datetime | None]:
+        """Whether the client's credentials are temporary (they carry a session token), and
+        when they expire, where botocore knows it (refreshable ones: roles, SSO)."""
+        credentials = getattr(self._s3._request_signer, "_credentials", None)
+        if credentials is None:
+            return False, None
+        try:
+            frozen = await credentials.get_frozen_credentials()
+        except (BotoCoreError, RuntimeError) as exc:
+            raise translate(exc, self.bucket, "reading the credentials") from exc
+        expiry = getattr(credentials, "_expiry_time", None)
+        return bool(frozen.token), expiry if isinstance(expiry, datetime.datetime) else None
 
     async def presigned_get(self, key: str, expires_s: int) -> str:
         """A URL that GETs `key` without credentials for `expires_s` seconds (signed here,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import random
 import stat
 import urllib.request
@@ -28,6 +29,7 @@ from archiver.cdn import (
     WantedDistribution,
     cdn_statement,
     comment,
+    statement_sid,
 )
 from archiver.errors import ConfigError
 from archiver.links import cdn_domain
@@ -96,6 +98,10 @@ def test_merging_keeps_what_archiver_does_not_own() -> None:
     assert "ForwardedValues" not in merged["DefaultCacheBehavior"]  # a cache policy replaces it
     # Without --signed, the key groups a distribution trusts are left as they are.
     assert merged["DefaultCacheBehavior"]["TrustedKeyGroups"]["Items"] == ["OLD"]
+    # With it, ours is added beside them: another signer's URLs keep working (issue 30).
+    signed = wanted("KG1").merged(current)["DefaultCacheBehavior"]["TrustedKeyGroups"]
+    assert signed == {"Enabled": True, "Quantity": 2, "Items": ["OLD", "KG1"]}
+    assert wanted("KG1").difference(wanted("KG1").merged(current)) is None
 
 
 @pytest.mark.parametrize(
@@ -129,7 +135,13 @@ def test_the_policy_statement_is_for_one_distribution_and_keeps_the_others() -> 
     ours = cdn_statement("b", "media/cache", arn)
     assert ours["Resource"] == "arn:aws:s3:::b/media/cache/*"
     assert ours["Condition"] == {"StringEquals": {"AWS:SourceArn": arn}}
-    assert ours["Sid"] == "archiver-cloudfront-read-media-cache"
+    assert ours["Sid"] == statement_sid("media/cache")
+    assert ours["Sid"].startswith("archiver-cloudfront-read-media-cache-")
+    # Issue 30, item 9: prefixes that slug alike keep a statement each.
+    assert statement_sid("media/cache") != statement_sid("media-cache")
+    sibling = cdn_statement("b", "media-cache", arn)
+    both = json.loads(merge_policy(merge_policy(None, ours), sibling) or "")["Statement"]
+    assert both == [ours, sibling]
     other = {"Sid": "Other", "Effect": "Deny", "Principal": "*", "Action": "s3:*", "Resource": "*"}
     document = merge_policy(json.dumps({"Statement": [other]}), ours)
     assert json.loads(document or "")["Statement"] == [other, ours]
@@ -231,7 +243,7 @@ def test_setup_cdn_creates_it_as_stored_and_a_second_run_changes_nothing(
     policy = json.loads(s3.get_bucket_policy(Bucket=env.bucket)["Policy"])
     # (setup-bucket leaves the TLS-only statement out over plain HTTP, as moto is here.)
     sids = [s["Sid"] for s in policy["Statement"]]
-    assert sids == ["AppReadsThumbnails", "archiver-cloudfront-read-cache"]
+    assert sids == ["AppReadsThumbnails", statement_sid("cache")]
     assert other in policy["Statement"]
     assert cdn_statement(env.bucket, "cache", summary["ARN"]) in policy["Statement"]
     block = s3.get_public_access_block(Bucket=env.bucket)["PublicAccessBlockConfiguration"]
@@ -315,11 +327,58 @@ def test_signed_registers_the_key_and_requires_it(env, cloudfront, tmp_path) -> 
     # The same key file, not a PEM key: one line, exit 2, the file's content not echoed.
     bad = tmp_path / "bad.pem"
     bad.write_text("not a key SECRETSECRET\n")
+    bad.chmod(0o600)
     out = cdn_cli(env, "--signed", ARCHIVER_CDN_PRIVATE_KEY=str(bad))
     assert out.returncode == 2
     assert "is not an unencrypted PEM private key" in out.stderr
     assert "SECRETSECRET" not in out.stderr + out.stdout
     assert "Traceback" not in out.stderr
+
+
+def test_a_private_key_open_to_others_is_refused(env, cloudfront, tmp_path) -> None:
+    """Issue 30, item 7: as ssh does, a key file that others may read or write is not used
+    (it could have been planted; others could sign with it); nothing is registered."""
+    key_path = tmp_path / "cloudfront.pem"
+    assert cdn_cli(env, "--signed", ARCHIVER_CDN_PRIVATE_KEY=str(key_path)).returncode == 0
+    pem = key_path.read_text()
+    registered = len(cloudfront.list_public_keys()["PublicKeyList"].get("Items") or [])
+    for mode in (0o644, 0o660, 0o602):
+        key_path.chmod(mode)
+        out = cdn_cli(env, "--signed", ARCHIVER_CDN_PRIVATE_KEY=str(key_path))
+        assert out.returncode == 2, out.stdout
+        line = out.stderr.strip()
+        assert "\n" not in line and f"mode {mode:04o}" in line and "chmod 600" in line
+        assert pem.splitlines()[1] not in out.stdout + out.stderr
+        url = run_cli(
+            env,
+            "url",
+            "u000",
+            ARCHIVER_CDN_DOMAIN="d1.cloudfront.net",
+            ARCHIVER_CDN_KEY_ID="K1",
+            ARCHIVER_CDN_PRIVATE_KEY=str(key_path),
+        )
+        assert url.returncode == 2 and "open to others" in url.stderr, url.stderr
+    assert len(cloudfront.list_public_keys()["PublicKeyList"].get("Items") or []) == registered
+    key_path.chmod(0o400)
+    assert cdn_cli(env, "--signed", ARCHIVER_CDN_PRIVATE_KEY=str(key_path)).returncode == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+def test_a_private_key_owned_by_another_user_is_refused(env, cloudfront, tmp_path) -> None:
+    key_path = tmp_path / "cloudfront.pem"
+    assert cdn_cli(env, "--signed", ARCHIVER_CDN_PRIVATE_KEY=str(key_path)).returncode == 0
+    os.chown(key_path, 65534, 65534)  # nobody: someone else's file at the configured path
+    out = cdn_cli(env, "--signed", ARCHIVER_CDN_PRIVATE_KEY=str(key_path))
+    assert out.returncode == 2
+    assert "owned by uid 65534" in out.stderr and out.stderr.count("\n") == 1
+
+
+def test_setup_cdn_without_signed_says_what_is_public(env, cloudfront) -> None:
+    out = cdn_cli(env, "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["public"] is True
+    text = cdn_cli(env)
+    assert "Public: signed URLs are not required" in text.stdout
 
 
 def test_setup_cdn_on_a_missing_bucket(env) -> None:
@@ -461,6 +520,42 @@ async def test_cdn_urls_and_signed_urls_verify_with_the_registered_key(
     too_long = run_cli(env, "url", "u000", "--expires", "8d")
     assert too_long.returncode == 2
     assert "at most 7 days" in too_long.stderr
+    signed_env = {
+        "ARCHIVER_CDN_DOMAIN": domain,
+        "ARCHIVER_CDN_KEY_ID": "K1",
+        "ARCHIVER_CDN_PRIVATE_KEY": str(key_path),
+    }
+    for expires in ("366d", "36500d", "99999999999999999999d"):  # issue 30, item 8
+        out = run_cli(env, "url", "u000", "--expires", expires, **signed_env)
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+        assert out.stderr.count("\n") == 1 and "at most 365 days" in out.stderr
+
+
+def test_temporary_credentials_shorten_what_expires_at_promises() -> None:
+    """Issue 30, item 8: a presigned URL stops working when the session that signed it
+    ends, whatever X-Amz-Expires says: expires_at says when, and a note why."""
+    from archiver.links import temporary_limit
+
+    asked = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
+    assert temporary_limit(asked, False, None) == (asked, None)
+    sooner = datetime(2026, 12, 3, 10, 30, 15, 999, tzinfo=UTC)
+    ends, note = temporary_limit(asked, True, sooner)
+    assert ends == sooner.replace(microsecond=0) and "2026-12-03T10:30:15" in (note or "")
+    assert temporary_limit(asked, True, datetime(2026, 12, 4, tzinfo=UTC)) == (asked, None)
+    ends, note = temporary_limit(asked, True, None)
+    assert ends == asked and "may be before expires_at" in (note or "")
+
+
+async def test_a_presigned_url_with_a_session_token_says_it_may_end_sooner(env, db) -> None:
+    await archived_rows(env, db, 1)
+    out = run_cli(env, "url", "u000", "--json", AWS_SESSION_TOKEN="session-token")
+    assert out.returncode == 0, out.stderr
+    assert "temporary credentials" in json.loads(out.stdout)["note"]
+    assert "X-Amz-Security-Token=session-token" in json.loads(out.stdout)["urls"]["u000"]
+    text = run_cli(env, "url", "u000", AWS_SESSION_TOKEN="session-token")
+    assert text.returncode == 0 and "archiver: note: signed with temporary" in text.stderr
+    plain = run_cli(env, "url", "u000", "--json")
+    assert json.loads(plain.stdout)["note"] is None
 
 
 def test_url_needs_a_media_id(env) -> None:
