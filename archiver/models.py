@@ -101,7 +101,8 @@ class RowResult:
     bytes_sent: int = 0  # object bytes this run sent to S3 for this row
     size: int = 0  # size of the local file, when found
     path: str | None = None
-    file_state: tuple[int, float] | None = None  # (size, mtime) of the file it resolved to
+    # (size, mtime, ctime) of the file it resolved to
+    file_state: tuple[int, float, float] | None = None
     note: ProblemNote | None = None  # for archiver_problems, when the outcome is a problem
     # an object already stored that could not be read back (no s3:GetObject) was sent
     # again, unconditionally, and is recorded on the ETag S3 returned

@@ -30,14 +30,17 @@ from archiver.settings import Settings
 SET_ASIDE_KINDS = frozenset({"corrupt", "invalid"})
 MAX_LISTED = 1000  # problems listed as text (--json lists them all)
 
-FileState = tuple[int, float] | None  # (size, mtime) of the row's file, None: no file
+# (size, mtime, ctime) of the row's file, None: no file
+FileState = tuple[int, float, float] | None
 
 
-def row_fingerprint(row: MediaRow) -> str:
-    """A digest of the columns that decide what becomes of a row: a change to any of them
-    (a corrected md5_sum, another path, a fixed created_at) makes the row worth a new try."""
+def row_fingerprint(row: MediaRow, file_ctime: float | None = None) -> str:
+    """A digest of what decides what becomes of a row: its columns (a corrected md5_sum,
+    another path, a fixed created_at) and its file's inode change time, which any rewrite of
+    the file moves, even one that keeps size and mtime (a corrupt file repaired with
+    `rsync -a`). A change to any of them makes the row worth a new try."""
     created = row.created_at.isoformat() if row.created_at is not None else None
-    columns = (
+    columns: tuple[str | None, ...] = (
         row.media_type,
         row.local_file_path,
         row.md5_sum,
@@ -45,31 +48,35 @@ def row_fingerprint(row: MediaRow) -> str:
         created,
         row.created_at_bad,
     )
+    if file_ctime is not None:
+        columns += (f"ctime={file_ctime!r}",)
     text = "\x1f".join("\x00" if c is None else c for c in columns)
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 def note_for(row: MediaRow, result: RowResult) -> ProblemNote:
     """What `archiver_problems` records of a row whose outcome is a problem."""
-    size, mtime = result.file_state or (None, None)
+    size, mtime, ctime = result.file_state or (None, None, None)
     return ProblemNote(
         media_id=row.media_id,
         kind=result.outcome.value,
         detail=result.reason,
         file_size=size,
         file_mtime=mtime,
-        fingerprint=row_fingerprint(row),
+        fingerprint=row_fingerprint(row, ctime),
     )
 
 
 def set_aside(known: KnownProblem, row: MediaRow, file: FileState) -> bool:
     """Whether a row with this recorded problem is not tried again: it was corrupt or
-    invalid, and neither its row nor its file changed since."""
+    invalid, and neither its row nor its file changed since (size, mtime, and the inode's
+    change time, kept in the fingerprint)."""
     recorded = None if known.file_size is None else (known.file_size, known.file_mtime)
+    current = None if file is None else (file[0], file[1])
     return (
         known.kind in SET_ASIDE_KINDS
-        and known.fingerprint == row_fingerprint(row)
-        and recorded == file
+        and known.fingerprint == row_fingerprint(row, file[2] if file is not None else None)
+        and recorded == current
     )
 
 

@@ -48,6 +48,9 @@ class Found:
     size: int = 0
     mtime: float = 0.0
     through_link: bool = False  # a symlink on the way (prune never deletes through one)
+    # The inode's change time: what any write, rename over or restore of the file moves,
+    # even one that keeps its size and mtime (`rsync -a`, `cp -p`, `touch -r`).
+    ctime: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +107,7 @@ def _found(candidate: Path, real: Path, st: os.stat_result | None, via: str) -> 
     if st is None or not stat.S_ISREG(st.st_mode):
         return Refused(f"{candidate} is not a regular file")
     linked = Path(os.path.abspath(candidate)) != real
-    return Found(real, via, st.st_size, st.st_mtime, through_link=linked)
+    return Found(real, via, st.st_size, st.st_mtime, through_link=linked, ctime=st.st_ctime)
 
 
 def _lookup(path: Path) -> os.stat_result | None:

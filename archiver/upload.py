@@ -38,7 +38,7 @@ from archiver.localfs import READ_CHUNK_BYTES, CacheRoot, LocalFile, NotARegular
 from archiver.models import MediaRow, Outcome, Problem, RowResult, Summary
 from archiver.pipeline import Interrupt, Pipeline
 from archiver.policies import BatchPolicy, ExistencePolicy, RetryPolicy
-from archiver.problems import Ledger, note_for, set_aside
+from archiver.problems import FileState, Ledger, note_for, set_aside
 from archiver.resolve import Found, NotFound, Resolution, open_cache_root, resolver_for
 from archiver.services import connected
 from archiver.settings import MAX_PARTS, MIB, Settings, UploadOptions
@@ -125,7 +125,7 @@ class Prepared:
     key: str
     url: str
     content_type: str
-    file_state: tuple[int, float]  # (size, mtime) when it was found, before any read
+    file_state: FileState  # (size, mtime, ctime) when it was found, before any read
     body: bytes | None = None  # read with the lookup when small
     body_md5: str | None = None
 
@@ -139,9 +139,9 @@ class Denied(enum.Enum):
 DENIED = Denied.DENIED
 
 
-def _state(found: Resolution) -> tuple[int, float] | None:
-    """What a problem record keeps of the file a row resolved to: size and mtime."""
-    return (found.size, found.mtime) if isinstance(found, Found) else None
+def _state(found: Resolution) -> FileState:
+    """What a problem record keeps of the file a row resolved to: size, mtime and ctime."""
+    return (found.size, found.mtime, found.ctime) if isinstance(found, Found) else None
 
 
 def multipart_etag(part_digests: Sequence[bytes]) -> str:
@@ -276,8 +276,8 @@ class Uploader:
 
     # -- the lookup, in a worker thread ------------------------------------------------
 
-    def file_state(self, row: MediaRow) -> tuple[int, float] | None:
-        """(size, mtime) of the file the row resolves to, None when none (blocking)."""
+    def file_state(self, row: MediaRow) -> FileState:
+        """(size, mtime, ctime) of the file the row resolves to, None when none (blocking)."""
         md5 = normalize_md5(row.md5_sum)
         return _state(self.resolver.resolve(row, md5)) if md5 is not None else None
 
@@ -323,7 +323,7 @@ class Uploader:
             key=key,
             url=archive_url(self.settings.bucket, key),
             content_type=content_type_for(row.mime_type, ext),
-            file_state=(found.size, found.mtime),
+            file_state=(found.size, found.mtime, found.ctime),
             body=body,
             body_md5=body_md5,
         )

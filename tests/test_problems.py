@@ -3,6 +3,7 @@ per-row report, and verify's repair (issue 15)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -110,22 +111,24 @@ def test_liveness_on_this_host_with_a_real_process() -> None:
 ROW = MediaRow("m1", "image", None, "a" * 32, "image/png", datetime(2025, 3, 1))
 
 
-def known(kind: str, state: tuple[int, float] | None, row: MediaRow = ROW) -> KnownProblem:
-    size, mtime = state or (None, None)
-    return KnownProblem("m1", kind, "why", size, mtime, row_fingerprint(row))
+def known(kind: str, state: tuple[int, float, float] | None, row: MediaRow = ROW) -> KnownProblem:
+    size, mtime, ctime = state or (None, None, None)
+    return KnownProblem("m1", kind, "why", size, mtime, row_fingerprint(row, ctime))
 
 
 @pytest.mark.parametrize(
     ("record", "row", "state", "aside"),
     [
-        (known("corrupt", (10, 1.5)), ROW, (10, 1.5), True),
-        (known("corrupt", (10, 1.5)), ROW, (10, 2.5), False),  # the file was touched
-        (known("corrupt", (10, 1.5)), ROW, (11, 1.5), False),  # ... or grew
-        (known("corrupt", (10, 1.5)), ROW, None, False),  # ... or is gone
+        (known("corrupt", (10, 1.5, 7.0)), ROW, (10, 1.5, 7.0), True),
+        (known("corrupt", (10, 1.5, 7.0)), ROW, (10, 2.5, 7.0), False),  # the file was touched
+        (known("corrupt", (10, 1.5, 7.0)), ROW, (11, 1.5, 7.0), False),  # ... or grew
+        (known("corrupt", (10, 1.5, 7.0)), ROW, None, False),  # ... or is gone
+        # ... or was rewritten with its size and mtime kept (`rsync -a`): its ctime moved
+        (known("corrupt", (10, 1.5, 7.0)), ROW, (10, 1.5, 9.0), False),
         (known("invalid", None), ROW, None, True),
-        (known("invalid", None), ROW, (10, 1.5), False),  # a file appeared
-        (known("corrupt", (10, 1.5)), replace(ROW, md5_sum="b" * 32), (10, 1.5), False),
-        (known("failed", (10, 1.5)), ROW, (10, 1.5), False),  # failed: always tried again
+        (known("invalid", None), ROW, (10, 1.5, 7.0), False),  # a file appeared
+        (known("corrupt", (10, 1.5, 7.0)), replace(ROW, md5_sum="b" * 32), (10, 1.5, 7.0), False),
+        (known("failed", (10, 1.5, 7.0)), ROW, (10, 1.5, 7.0), False),  # failed: always tried
     ],
 )
 def test_set_aside(record, row, state, aside) -> None:
@@ -147,9 +150,10 @@ def test_the_fingerprint_follows_every_column_that_decides_a_row() -> None:
 
 
 def test_a_problem_note_and_the_exit_code_of_known_problems() -> None:
-    result = RowResult("m1", Outcome.CORRUPT, reason="differs", file_state=(10, 1.5))
+    result = RowResult("m1", Outcome.CORRUPT, reason="differs", file_state=(10, 1.5, 7.0))
     note = note_for(ROW, result)
     assert (note.kind, note.file_size, note.file_mtime) == ("corrupt", 10, 1.5)
+    assert note.fingerprint == row_fingerprint(ROW, 7.0) != row_fingerprint(ROW)
     summary = Summary()
     summary.add(RowResult("m2", Outcome.UPLOADED))
     summary.add(RowResult("m1", Outcome.KNOWN_PROBLEM, reason="differs"))
@@ -267,19 +271,19 @@ async def test_a_corrupt_row_fails_once_then_is_known_until_its_file_changes(env
     text = run_cli(env, "upload")
     assert text.returncode == 0 and "archiver problems" in text.stdout
 
-    # The right bytes, with the old size and mtime: unchanged as far as a lookup can tell.
-    # Had the file been read, it would now be uploaded: it is not, so it was not read.
+    # Repaired as `rsync -a` or `cp -p` repairs a file: the right bytes, with its size and
+    # mtime kept. The inode's change time moved, so it is tried again (issue 30, item 14).
     st = corrupt_path.stat()
+    await asyncio.sleep(0.02)  # a ctime the filesystem can tell from the first one
     corrupt_path.write_bytes(data)
     os.utime(corrupt_path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (corrupt_path.stat().st_size, corrupt_path.stat().st_mtime_ns) == (
+        st.st_size,
+        st.st_mtime_ns,
+    )
     out = run_cli(env, "upload", "--json")
     third = json.loads(out.stdout)
-    assert out.returncode == 0 and third["known_problem"] == 1 and third["uploaded"] == 0
-
-    os.utime(corrupt_path, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))  # touched
-    out = run_cli(env, "upload", "--json")
-    fourth = json.loads(out.stdout)
-    assert out.returncode == 0 and fourth["uploaded"] == 1 and fourth["known_problem"] == 0
+    assert out.returncode == 0 and third["uploaded"] == 1 and third["known_problem"] == 0
     assert await db.fetchval("SELECT count(*) FROM archiver_problems") == 0  # archived: gone
     assert json.loads(run_cli(env, "problems", "--json").stdout)["count"] == 0
     assert await assert_archive_invariant(db, s3, env.bucket) == 2
