@@ -10,7 +10,12 @@ from botocore.exceptions import (
     ProfileNotFound,
 )
 
-from archiver.errors import BucketMissing, StorageError, StorageUnavailable
+from archiver.errors import (
+    BucketMissing,
+    CredentialsRefused,
+    StorageError,
+    StorageUnavailable,
+)
 from archiver.storage import content_md5, translate
 
 
@@ -27,9 +32,10 @@ def client_error(code: str, status: int) -> ClientError:
         (client_error("NoSuchBucket", 404), BucketMissing, 2),
         (client_error("BucketAlreadyExists", 409), StorageUnavailable, 2),
         (client_error("AccessDenied", 403), StorageUnavailable, 2),
-        (client_error("InvalidAccessKeyId", 403), StorageUnavailable, 2),
-        (client_error("SignatureDoesNotMatch", 403), StorageUnavailable, 2),
-        (client_error("ExpiredToken", 400), StorageUnavailable, 2),
+        # The credentials themselves refused: a watch ends on these (issue 30, item 11).
+        (client_error("InvalidAccessKeyId", 403), CredentialsRefused, 2),
+        (client_error("SignatureDoesNotMatch", 403), CredentialsRefused, 2),
+        (client_error("ExpiredToken", 400), CredentialsRefused, 2),
         (NoCredentialsError(), StorageUnavailable, 2),
         (ProfileNotFound(profile="ab-power-user"), StorageUnavailable, 2),
         (client_error("SlowDown", 503), StorageError, 1),  # after botocore's retries: row fails

@@ -76,6 +76,7 @@ async def test_verify_s3_reports_deleted_and_overwritten_objects(env, db, s3) ->
         "mismatched": 1,
         "errors": 0,
         "invalid": 0,
+        "unverifiable": 0,
     }
     kinds = {p["media_id"]: (p["kind"], p["url"]) for p in data["problems"]}
     assert kinds == {
