@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 from archiver.errors import AccessDenied, StorageError
 from archiver.iam import WRITE_PROBE_NAME
 from archiver.settings import Settings
-from archiver.storage import Refused, Storage, Unsupported, default_encryption_hiding_etags
+from archiver.storage import Refused, Storage, Unsupported
 
 GLACIER_IR_MIN_BYTES = 128 * 1024  # GLACIER_IR bills at least 128 KiB per object
 SMALL_OBJECTS_STAY = "all_storage_classes_128K"  # TransitionDefaultMinimumObjectSize
@@ -376,7 +376,7 @@ async def _encryption(store: Storage, _s: Settings, options: SetupOptions) -> Se
         )
         config = (current or {}).get("ServerSideEncryptionConfiguration") or {}
         # SSE-KMS makes ETags no MD5: the write probe (as uploads do) then sends a checksum.
-        store.encryption = store.encryption or default_encryption_hiding_etags(current or {})
+        store.learn_default_encryption(current or {})
         return {
             (r.get("ApplyServerSideEncryptionByDefault") or {}).get("SSEAlgorithm")
             for r in config.get("Rules") or []

@@ -166,7 +166,6 @@ class PutTemplate:
 
     PROBE_KEY = "archiver-template/probe key~"  # a space and a tilde: the encoding is checked
     _PER_REQUEST = ("Content-MD5", "Content-Type", "Content-Length", "Expect", "If-None-Match")
-    CHECKSUM_HEADERS = ("x-amz-sdk-checksum-algorithm", "x-amz-checksum-crc32")
 
     def __init__(
         self,
@@ -419,13 +418,25 @@ def encrypted_without_checksums(bucket: str, encryption: str | None) -> str:
     )
 
 
-def default_encryption_hiding_etags(response: Mapping[str, Any]) -> str | None:
-    """The SSE-KMS algorithm of a GetBucketEncryption answer, or None (none, or SSE-S3)."""
+def checksummed(crc32: str, md5_hex: str) -> dict[str, Any]:
+    """PutObject's parameters for a body proved by S3's CRC32 checksum, with the file's MD5
+    in the object's metadata (what an SSE-KMS object is judged by later)."""
+    return {
+        "ChecksumAlgorithm": "CRC32",
+        "ChecksumCRC32": crc32,
+        "Metadata": {METADATA_MD5: md5_hex},
+    }
+
+
+def kms_default(response: Mapping[str, Any]) -> tuple[str, str | None] | None:
+    """The SSE-KMS algorithm and key (None when unnamed) of a GetBucketEncryption answer,
+    or None (no default encryption, or SSE-S3, whose ETags are MD5s)."""
     config = response.get("ServerSideEncryptionConfiguration") or {}
     for rule in config.get("Rules") or []:
-        algorithm = str((rule.get("ApplyServerSideEncryptionByDefault") or {}).get("SSEAlgorithm"))
+        default = rule.get("ApplyServerSideEncryptionByDefault") or {}
+        algorithm = str(default.get("SSEAlgorithm"))
         if algorithm.startswith("aws:kms"):
-            return algorithm
+            return algorithm, default.get("KMSMasterKeyID")
     return None
 
 
@@ -733,9 +744,7 @@ class Storage:
         if self.storage_class:
             params["StorageClass"] = self.storage_class
         if crc32 is not None:
-            params.update(
-                ChecksumAlgorithm="CRC32", ChecksumCRC32=crc32, Metadata={METADATA_MD5: md5_hex}
-            )
+            params.update(checksummed(crc32, md5_hex))
         try:
             template = await self._put_template()
             if template is not None:
@@ -777,12 +786,15 @@ class Storage:
                 response = await client.get_bucket_encryption(Bucket=self.bucket)
         except (ClientError, BotoCoreError, StorageUnavailable):
             return
-        self.encryption = self.encryption or default_encryption_hiding_etags(response)
-        if self.encryption:
-            config = response.get("ServerSideEncryptionConfiguration") or {}
-            for rule in config.get("Rules") or []:
-                default = rule.get("ApplyServerSideEncryptionByDefault") or {}
-                self.kms_key = self.kms_key or default.get("KMSMasterKeyID")
+        self.learn_default_encryption(response)
+
+    def learn_default_encryption(self, response: Mapping[str, Any]) -> None:
+        """Take an SSE-KMS default (a GetBucketEncryption answer) as the bucket's
+        `encryption`, and its key as `kms_key`."""
+        found = kms_default(response)
+        if found is not None:
+            self.encryption = self.encryption or found[0]
+            self.kms_key = self.kms_key or found[1]
 
     async def learn_versioning(self) -> None:
         """Set `versioned` when the bucket has (or had) versioning on. Best effort: a
@@ -1076,13 +1088,7 @@ class Storage:
         versions: list[str] = []
 
         async def put(crc32: str | None) -> dict[str, Any]:
-            extra: dict[str, Any] = {}
-            if crc32 is not None:
-                extra = {
-                    "ChecksumAlgorithm": "CRC32",
-                    "ChecksumCRC32": crc32,
-                    "Metadata": {METADATA_MD5: md5_hex},
-                }
+            extra = checksummed(crc32, md5_hex) if crc32 is not None else {}
             response = await self._call(
                 f"PUT {key}",
                 "put_object",
