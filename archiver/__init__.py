@@ -41,8 +41,8 @@ async def archive(
     import io
     from dataclasses import replace
 
+    from archiver.commands.upload import run_upload
     from archiver.progress import Reporter
-    from archiver.upload import run_upload
 
     options = options or UploadOptions()
     if media_ids:

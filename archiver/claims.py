@@ -23,10 +23,11 @@ from archiver.db import Database, RowFilter
 from archiver.errors import DatabaseError
 from archiver.models import MediaRow
 from archiver.policies import RetryPolicy
+from archiver.settings import DEFAULT_LEASE_S
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LEASE_S = 300.0
+
 RENEWALS_PER_LEASE = 3  # renew a third of the way through, so two renewals may fail
 
 

@@ -460,8 +460,8 @@ DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"]
 @run_options
 def upload(**params: Any) -> int:
     """Upload every unarchived row's file and record its archive_url."""
+    from archiver.commands.upload import run_upload
     from archiver.progress import RowLog
-    from archiver.upload import run_upload
 
     settings = build_settings(params)
     if params["watch"]:
@@ -526,8 +526,8 @@ def _watch(
 ) -> int:
     """`upload --watch`: a line (or a JSON object) for each pass that did work, one for each
     that failed, and the totals at the end."""
+    from archiver.commands.watch import format_watch, pass_line, run_watch
     from archiver.progress import utc_stamp
-    from archiver.watch import format_watch, pass_line, run_watch
 
     as_json = params["as_json"]
     click.echo(
@@ -620,7 +620,7 @@ def _plain_http(url: str | None) -> str | None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def setup_bucket(**params: Any) -> int:
     """Create the bucket if absent and lock it down (idempotent)."""
-    from archiver.bucket import SetupOptions, format_setup, setup_bucket
+    from archiver.commands.setup_bucket import SetupOptions, format_setup, setup_bucket
     from archiver.storage import Storage
 
     settings = build_settings(params)
@@ -676,8 +676,8 @@ PRIVATE_KEY_OPTION = click.option(
 def setup_cdn(**params: Any) -> int:
     """Serve the archive through CloudFront: distribution, origin access control, bucket
     policy statement, and (--signed) a key group (idempotent)."""
-    from archiver.cdn import CdnOptions, format_cdn, setup_cdn
     from archiver.cloudfront import CloudFront
+    from archiver.commands.setup_cdn import CdnOptions, format_cdn, setup_cdn
     from archiver.storage import Storage
 
     settings = build_settings(params)
@@ -733,7 +733,7 @@ def setup_cdn(**params: Any) -> int:
 def url(**params: Any) -> int:
     """Print the link the app can use for each archived row: the CDN URL, a signed CloudFront
     URL, or a presigned S3 URL."""
-    from archiver.links import UrlOptions, cdn_domain, format_urls, problem_line, run_url
+    from archiver.commands.url import UrlOptions, cdn_domain, format_urls, problem_line, run_url
 
     settings = build_settings(params)
     options = UrlOptions(
@@ -772,7 +772,7 @@ def url(**params: Any) -> int:
 @run_options
 def verify(**params: Any) -> int:
     """Archive statistics; with --verify-s3 / --check-local, check objects and files."""
-    from archiver.verify import VerifyOptions, format_report, run_verify
+    from archiver.commands.verify import VerifyOptions, format_report, run_verify
 
     settings = build_settings(params)
     options = VerifyOptions(
@@ -822,7 +822,7 @@ def _progress(desc: str, params: dict[str, Any]) -> Progress:
 @run_options
 def prune_local(**params: Any) -> int:
     """Delete local files whose archived object was checked present and intact."""
-    from archiver.prune import PruneOptions, format_prune, run_prune
+    from archiver.commands.prune_local import PruneOptions, format_prune, run_prune
 
     settings = build_settings(params)
     options = PruneOptions(
@@ -855,7 +855,7 @@ def prune_local(**params: Any) -> int:
 @run_options
 def restore(**params: Any) -> int:
     """Download archived objects back into the local cache, verified."""
-    from archiver.restore import RestoreOptions, format_restore, run_restore
+    from archiver.commands.restore import RestoreOptions, format_restore, run_restore
 
     settings = build_settings(params)
     options = RestoreOptions(
@@ -886,7 +886,7 @@ def restore(**params: Any) -> int:
 def check(ctx: click.Context, /, **params: Any) -> int:
     """Check database, credentials, bucket, S3 permissions and cache before a long run
     (changes nothing)."""
-    from archiver.check import CheckOptions, format_check, run_check
+    from archiver.commands.check import CheckOptions, format_check, run_check
 
     env_file = ctx.meta.get("archiver.env_loaded")
     settings = build_settings(params)
@@ -945,7 +945,7 @@ def iam_policy(**params: Any) -> int:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def problems(**params: Any) -> int:
     """List the rows upload could not archive (corrupt, invalid, failed), oldest id first."""
-    from archiver.problems import format_problems, run_problems
+    from archiver.commands.problems import format_problems, run_problems
 
     settings = build_settings(params)
     ran = run_job(lambda _interrupt: run_problems(settings, params["kinds"], params["limit"]))
@@ -994,7 +994,7 @@ def db_init(**params: Any) -> int:
 def demo(files: int, concurrency: int, keep: bool, no_progress: bool) -> int:
     """A tour on an embedded PostgreSQL and a loopback S3 server; nothing to configure."""
     try:
-        from archiver.demo import DemoOptions, run_demo
+        from archiver.demo.tour import DemoOptions, run_demo
     except ImportError as exc:  # an installed archiver without the dev group
         raise ConfigError(
             f"the demo needs moto and pgserver ({exc.name} is not installed): run it from a "

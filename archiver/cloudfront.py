@@ -2,7 +2,7 @@
 `setup-cdn` manages, and CloudFront signed URLs.
 
 CloudFront is its own AWS service, so it has its own module: botocore's errors are translated
-here, as `storage.py` does for S3. A refused call becomes `Refused` naming the `cloudfront:`
+here, as `storage.py` does for S3. A refused call becomes `SettingRefused` naming the `cloudfront:`
 action the credentials lack (so one setting is reported and the others still run); missing
 credentials or an endpoint that does not answer stop the command (`StorageUnavailable`).
 """
@@ -26,19 +26,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from archiver.errors import ConfigError, StorageUnavailable
+from archiver.s3_answers import error_code, setting_refusal, unreachable
 from archiver.settings import Settings
-from archiver.storage import (
-    CONNECT_TIMEOUT_S,
-    READ_TIMEOUT_S,
-    Refused,
-    Unsupported,
-    aws_session,
-    unreachable,
-)
+from archiver.storage import aws_session
+from archiver.storage_base import CONNECT_TIMEOUT_S, READ_TIMEOUT_S
 
 CLOUDFRONT_REGION = "us-east-1"  # CloudFront is global; its API lives in us-east-1
 RSA_KEY_BITS = 2048  # what CloudFront takes for RSA public keys
-_FATAL_CODES = frozenset(
+# Refusals of the credentials themselves by the CloudFront API.
+_CREDENTIAL_CODES = frozenset(
     {"InvalidClientTokenId", "SignatureDoesNotMatch", "ExpiredToken", "UnrecognizedClientException"}
 )
 
@@ -67,7 +63,7 @@ class CloudFront:
             yield cls(client)
 
     async def call(self, method: str, **params: Any) -> dict[str, Any]:
-        """One API call (e.g. `create_key_group`); its response. `Refused` / `Unsupported`
+        """One API call (e.g. `create_key_group`); its response. `SettingRefused` / `SettingUnsupported`
         when the server refuses it, StorageUnavailable when it cannot be used at all."""
         try:
             response: dict[str, Any] = await getattr(self._cf, method)(**params)
@@ -91,19 +87,11 @@ class CloudFront:
 
 
 def _error(exc: ClientError) -> Exception:
-    error = exc.response.get("Error", {})
-    code = str(error.get("Code", ""))
-    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
     action = f"cloudfront:{exc.operation_name}"
-    if code in _FATAL_CODES:
+    code = error_code(exc)
+    if code in _CREDENTIAL_CODES:
         return StorageUnavailable(f"CloudFront refused {action}: {code} (check the credentials)")
-    if code in ("NotImplemented", "InvalidAction") or status == 501:
-        return Unsupported(action)
-    if code in ("AccessDenied", "AccessDeniedException") or status == 403:
-        return Refused(f"AccessDenied: these credentials need {action}")
-    message = str(error.get("Message") or "").strip()
-    detail = f": {message}" if message and message != "None" else ""
-    return Refused(f"{action}: {code or 'error'} (HTTP {status}){detail}")
+    return setting_refusal(exc, action, action, name_action=True)
 
 
 # -- keys and signed URLs -------------------------------------------------------------------

@@ -10,24 +10,12 @@ from pathlib import Path
 
 from dotenv import dotenv_values, load_dotenv
 
+from archiver.settings import ENVIRONMENT
+
 # What archiver reads itself (flags' env vars), and the test suite's database.
 ARCHIVER_KEYS = frozenset(
-    {
-        "DATABASE_URL",
-        "ARCHIVER_BUCKET",
-        "ARCHIVER_KEY_PREFIX",
-        "ARCHIVER_CACHE_ROOT",
-        "ARCHIVER_STORAGE_CLASS",
-        "ARCHIVER_MAX_BANDWIDTH",
-        "ARCHIVER_LOG_FILE",
-        "ARCHIVER_LOG_FORMAT",
-        "ARCHIVER_PROGRESS_INTERVAL",
-        "ARCHIVER_WATCH_INTERVAL",
-        "ARCHIVER_CDN_DOMAIN",
-        "ARCHIVER_CDN_KEY_ID",
-        "ARCHIVER_CDN_PRIVATE_KEY",
-        "ARCHIVER_TEST_DATABASE_URL",
-    }
+    {name for names in ENVIRONMENT.values() for name in names if not name.startswith("AWS_")}
+    | {"ARCHIVER_TEST_DATABASE_URL"}
 )
 # The AWS SDK's environment variables (botocore and the AWS CLI read these).
 AWS_KEYS = frozenset(

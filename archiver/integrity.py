@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from archiver.storage import ObjectInfo
+from archiver.models import ObjectInfo
 
 METADATA_MD5 = "md5"  # x-amz-meta-md5: the whole file's MD5, on multipart objects
 

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Self
 
+from archiver.errors import NotARegularFile
+
 Unlinked = Literal["deleted", "gone", "changed"]
 
 READ_CHUNK_BYTES = 1024 * 1024
@@ -36,10 +38,6 @@ _OPEN_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _NEW_FILE_MODE = 0o666  # as open() makes files: the umask decides
 # linkat() of an O_TMPFILE descriptor by its /proc name (AT_EMPTY_PATH would need a capability)
 _PROC_FD = Path("/proc/self/fd")
-
-
-class NotARegularFile(OSError):
-    """Something other than a regular file (a FIFO, a device, a directory) is at the name."""
 
 
 def why(exc: BaseException) -> str:

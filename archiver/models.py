@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -226,3 +227,51 @@ class Summary:
         if self.error:
             data["error"] = self.error
         return data
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    """What a HEAD tells about an object."""
+
+    size: int
+    etag: str  # without quotes
+    metadata: Mapping[str, str]
+    # The server-side encryption whose ETags are not an MD5 of the content (`aws:kms`,
+    # `aws:kms:dsse`, `SSE-C`), or None (none, or SSE-S3, whose ETags are MD5s).
+    encryption: str | None = None
+
+    @property
+    def is_multipart(self) -> bool:
+        return "-" in self.etag
+
+    @property
+    def encrypted(self) -> bool:
+        """Whether the ETag is not an MD5 because of the object's encryption."""
+        return self.encryption is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Put:
+    """What S3 answered to a PUT: the ETag, the CRC32 it echoed (when one was sent and the
+    server supports S3's additional checksums), and the encryption that makes the ETag no
+    MD5 (see `etag_hiding_encryption`)."""
+
+    etag: str
+    crc32: str | None = None
+    encryption: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPart:
+    number: int
+    etag: str
+    crc32: str | None = None  # base64 CRC32 S3 checked, on uploads with part checksums
+
+
+@dataclass(frozen=True, slots=True)
+class Completed:
+    """What CompleteMultipartUpload answered: the ETag (empty from some servers) and, on an
+    upload with part checksums, the checksum of the parts' checksums (`...-N`)."""
+
+    etag: str
+    crc32: str | None = None

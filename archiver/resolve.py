@@ -59,13 +59,13 @@ class NotFound:
 
 
 @dataclass(frozen=True, slots=True)
-class Refused:
+class PathRefused:
     """The row must not be read (outside the cache root, not a regular file, bad type)."""
 
     reason: str
 
 
-Resolution = Found | NotFound | Refused
+Resolution = Found | NotFound | PathRefused
 
 
 def media_dir_name(media_type: str | None) -> str | None:
@@ -79,15 +79,15 @@ def media_dir(cache_root: Path, media_type: str | None) -> Path | None:
     return cache_root / name if name is not None else None
 
 
-def _confine(candidate: Path, root: Path, via: str) -> Found | Refused:
+def _confine(candidate: Path, root: Path, via: str) -> Found | PathRefused:
     """The file at `candidate` with every symlink on the way resolved, when that is a
     regular file inside `root`."""
     try:
         real = candidate.resolve(strict=True)
     except (OSError, RuntimeError, ValueError) as exc:  # vanished, loop, permission
-        return Refused(f"cannot resolve {candidate}: {why(exc)}")
+        return PathRefused(f"cannot resolve {candidate}: {why(exc)}")
     if not real.is_relative_to(root):
-        return Refused(f"{candidate} resolves outside the cache root")
+        return PathRefused(f"{candidate} resolves outside the cache root")
     try:
         st = real.stat()  # the one stat of the file: its size and mtime travel with it
     except OSError:
@@ -101,11 +101,11 @@ def _control_characters(name: str) -> bool:
     return any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in name)
 
 
-def _found(candidate: Path, real: Path, st: os.stat_result | None, via: str) -> Found | Refused:
+def _found(candidate: Path, real: Path, st: os.stat_result | None, via: str) -> Found | PathRefused:
     if _control_characters(candidate.name) or _control_characters(real.name):
-        return Refused(f"the file name {str(real.name)!r} holds control characters")
+        return PathRefused(f"the file name {str(real.name)!r} holds control characters")
     if st is None or not stat.S_ISREG(st.st_mode):
-        return Refused(f"{candidate} is not a regular file")
+        return PathRefused(f"{candidate} is not a regular file")
     linked = Path(os.path.abspath(candidate)) != real
     return Found(real, via, st.st_size, st.st_mtime, through_link=linked, ctime=st.st_ctime)
 
@@ -153,10 +153,10 @@ class Resolver:
 
     async def locate(self, row: MediaRow) -> Resolution:
         """The row's file, looked up in a worker thread: what every job asks of a row before
-        it touches its file. Refused when `md5_sum` is not 32 hex digits."""
+        it touches its file. PathRefused when `md5_sum` is not 32 hex digits."""
         md5 = normalize_md5(row.md5_sum)
         if md5 is None:
-            return Refused(f"md5_sum {row.md5_sum!r} is not 32 hex digits")
+            return PathRefused(f"md5_sum {row.md5_sum!r} is not 32 hex digits")
         return await asyncio.to_thread(self.resolve, row, md5)
 
     def resolve(self, row: MediaRow, md5: str) -> Resolution:
@@ -168,10 +168,10 @@ class Resolver:
                 if (st := _lookup(candidate)) is not None:
                     return self._confine(candidate, st, "local_file_path")
             except (OSError, ValueError) as exc:
-                return Refused(f"local_file_path cannot be looked up: {why(exc)}")
+                return PathRefused(f"local_file_path cannot be looked up: {why(exc)}")
         directory = media_dir(self.root, row.media_type)
         if directory is None:
-            return Refused(f"media_type {row.media_type!r} is not a plain word")
+            return PathRefused(f"media_type {row.media_type!r} is not a plain word")
         try:
             mime_ext = ext_for_mime(row.mime_type)
             if mime_ext:
@@ -186,7 +186,7 @@ class Resolver:
                 if (st := _lookup(candidate)) is not None:
                     return self._confine(candidate, st, "glob")
         except (OSError, ValueError) as exc:
-            return Refused(f"cannot look in {directory}: {why(exc)}")
+            return PathRefused(f"cannot look in {directory}: {why(exc)}")
         return NotFound(f"no local file for {md5} under {directory}")
 
     def below_root(self, path: Path) -> Path:
@@ -198,7 +198,7 @@ class Resolver:
             return self.root / absolute.relative_to(alias)
         return absolute
 
-    def _confine(self, candidate: Path, st: os.stat_result, via: str) -> Found | Refused:
+    def _confine(self, candidate: Path, st: os.stat_result, via: str) -> Found | PathRefused:
         """`_confine`, cheaper for the common case: a regular file (not a symlink) is its
         directory's real path plus its name, and the real path of each directory is looked
         up once per run (a run sees a handful). Reads stay safe if a directory is swapped
@@ -212,13 +212,13 @@ class Resolver:
             try:
                 real_parent = parent.resolve(strict=True)
             except (OSError, RuntimeError, ValueError) as exc:
-                return Refused(f"cannot resolve {candidate}: {why(exc)}")
+                return PathRefused(f"cannot resolve {candidate}: {why(exc)}")
             if len(self._real_dirs) >= REAL_DIRS_REMEMBERED:
                 self._real_dirs.clear()  # hostile rows naming many directories
             self._real_dirs[parent] = real_parent
         real = real_parent / candidate.name
         if not real.is_relative_to(self.root):
-            return Refused(f"{candidate} resolves outside the cache root")
+            return PathRefused(f"{candidate} resolves outside the cache root")
         return _found(candidate, real, st, via)
 
     def _index(self, directory: Path, *, fresh: bool) -> dict[str, str]:

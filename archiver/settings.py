@@ -19,7 +19,12 @@ DEFAULT_KEY_PREFIX = "cache"
 DEFAULT_CACHE_ROOT = "cache/media"
 DEFAULT_REGION = "us-east-1"
 
-DEFAULT_CONCURRENCY = 32  # uploads in flight
+DEFAULT_CONCURRENCY = 32  # uploads, checks or downloads in flight
+DEFAULT_LEASE_S = 300.0  # how long a claim on a row lasts unless renewed
+DEFAULT_WATCH_INTERVAL_S = 60.0  # upload --watch: seconds between passes
+DEFAULT_URL_EXPIRES_S = 3600  # url: how long a signed or presigned URL works
+DEFAULT_CHECK_SAMPLE = 200  # check: rows whose local file is looked for
+DEFAULT_GLACIER_DAYS = 90  # setup-bucket: days before objects over 128 KiB move to GLACIER_IR
 MAX_CONCURRENCY = 1024
 DEFAULT_BATCH_SIZE = 50  # rows per grouped UPDATE
 MIB = 1024 * 1024
@@ -237,7 +242,34 @@ class ClientOptions:
 
 # Where the database's DSN is read from, first found first: archiver's own name, then the
 # name the app's .env gives it (Supabase's connection string).
-DATABASE_VARIABLES = ("DATABASE_URL", "SUPABASE_DB_URL")
+# Every environment variable archiver reads, by the setting or flag it gives (the first one
+# set wins): read by `Settings.from_env`, the command line's options and the `.env` check.
+ENVIRONMENT: dict[str, tuple[str, ...]] = {
+    "database_url": ("DATABASE_URL", "SUPABASE_DB_URL"),
+    "bucket": ("ARCHIVER_BUCKET",),
+    "key_prefix": ("ARCHIVER_KEY_PREFIX",),
+    "cache_root": ("ARCHIVER_CACHE_ROOT",),
+    "profile": ("AWS_PROFILE",),
+    "region": ("AWS_REGION", "AWS_DEFAULT_REGION"),
+    "endpoint_url": ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
+    "storage_class": ("ARCHIVER_STORAGE_CLASS",),
+    "max_bandwidth": ("ARCHIVER_MAX_BANDWIDTH",),
+    "interval": ("ARCHIVER_WATCH_INTERVAL",),
+    "progress_interval": ("ARCHIVER_PROGRESS_INTERVAL",),
+    "log_file": ("ARCHIVER_LOG_FILE",),
+    "log_format": ("ARCHIVER_LOG_FORMAT",),
+    "cdn_domain": ("ARCHIVER_CDN_DOMAIN",),
+    "cdn_key_id": ("ARCHIVER_CDN_KEY_ID",),
+    "cdn_private_key": ("ARCHIVER_CDN_PRIVATE_KEY",),
+    "cloudfront_endpoint_url": ("AWS_ENDPOINT_URL_CLOUDFRONT", "AWS_ENDPOINT_URL"),
+    "sts_endpoint_url": ("AWS_ENDPOINT_URL_STS", "AWS_ENDPOINT_URL"),
+}
+DATABASE_VARIABLES = ENVIRONMENT["database_url"]
+
+
+def first_set(environ: Mapping[str, str], setting: str) -> str | None:
+    """The value of the first of `setting`'s variables set (not empty) in `environ`."""
+    return next((environ[n] for n in ENVIRONMENT[setting] if environ.get(n)), None)
 
 
 def database_variable(environ: Mapping[str, str]) -> str | None:
@@ -283,18 +315,15 @@ class Settings:
         `overrides` win. For programs that archive through the Python API
         (`archiver.archive`)."""
 
-        def first(*names: str) -> str | None:
-            return next((environ[n] for n in names if environ.get(n)), None)
-
         values: dict[str, object] = {
-            "database_url": first(*DATABASE_VARIABLES),
+            "database_url": first_set(environ, "database_url"),
             "database_from": database_variable(environ),
-            "bucket": first("ARCHIVER_BUCKET") or DEFAULT_BUCKET,
-            "key_prefix": first("ARCHIVER_KEY_PREFIX") or DEFAULT_KEY_PREFIX,
-            "cache_root": Path(first("ARCHIVER_CACHE_ROOT") or DEFAULT_CACHE_ROOT),
-            "profile": first("AWS_PROFILE"),
-            "region": first("AWS_REGION", "AWS_DEFAULT_REGION") or DEFAULT_REGION,
-            "endpoint_url": first("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
+            "bucket": first_set(environ, "bucket") or DEFAULT_BUCKET,
+            "key_prefix": first_set(environ, "key_prefix") or DEFAULT_KEY_PREFIX,
+            "cache_root": Path(first_set(environ, "cache_root") or DEFAULT_CACHE_ROOT),
+            "profile": first_set(environ, "profile"),
+            "region": first_set(environ, "region") or DEFAULT_REGION,
+            "endpoint_url": first_set(environ, "endpoint_url"),
             "client": ClientOptions.from_env(environ),
         }
         values.update(overrides)
@@ -349,7 +378,7 @@ class UploadOptions:
     part_size: int = DEFAULT_PART_SIZE_BYTES
     memory_budget: int | None = None  # bytes of file content held at once; None: byte_budget
     flush_interval_s: float = 1.0
-    lease_s: float = 300.0  # how long a claim on a row lasts unless renewed
+    lease_s: float = DEFAULT_LEASE_S
     retry_problems: bool = False  # try known problems again (they are set aside otherwise)
     media_ids: tuple[str, ...] = ()  # only these rows (their known problems tried again)
     created_since: datetime | None = None  # only rows created at or after (UTC, naive)

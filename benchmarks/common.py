@@ -1,7 +1,7 @@
 """Shared pieces of the benchmark scripts: servers, datasets, measured runs, tables.
 
 The S3 server (moto) runs in its own process, so neither its CPU nor its memory is
-counted as archiver's; PostgreSQL is a throwaway cluster (archiver.localpg).
+counted as archiver's; PostgreSQL is a throwaway cluster (archiver.demo.localpg).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from typing import Any
 import asyncpg
 import boto3
 
-from archiver.localpg import LocalPostgres, free_port, wait_port
-from archiver.sample import POST_MEDIA_DDL, SampleRow, insert_rows
+from archiver.demo.localpg import LocalPostgres, free_port, wait_port
+from archiver.demo.sample import POST_MEDIA_DDL, SampleRow, insert_rows
 
 OUT = Path(__file__).resolve().parent / "out"
 REPO = Path(__file__).resolve().parent.parent

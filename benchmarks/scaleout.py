@@ -15,7 +15,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from archiver.sample import SampleRow, write_media
+from archiver.demo.sample import SampleRow, write_media
 from benchmarks.common import (
     archived_rows,
     archiver_cmd,

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from archiver.localpg import free_port, wait_port
-from archiver.sample import SampleRow, make_sample_set, write_media
+from archiver.demo.localpg import free_port, wait_port
+from archiver.demo.sample import SampleRow, make_sample_set, write_media
 from benchmarks.common import (
     AWS_ENV,
     OUT,

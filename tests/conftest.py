@@ -24,9 +24,9 @@ import asyncpg
 import boto3
 import pytest
 
-from archiver.demo import s3_server as moto_s3_server
-from archiver.localpg import LocalPostgres
-from archiver.sample import POST_MEDIA_DDL
+from archiver.demo.localpg import LocalPostgres
+from archiver.demo.sample import POST_MEDIA_DDL
+from archiver.demo.tour import s3_server as moto_s3_server
 from archiver.settings import Settings
 
 # Never let the suite reach a real AWS account.
@@ -290,7 +290,7 @@ def pgbouncer(pg_server: LocalPostgres | None) -> Iterator[int]:
     import subprocess
     import tempfile
 
-    from archiver.localpg import _run_as, free_port
+    from archiver.demo.localpg import _run_as, free_port
 
     binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
     if pg_server is None:

@@ -17,11 +17,11 @@ from typing import Any
 import asyncpg
 import pytest
 
+from archiver.commands.upload import run_upload
+from archiver.demo.sample import SampleRow, file_bytes, insert_rows
 from archiver.models import Summary
 from archiver.progress import Reporter
-from archiver.sample import SampleRow, file_bytes, insert_rows
 from archiver.settings import UploadOptions
-from archiver.upload import run_upload
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -22,7 +22,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from archiver.localpg import free_port, wait_port
+from archiver.demo.localpg import free_port, wait_port
 
 ACCESS_KEY = "testing"  # the suite's AWS_ACCESS_KEY_ID, as on moto
 SECRET_KEY = "testing"

@@ -8,7 +8,7 @@ import uuid
 import boto3
 import pytest
 
-from archiver.bucket import (
+from archiver.commands.setup_bucket import (
     SMALL_OBJECTS_STAY,
     Setting,
     SetupOptions,

@@ -22,8 +22,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 
-from archiver.bucket import merge_policy
-from archiver.cdn import (
+from archiver.commands.setup_cdn import (
     CACHING_OPTIMIZED,
     ORIGIN_ID,
     WantedDistribution,
@@ -31,9 +30,10 @@ from archiver.cdn import (
     comment,
     statement_sid,
 )
+from archiver.commands.url import cdn_domain
+from archiver.converge import merge_policy
+from archiver.demo.sample import SampleRow, file_bytes, insert_rows
 from archiver.errors import ConfigError
-from archiver.links import cdn_domain
-from archiver.sample import SampleRow, file_bytes, insert_rows
 from archiver.settings import parse_duration
 from tests.helpers import both_servers, md5, media_file, run_cli, upload
 
@@ -534,7 +534,7 @@ async def test_cdn_urls_and_signed_urls_verify_with_the_registered_key(
 def test_temporary_credentials_shorten_what_expires_at_promises() -> None:
     """Issue 30, item 8: a presigned URL stops working when the session that signed it
     ends, whatever X-Amz-Expires says: expires_at says when, and a note why."""
-    from archiver.links import temporary_limit
+    from archiver.commands.url import temporary_limit
 
     asked = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
     assert temporary_limit(asked, False, None) == (asked, None)
@@ -582,10 +582,10 @@ class RefusingCloudFront:
         return []
 
     async def call(self, method: str, **_params: Any) -> dict[str, Any]:
-        from archiver.storage import Refused
+        from archiver.errors import SettingRefused
 
         self.calls.append(method)
-        raise Refused(f"AccessDenied: these credentials need cloudfront:{method}")
+        raise SettingRefused(f"AccessDenied: these credentials need cloudfront:{method}")
 
 
 class BucketOnly:
@@ -594,7 +594,7 @@ class BucketOnly:
 
 
 async def test_a_refused_origin_access_control_leaves_the_distribution_alone() -> None:
-    from archiver.cdn import CdnOptions, format_cdn, setup_cdn
+    from archiver.commands.setup_cdn import CdnOptions, format_cdn, setup_cdn
     from archiver.settings import Settings
 
     cf = RefusingCloudFront()

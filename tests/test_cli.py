@@ -9,7 +9,7 @@ from datetime import datetime
 
 import pytest
 
-from archiver.sample import SampleRow, file_bytes, insert_rows
+from archiver.demo.sample import SampleRow, file_bytes, insert_rows
 from tests.helpers import (
     build_bad_cases,
     build_contract_cases,
@@ -217,7 +217,7 @@ async def test_env_file_option_before_or_after_the_command(env, db, s3) -> None:
 
 
 async def test_dead_s3_endpoint_at_start_exits_2_with_one_line(env, db) -> None:
-    from archiver.localpg import free_port
+    from archiver.demo.localpg import free_port
 
     await insert_cases(db, build_contract_cases(env, random.Random(16))[:2])
     import time

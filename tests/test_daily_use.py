@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from archiver.sample import SampleRow, file_bytes, insert_rows
+from archiver.demo.sample import SampleRow, file_bytes, insert_rows
 from archiver.settings import MIB
 from tests.helpers import REPO, both_servers, md5, media_file, run_cli
 

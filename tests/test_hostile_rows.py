@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from archiver.claims import here
-from archiver.localpg import free_port
-from archiver.sample import SampleRow, file_bytes, insert_rows
+from archiver.demo.localpg import free_port
+from archiver.demo.sample import SampleRow, file_bytes, insert_rows
 from archiver.settings import MIB
 from tests.helpers import md5, media_file, run_cli
 from tests.proxy import Request, Respond

@@ -12,7 +12,7 @@ from archiver.integrity import (
     mismatch,
     object_intact,
 )
-from archiver.storage import ObjectInfo
+from archiver.models import ObjectInfo
 
 MD5 = "0123456789abcdef0123456789abcdef"
 OTHER = "e" * 32

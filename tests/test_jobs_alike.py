@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from archiver.sample import SampleRow, file_bytes, insert_rows
+from archiver.demo.sample import SampleRow, file_bytes, insert_rows
 from archiver.settings import DEFAULT_MAX_ATTEMPTS, MIB
-from archiver.storage import ACCESS_PROBE_NAME
+from archiver.storage_base import ACCESS_PROBE_NAME
 from tests.helpers import both_servers, md5, media_file, run_cli, start_cli
 from tests.proxy import Request, Respond
 

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from archiver.content_types import choose_ext, content_type_for, ext_for_mime, sniff_ext
+from archiver.demo.sample import MAGIC
 from archiver.keys import (
     NotOurs,
     archive_url,
@@ -16,7 +17,6 @@ from archiver.keys import (
     object_key,
     plain_ext,
 )
-from archiver.sample import MAGIC
 
 MD5 = "0123456789abcdef0123456789abcdef"
 

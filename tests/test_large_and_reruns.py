@@ -8,12 +8,13 @@ from datetime import datetime
 
 import pytest
 
+from archiver.checksums import composite_crc32, crc32_b64
+from archiver.commands.upload import run_upload
+from archiver.demo.sample import SampleRow, file_bytes, insert_rows
 from archiver.models import Outcome
 from archiver.policies import ExistencePolicy
-from archiver.sample import SampleRow, file_bytes, insert_rows
 from archiver.settings import MIB, ClientOptions, UploadOptions
-from archiver.storage import Storage, composite_crc32, crc32_b64
-from archiver.upload import run_upload
+from archiver.storage import Storage
 from tests.helpers import (
     assert_archive_invariant,
     both_servers,

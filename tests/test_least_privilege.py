@@ -19,8 +19,8 @@ from typing import Any
 import boto3
 import pytest
 
+from archiver.demo.sample import SampleRow, file_bytes, insert_rows
 from archiver.iam import DAILY, policy
-from archiver.sample import SampleRow, file_bytes, insert_rows
 from archiver.settings import MIB
 from tests.helpers import all_objects, assert_archive_invariant, make_rows, md5, media_file, run_cli
 
@@ -360,7 +360,7 @@ def test_setup_bucket_may_delete_its_write_probe_and_nothing_else() -> None:
 
 
 def test_a_refusal_names_the_operation_the_object_and_the_iam_action() -> None:
-    from archiver.storage import bucket_denied, denied
+    from archiver.s3_answers import bucket_denied, denied
 
     put = str(denied("b-1", "complete_multipart_upload", "cache/2025/01/x.jpg"))
     assert put.startswith(

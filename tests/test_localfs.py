@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from archiver.localfs import CacheRoot, LocalFile, NewFile, NotARegularFile
+from archiver.errors import NotARegularFile
+from archiver.localfs import CacheRoot, LocalFile, NewFile
 
 
 @pytest.fixture

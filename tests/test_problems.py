@@ -16,9 +16,9 @@ from datetime import datetime
 import pytest
 
 from archiver.claims import dead_here, here, new_owner, proc_stat
+from archiver.demo.sample import SampleRow, insert_rows
+from archiver.ledger import note_for, row_fingerprint, set_aside
 from archiver.models import KnownProblem, MediaRow, Outcome, RowResult, Summary
-from archiver.problems import note_for, row_fingerprint, set_aside
-from archiver.sample import SampleRow, insert_rows
 from tests.helpers import (
     all_objects,
     assert_archive_invariant,

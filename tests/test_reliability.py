@@ -224,10 +224,10 @@ async def test_database_gone_for_good_stops_with_exit_1_and_counts_what_was_unre
 ) -> None:
     import asyncpg
 
+    from archiver.commands.upload import run_upload
     from archiver.policies import RetryPolicy
     from archiver.progress import format_summary
     from archiver.settings import UploadOptions
-    from archiver.upload import run_upload
     from tests.helpers import quiet_reporter
 
     await make_rows(penv, db, 200)

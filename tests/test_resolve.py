@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from archiver.models import MediaRow
-from archiver.resolve import INDEX_MAX_AGE_S, Found, NotFound, Refused, Resolver, resolve_file
+from archiver.resolve import INDEX_MAX_AGE_S, Found, NotFound, PathRefused, Resolver, resolve_file
 
 MD5 = "0123456789abcdef0123456789abcdef"
 
@@ -46,8 +46,8 @@ CASES = [
     (["{md5}.png", "{md5}.jpg"], row(mime="image/jpeg"), Found, "{md5}.jpg"),  # mime first
     ([], row(), NotFound, "no local file"),
     (["other.jpg"], row(), NotFound, "no local file"),
-    ([], row(media_type="../x"), Refused, "plain word"),
-    ([], row(media_type="Image Files"), Refused, "plain word"),
+    ([], row(media_type="../x"), PathRefused, "plain word"),
+    ([], row(media_type="Image Files"), PathRefused, "plain word"),
 ]
 
 
@@ -79,21 +79,21 @@ def test_absolute_path_outside_root_is_refused_and_no_other_lookup_is_tried(layo
     outside = touch(layout["outside"] / f"{MD5}.jpg")
     touch(layout["images"] / f"{MD5}.jpg")  # a good file exists too, but must not be used
     result = resolve_file(row(local=str(outside)), MD5, layout["root"], layout["cwd"])
-    assert isinstance(result, Refused) and "outside the cache root" in result.reason
+    assert isinstance(result, PathRefused) and "outside the cache root" in result.reason
 
 
 def test_relative_escape_is_refused(layout) -> None:
     touch(layout["outside"] / f"{MD5}.jpg")
     local = f"cache/media/images/../../../outside/{MD5}.jpg"
     result = resolve_file(row(local=local), MD5, layout["root"], layout["cwd"])
-    assert isinstance(result, Refused)
+    assert isinstance(result, PathRefused)
 
 
 def test_symlink_leading_out_is_refused(layout) -> None:
     target = touch(layout["outside"] / "secret.jpg")
     (layout["images"] / f"{MD5}.jpg").symlink_to(target)
     result = resolve_file(row(), MD5, layout["root"], layout["cwd"])
-    assert isinstance(result, Refused)
+    assert isinstance(result, PathRefused)
 
 
 def test_symlink_inside_root_is_followed(layout) -> None:
@@ -106,7 +106,7 @@ def test_symlink_inside_root_is_followed(layout) -> None:
 def test_directory_is_refused(layout) -> None:
     (layout["images"] / f"{MD5}.jpg").mkdir()
     result = resolve_file(row(), MD5, layout["root"], layout["cwd"])
-    assert isinstance(result, Refused) and "regular file" in result.reason
+    assert isinstance(result, PathRefused) and "regular file" in result.reason
 
 
 def test_dangling_symlink_is_not_found(layout) -> None:
@@ -153,10 +153,10 @@ def test_missing_files_cost_one_listing_per_directory_not_one_per_row(layout) ->
 )
 def test_a_path_that_cannot_be_looked_up_is_refused_not_raised(layout, local: str) -> None:
     result = resolve_file(row(local=local), MD5, layout["root"], layout["cwd"])
-    assert isinstance(result, Refused) and "cannot be looked up" in result.reason
+    assert isinstance(result, PathRefused) and "cannot be looked up" in result.reason
 
 
 def test_a_fifo_is_refused(layout) -> None:
     os.mkfifo(layout["images"] / f"{MD5}.jpg")
     result = resolve_file(row(), MD5, layout["root"], layout["cwd"])
-    assert isinstance(result, Refused) and "regular file" in result.reason
+    assert isinstance(result, PathRefused) and "regular file" in result.reason

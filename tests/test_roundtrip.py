@@ -7,7 +7,7 @@ import random
 from datetime import datetime
 from pathlib import Path
 
-from archiver.sample import SampleRow, file_bytes, insert_rows
+from archiver.demo.sample import SampleRow, file_bytes, insert_rows
 from archiver.settings import MIB
 from tests.helpers import both_servers, build_contract_cases, insert_cases, md5, media_file, run_cli
 from tests.proxy import CorruptResponse

@@ -14,7 +14,7 @@ from collections import Counter
 from datetime import datetime
 from urllib.parse import urlsplit, urlunsplit
 
-from archiver.sample import SampleRow, file_bytes, insert_rows
+from archiver.demo.sample import SampleRow, file_bytes, insert_rows
 from tests.helpers import (
     assert_archive_invariant,
     build_contract_cases,

@@ -10,13 +10,14 @@ from botocore.exceptions import (
     ProfileNotFound,
 )
 
+from archiver.checksums import content_md5
 from archiver.errors import (
     BucketMissing,
     CredentialsRefused,
     StorageError,
     StorageUnavailable,
 )
-from archiver.storage import content_md5, translate
+from archiver.s3_answers import translate
 
 
 def client_error(code: str, status: int) -> ClientError:

@@ -8,9 +8,9 @@ from datetime import datetime
 import asyncpg
 import pytest
 
+from archiver.demo.sample import SampleRow, file_bytes, insert_rows
 from archiver.errors import BucketMissing, DatabaseUnavailable
 from archiver.models import Outcome
-from archiver.sample import SampleRow, file_bytes, insert_rows
 from tests.helpers import (
     all_objects,
     assert_archive_invariant,

@@ -17,23 +17,20 @@ from pathlib import Path
 
 import pytest
 
-from archiver import upload as upload_module
-from archiver.errors import AccessDenied, StorageError, StorageUnavailable
+from archiver.checksums import composite_crc32, crc32_b64
+from archiver.commands import upload as upload_module
+from archiver.commands.upload import ObjectStore, Uploader, multipart_etag
+from archiver.errors import (
+    AccessDenied,
+    ConditionalWritesUnsupported,
+    StorageError,
+    StorageUnavailable,
+)
 from archiver.integrity import METADATA_MD5
 from archiver.localfs import CacheRoot
-from archiver.models import MediaRow, Outcome
+from archiver.models import Completed, MediaRow, ObjectInfo, Outcome, Put, StoredPart
 from archiver.resolve import open_cache_root
 from archiver.settings import MIB, Settings, UploadOptions
-from archiver.storage import (
-    Completed,
-    ConditionalWritesUnsupported,
-    ObjectInfo,
-    Put,
-    StoredPart,
-    composite_crc32,
-    crc32_b64,
-)
-from archiver.upload import ObjectStore, Uploader, multipart_etag
 
 
 def md5(data: bytes) -> str:

@@ -6,9 +6,9 @@ import json
 import random
 from datetime import datetime
 
+from archiver.commands.verify import VerifyOptions, format_report, run_verify
+from archiver.demo.sample import SampleRow, file_bytes, insert_rows
 from archiver.models import Outcome
-from archiver.sample import SampleRow, file_bytes, insert_rows
-from archiver.verify import VerifyOptions, format_report, run_verify
 from tests.helpers import (
     both_servers,
     build_contract_cases,

@@ -21,6 +21,9 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 import archiver
+from archiver.commands.watch import BACKOFF_MAX_S, backoff_s, did_work, retryable
+from archiver.demo.localpg import free_port
+from archiver.demo.sample import SampleRow, file_bytes, insert_rows
 from archiver.errors import (
     BucketMissing,
     ConfigError,
@@ -30,10 +33,7 @@ from archiver.errors import (
     DatabaseUnavailable,
     StorageUnavailable,
 )
-from archiver.localpg import free_port
 from archiver.models import Outcome, Summary
-from archiver.sample import SampleRow, file_bytes, insert_rows
-from archiver.watch import BACKOFF_MAX_S, backoff_s, did_work, retryable
 from tests.helpers import (
     all_objects,
     assert_archive_invariant,

@@ -29,10 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from archiver.bucket import Setting, State, converge, converge_statement, json_name
 from archiver.cloudfront import CloudFront, ensure_private_key, key_fingerprint, public_key_pem
+from archiver.converge import Setting, State, converge, converge_statement, json_name
+from archiver.errors import SettingRefused, SettingUnsupported
 from archiver.settings import Settings
-from archiver.storage import Refused, Storage, Unsupported
+from archiver.storage import Storage
 
 ORIGIN_ID = "archiver-s3"
 # AWS's managed cache policy "Managed-CachingOptimized": the same ID in every account.
@@ -313,9 +314,9 @@ async def setup_cdn(
     async def step(name: str, run: Callable[[], Awaitable[Setting]]) -> None:
         try:
             report.settings[name] = await run()
-        except Unsupported:
+        except SettingUnsupported:
             report.settings[name] = Setting(State.UNSUPPORTED)
-        except Refused as exc:
+        except SettingRefused as exc:
             report.settings[name] = Setting(State.REFUSED, str(exc))
 
     await step(

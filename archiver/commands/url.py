@@ -24,13 +24,13 @@ from archiver.keys import NotOurs, row_key
 from archiver.models import Problem
 from archiver.progress import printable
 from archiver.services import database
-from archiver.settings import Settings
+from archiver.settings import DEFAULT_URL_EXPIRES_S, Settings
 from archiver.storage import Storage
 
 if TYPE_CHECKING:
     from archiver.cloudfront import UrlSigner
 
-DEFAULT_EXPIRES_S = 3600
+
 PRESIGN_MAX_S = 7 * 24 * 3600  # SigV4 presigned URLs last at most 7 days
 # A signed CloudFront URL lasts as long as it says; archiver signs none for more than a
 # year (a link handed out for longer is a public link: use an unsigned CDN URL for that).
@@ -54,7 +54,7 @@ def cdn_domain(text: str) -> str:
 @dataclass(frozen=True)
 class UrlOptions:
     media_ids: tuple[str, ...]
-    expires_s: int = DEFAULT_EXPIRES_S
+    expires_s: int = DEFAULT_URL_EXPIRES_S
     cdn_domain: str | None = None
     key_id: str | None = None  # the CloudFront public key's ID
     private_key: Path | None = None  # its private half (PEM)

@@ -22,13 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from archiver.bucket import SetupOptions, format_setup, setup_bucket
-from archiver.errors import ConfigError
-from archiver.localpg import LocalPostgres, free_port
-from archiver.models import Summary
-from archiver.pipeline import Interrupt
-from archiver.progress import Reporter, format_summary
-from archiver.sample import (
+from archiver.commands.setup_bucket import SetupOptions, format_setup, setup_bucket
+from archiver.commands.upload import run_upload
+from archiver.commands.verify import VerifyOptions, format_report, run_verify
+from archiver.demo.localpg import LocalPostgres, free_port
+from archiver.demo.sample import (
     DEMO_CASES,
     SampleSet,
     create_schema,
@@ -36,11 +34,13 @@ from archiver.sample import (
     insert_rows,
     make_sample_set,
 )
-from archiver.settings import Settings, UploadOptions
+from archiver.errors import ConfigError
+from archiver.models import Summary
+from archiver.pipeline import Interrupt
+from archiver.progress import Reporter, format_summary
+from archiver.settings import DEFAULT_CONCURRENCY, Settings, UploadOptions
 from archiver.signals import run_async
 from archiver.storage import Storage
-from archiver.upload import run_upload
-from archiver.verify import VerifyOptions, format_report, run_verify
 
 DEMO_BUCKET = "social-tui"
 
@@ -48,7 +48,7 @@ DEMO_BUCKET = "social-tui"
 @dataclass(frozen=True)
 class DemoOptions:
     files: int = 300
-    concurrency: int = 32
+    concurrency: int = DEFAULT_CONCURRENCY
     keep: bool = False
     progress: str = "bar"  # "bar", "log" or "off"
 

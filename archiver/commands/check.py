@@ -21,16 +21,17 @@ from archiver.keys import NotOurs, row_key
 from archiver.models import MediaRow
 from archiver.progress import printable
 from archiver.resolve import Found, NotFound, resolve_cache_root, resolver_for
+from archiver.s3_answers import NO_CREDENTIALS
 from archiver.services import database
-from archiver.settings import Settings, redact_dsn
-from archiver.storage import NO_CREDENTIALS, Storage
+from archiver.settings import DEFAULT_CHECK_SAMPLE, Settings, redact_dsn
+from archiver.storage import Storage
 
 OK, WARN, FAIL, SKIPPED = "ok", "warn", "FAIL", "skipped"
 
 
 @dataclass(frozen=True)
 class CheckOptions:
-    sample: int = 200  # rows whose local file is looked for
+    sample: int = DEFAULT_CHECK_SAMPLE
     env_file: str | None = None  # the .env that was read (None: none)
     sts_endpoint_url: str | None = None  # where STS answers, other than AWS's
 

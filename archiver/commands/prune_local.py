@@ -32,7 +32,7 @@ from archiver.pipeline import Interrupt, for_each, to_the_end
 from archiver.progress import Progress, listed, printable, problem_lines
 from archiver.resolve import Found, NotFound, Resolver, open_cache_root, resolver_for
 from archiver.services import connected
-from archiver.settings import Settings
+from archiver.settings import DEFAULT_CONCURRENCY, Settings
 from archiver.storage import Storage
 
 MAX_LISTED = 20
@@ -44,7 +44,7 @@ class PruneOptions:
     media_types: tuple[str, ...] = ()
     limit: int | None = None
     dry_run: bool = False
-    concurrency: int = 32
+    concurrency: int = DEFAULT_CONCURRENCY
 
 
 @dataclass

@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from archiver.errors import (
     ArchiverError,
@@ -28,12 +27,9 @@ from archiver.errors import (
     DatabaseUnavailable,
     StorageUnavailable,
 )
-from archiver.models import Outcome, RowResult, Summary
+from archiver.models import Outcome, Summary
 from archiver.pipeline import Interrupt
-from archiver.settings import Settings, UploadOptions
-from archiver.upload import Reporter, run_upload
 
-DEFAULT_INTERVAL_S = 60.0
 BACKOFF_FIRST_S = 5.0  # first wait after a failed pass
 BACKOFF_MAX_S = 300.0  # longest wait between failed passes (or the interval, if longer)
 
@@ -105,28 +101,24 @@ class WatchReport:
 
 
 async def run_watch(
-    settings: Settings,
-    options: UploadOptions,
+    one_pass: Callable[[Interrupt], Awaitable[Summary]],
     *,
     interval_s: float,
-    reporter: Callable[[], Reporter],
+    limit: int | None,
     interrupt: Interrupt,
     on_pass: Callable[[int, Summary], None],
     on_error: Callable[[int, str, float], None],
-    on_result: Callable[[RowResult], None] | None = None,
-    cwd: Path | None = None,
 ) -> WatchReport:
-    """Upload passes until `interrupt`; `on_pass(n, summary)` for each pass that did work,
-    `on_error(n, message, wait_s)` for each that failed."""
+    """Upload passes (`one_pass`, an ordinary upload) until `interrupt`; `on_pass(n,
+    summary)` for each pass that did work, `on_error(n, message, wait_s)` for each that
+    failed. A pass that selected `limit` rows is followed by the next at once."""
     report = WatchReport()
     failures = 0
     missing = 0
     while not interrupt.triggered:
         report.passes += 1
         try:
-            summary = await run_upload(
-                settings, options, reporter(), interrupt=interrupt, cwd=cwd, on_result=on_result
-            )
+            summary = await one_pass(interrupt)
         except ArchiverError as exc:
             if not retryable(exc):
                 report.error, report.error_exit_code = str(exc), exc.exit_code
@@ -144,7 +136,7 @@ async def run_watch(
             if did_work(summary, missing):
                 on_pass(report.passes, summary)
             missing = summary.counts[Outcome.MISSING_LOCAL]
-            if options.limit is not None and summary.selected >= options.limit:
+            if limit is not None and summary.selected >= limit:
                 wait = 0  # a full pass: more rows are waiting
         if summary.interrupted:
             break

@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from archiver.db import RowFilter
-from archiver.errors import ConfigError, StorageError
+from archiver.errors import ConfigError, RestoreFailed, StorageError
 from archiver.integrity import content_mismatch
 from archiver.keys import NotOurs, row_key
 from archiver.localfs import CacheRoot, NewFile, why
@@ -38,7 +38,7 @@ from archiver.resolve import (
     resolver_for,
 )
 from archiver.services import connected
-from archiver.settings import Settings
+from archiver.settings import DEFAULT_CONCURRENCY, Settings
 from archiver.storage import Storage
 
 MAX_LISTED = 20
@@ -48,7 +48,7 @@ MAX_LISTED = 20
 class RestoreOptions:
     media_ids: tuple[str, ...] = ()
     all_missing: bool = False
-    concurrency: int = 32
+    concurrency: int = DEFAULT_CONCURRENCY
     dry_run: bool = False
 
     def __post_init__(self) -> None:
@@ -95,10 +95,6 @@ class RestoreReport:
             data["would_restore"] = len(self.would_restore)
         data["failures"] = [p.as_json() for p in self.failures]
         return data
-
-
-class RestoreFailed(Exception):
-    """This row's download cannot become its file."""
 
 
 @dataclass(frozen=True)

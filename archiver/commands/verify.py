@@ -30,7 +30,7 @@ from archiver.pipeline import Interrupt, for_each
 from archiver.progress import Progress, listed, printable, problem_lines
 from archiver.resolve import Found, NotFound, Resolver, resolve_cache_root, resolver_for
 from archiver.services import connected
-from archiver.settings import Settings
+from archiver.settings import DEFAULT_CONCURRENCY, Settings
 from archiver.storage import Storage
 
 RULE = "=" * 80
@@ -44,7 +44,7 @@ class VerifyOptions:
     verify_s3: bool = False
     check_local: bool = False
     limit: int | None = None
-    concurrency: int = 32
+    concurrency: int = DEFAULT_CONCURRENCY
     repair: bool = False  # clear archive_url of rows whose object is missing or mismatched
     dry_run: bool = False  # with repair: only say what would be cleared
 

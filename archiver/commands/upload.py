@@ -28,31 +28,39 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from archiver.budget import BufferPool, ByteBudget, Throttle
+from archiver.checksums import composite_crc32, crc32_b64, encrypted_without_checksums
 from archiver.claims import Claims
 from archiver.content_types import SNIFF_BYTES, choose_ext, content_type_for, needs_sniffing
 from archiver.db import Database, RowFilter
-from archiver.errors import AccessDenied, ArchiverError, StorageError, StorageUnavailable
+from archiver.errors import (
+    AccessDenied,
+    ArchiverError,
+    ConditionalWritesUnsupported,
+    NotARegularFile,
+    StorageError,
+    StorageUnavailable,
+)
 from archiver.integrity import METADATA_MD5, mismatch, object_intact
 from archiver.keys import archive_url, as_utc, normalize_md5, object_key
-from archiver.localfs import READ_CHUNK_BYTES, CacheRoot, LocalFile, NotARegularFile, why
-from archiver.models import MediaRow, Outcome, Problem, RowResult, Summary
+from archiver.ledger import FileState, Ledger, note_for, set_aside
+from archiver.localfs import READ_CHUNK_BYTES, CacheRoot, LocalFile, why
+from archiver.models import (
+    Completed,
+    MediaRow,
+    ObjectInfo,
+    Outcome,
+    Problem,
+    Put,
+    RowResult,
+    StoredPart,
+    Summary,
+)
 from archiver.pipeline import Interrupt, Pipeline
 from archiver.policies import BatchPolicy, ExistencePolicy, RetryPolicy
-from archiver.problems import FileState, Ledger, note_for, set_aside
 from archiver.resolve import Found, NotFound, Resolution, open_cache_root, resolver_for
 from archiver.services import connected
 from archiver.settings import MAX_PARTS, MIB, Settings, UploadOptions
-from archiver.storage import (
-    Completed,
-    ConditionalWritesUnsupported,
-    ObjectInfo,
-    Put,
-    Storage,
-    StoredPart,
-    composite_crc32,
-    crc32_b64,
-    encrypted_without_checksums,
-)
+from archiver.storage import Storage
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""The zero-configuration tour: an embedded PostgreSQL, a loopback S3 server and sample data."""
