@@ -80,7 +80,8 @@ class BucketCalls(StorageBase):
             raise translate(exc, self.bucket, method) from exc
 
     async def put_setting(self, method: str, **params: Any) -> None:
-        """A bucket-level PUT (e.g. `put_bucket_versioning`); `SettingUnsupported` / `SettingRefused` as
+        """A bucket-level PUT (e.g. `put_bucket_versioning`); `SettingUnsupported` /
+        `SettingRefused` as
         for `get_setting`."""
         try:
             await getattr(self._s3, method)(Bucket=self.bucket, **params)

@@ -63,7 +63,8 @@ class CloudFront:
             yield cls(client)
 
     async def call(self, method: str, **params: Any) -> dict[str, Any]:
-        """One API call (e.g. `create_key_group`); its response. `SettingRefused` / `SettingUnsupported`
+        """One API call (e.g. `create_key_group`); its response.
+        `SettingRefused` / `SettingUnsupported`
         when the server refuses it, StorageUnavailable when it cannot be used at all."""
         try:
             response: dict[str, Any] = await getattr(self._cf, method)(**params)

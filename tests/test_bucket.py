@@ -10,19 +10,17 @@ import pytest
 
 from archiver.commands.setup_bucket import (
     SMALL_OBJECTS_STAY,
-    Setting,
     SetupOptions,
     SetupReport,
-    State,
     _tls_policy,
     lifecycle_difference,
     lifecycle_rules,
     merge_lifecycle,
-    merge_policy,
     plain_http_endpoint,
     setup_bucket,
     tls_statement,
 )
+from archiver.converge import Setting, State, merge_policy
 from archiver.settings import Settings
 from archiver.storage import Storage
 from tests.helpers import both_servers, run_cli

@@ -50,6 +50,7 @@ class Verdict:
 @dataclass
 class CheckReport:
     verdicts: list[Verdict] = field(default_factory=list)
+    error: str | None = None  # what stopped the command, when something did
 
     @property
     def exit_code(self) -> int:

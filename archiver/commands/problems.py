@@ -19,6 +19,7 @@ MAX_LISTED = 1000  # problems listed as text (--json lists them all)
 class ProblemsReport:
     problems: list[KnownProblem]
     exit_code: int = 0
+    error: str | None = None  # what stopped the command, when something did
 
     def as_json(self) -> dict[str, Any]:
         return {"count": len(self.problems), "problems": [p.as_json() for p in self.problems]}

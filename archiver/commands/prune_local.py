@@ -57,6 +57,7 @@ class PruneReport:
     would_delete: dict[str, int] = field(default_factory=dict)  # dry run: path -> size
     kept: list[Problem] = field(default_factory=list)  # every row whose file stayed, and why
     say: Callable[[str], None] = field(default=lambda _line: None, repr=False)  # -v lines
+    error: str | None = None  # what stopped the command, when something did
 
     @property
     def kept_unverified(self) -> int:

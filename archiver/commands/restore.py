@@ -68,6 +68,7 @@ class RestoreReport:
     would_restore: list[str] = field(default_factory=list)
     failures: list[Problem] = field(default_factory=list)  # invalid, failed, no_such_row
     say: Callable[[str], None] = field(default=lambda _line: None, repr=False)  # -v lines
+    error: str | None = None  # what stopped the command, when something did
 
     @property
     def failed(self) -> int:

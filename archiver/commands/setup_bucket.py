@@ -64,6 +64,7 @@ class SetupReport:
     exists: bool = False
     created: bool = False
     settings: dict[str, Setting] = field(default_factory=dict)
+    error: str | None = None  # what stopped the command, when something did
 
     @property
     def not_applied(self) -> list[str]:

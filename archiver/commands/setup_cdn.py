@@ -71,6 +71,7 @@ class CdnReport:
     private_key: str | None = None  # its path (never its content)
     settings: dict[str, Setting] = field(default_factory=dict)
     signed_by: list[str] = field(default_factory=list)  # key groups the distribution requires
+    error: str | None = None  # what stopped the command, when something did
 
     @property
     def public(self) -> bool:

@@ -90,6 +90,7 @@ class UrlReport:
     problems: list[Problem] = field(default_factory=list)
     # Why the URLs may stop working before --expires says: signed with temporary credentials.
     note: str | None = None
+    error: str | None = None  # what stopped the command, when something did
 
     @property
     def exit_code(self) -> int:

@@ -111,6 +111,7 @@ class VerifyReport:
     # kinds: missing, mismatched, error, invalid, missing_local
     problems: list[Problem] = field(default_factory=list)
     repair: Repair | None = None
+    error: str | None = None  # what stopped the command, when something did
 
     @property
     def total(self) -> int:
