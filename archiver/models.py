@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 
@@ -275,3 +276,37 @@ class Completed:
 
     etag: str
     crc32: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A row whose file was found: where it is, where it goes, and maybe its bytes."""
+
+    row: MediaRow
+    md5: str
+    path: Path
+    size: int
+    key: str
+    url: str
+    content_type: str
+    file_state: (
+        tuple[int, float, float] | None
+    )  # (size, mtime, ctime) when it was found, before any read
+    body: bytes | None = None  # read with the lookup when small
+    body_md5: str | None = None
+
+
+class Denied(enum.Enum):
+    """S3 refused to say whether an object exists (a 403 on HEAD)."""
+
+    DENIED = "denied"
+
+
+DENIED = Denied.DENIED
+
+
+@dataclass
+class Sent:
+    """Bytes of file data S3 accepted for one row (each accepted PUT or part counts)."""
+
+    bytes: int = 0

@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from archiver.checksums import composite_crc32, crc32_b64
-from archiver.commands import upload as upload_module
-from archiver.commands.upload import ObjectStore, Uploader, multipart_etag
+from archiver import multipart as upload_module
+from archiver.multipart import ObjectStore, multipart_etag
+from archiver.uploader import Uploader
 from archiver.errors import (
     AccessDenied,
     ConditionalWritesUnsupported,
