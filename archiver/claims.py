@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from archiver.db import Database, RowFilter
+from archiver.db import Database
 from archiver.errors import DatabaseError
 from archiver.models import MediaRow
 from archiver.policies import RetryPolicy
 from archiver.settings import DEFAULT_LEASE_S
+from archiver.sql import RowFilter
 
 log = logging.getLogger(__name__)
 

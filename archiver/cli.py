@@ -4,6 +4,8 @@ the shared options (`options`), each command runs its job (`commands/`) and ends
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import sys
 from datetime import datetime
@@ -97,11 +99,7 @@ def upload(
     from archiver.progress import RowLog
 
     if watch:
-        clash = [flag for flag, on in (("--dry-run", dry_run), ("--force", force)) if on]
-        if media_ids:
-            clash.append("--media-id")
-        if clash:
-            raise ConfigError(f"--watch cannot be combined with {clash[0]}")
+        _refuse_with_watch(dry_run=dry_run, force=force, media_ids=media_ids)
     options = UploadOptions(
         concurrency=concurrency,
         batch_size=batch_size,
@@ -116,29 +114,32 @@ def upload(
         media_ids=media_ids,
         created_since=since,
         created_until=until,
-        storage_class=storage_class.upper() if storage_class else None,
+        storage_class=(storage_class or "").upper() or None,
         max_bandwidth=max_bandwidth,
     )
-    row_log = RowLog(report) if report is not None else None
-    on_result = row_log.write if row_log is not None else None
-    try:
-        with run_log(display, "upload"):
-            if watch:
-                return watch_upload(settings, options, display, interval, on_result)
-            reporter = display.reporter(dry_run=options.dry_run)
-            summary = run_async(
-                lambda interrupt: run_upload(
-                    settings, options, reporter, interrupt=interrupt, on_result=on_result
-                )
+    with contextlib.ExitStack() as stack:
+        row_log = stack.enter_context(contextlib.closing(RowLog(report))) if report else None
+        on_result = row_log.write if row_log else None
+        stack.enter_context(run_log(display, "upload"))
+        if watch:
+            return watch_upload(settings, options, display, interval, on_result)
+        reporter = display.reporter(dry_run=options.dry_run)
+        summary = run_async(
+            lambda interrupt: run_upload(
+                settings, options, reporter, interrupt=interrupt, on_result=on_result
             )
-            return end(
-                summary,
-                as_json=display.as_json,
-                text=lambda s: format_summary(s, bucket=settings.bucket),
-            )
-    finally:
-        if row_log is not None:
-            row_log.close()
+        )
+        text = functools.partial(format_summary, bucket=settings.bucket)
+        return end(summary, as_json=display.as_json, text=text)
+
+
+def _refuse_with_watch(*, dry_run: bool, force: bool, media_ids: tuple[str, ...]) -> None:
+    """--watch archives what appears, unattended: no dry run, no forced or named rows."""
+    clash = [flag for flag, on in (("--dry-run", dry_run), ("--force", force)) if on]
+    if media_ids:
+        clash.append("--media-id")
+    if clash:
+        raise ConfigError(f"--watch cannot be combined with {clash[0]}")
 
 
 def _plain_http(url: str | None) -> str | None:

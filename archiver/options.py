@@ -317,161 +317,158 @@ PRIVATE_KEY_OPTION = click.option(
 )
 
 
+UPLOAD_OPTIONS: list[Callable[[Any], Any]] = [
+    concurrency_option("Uploads"),
+    click.option(
+        "--batch-size",
+        type=click.IntRange(1, 10_000),
+        default=DEFAULT_BATCH_SIZE,
+        show_default=True,
+        help="Most rows written by one grouped UPDATE.",
+    ),
+    click.option("--limit", type=click.IntRange(1), help="Archive at most N rows."),
+    click.option("--dry-run", is_flag=True, help="Write nothing; list what would be uploaded."),
+    click.option(
+        "--force",
+        is_flag=True,
+        help="Every row, even archived ones; upload again and rewrite archive_url.",
+    ),
+    media_type_option(MEDIA_TYPES),
+    click.option(
+        "--since",
+        type=click.DateTime(DATE_FORMATS),
+        metavar="DATE",
+        help="Only rows whose created_at (UTC) is at or after DATE (YYYY-MM-DD, or "
+        "YYYY-MM-DDTHH:MM:SS); rows with no created_at are left out.",
+    ),
+    click.option(
+        "--until",
+        type=click.DateTime(DATE_FORMATS),
+        metavar="DATE",
+        help="Only rows whose created_at (UTC) is before DATE; rows with no created_at are "
+        "left out.",
+    ),
+    click.option(
+        "--storage-class",
+        envvar=env("storage_class"),
+        type=click.Choice(STORAGE_CLASSES, case_sensitive=False),
+        metavar="CLASS",
+        help=f"Storage class of new objects: {', '.join(STORAGE_CLASSES)} (env "
+        "ARCHIVER_STORAGE_CLASS; default: none asked, so the server's default, STANDARD on "
+        "AWS).",
+    ),
+    click.option(
+        "--max-bandwidth",
+        envvar=env("max_bandwidth"),
+        callback=parsed(parse_bandwidth),
+        metavar="RATE",
+        help="Most bytes per second sent, e.g. 50MB, 10MiB, 500KB (env "
+        "ARCHIVER_MAX_BANDWIDTH; "
+        "default: no limit).",
+    ),
+    click.option(
+        "--multipart-threshold",
+        type=click.FloatRange(5),
+        callback=mib,
+        default=DEFAULT_MULTIPART_THRESHOLD_BYTES / MIB,
+        show_default=True,
+        metavar="MIB",
+        help="Files larger than this many MiB are uploaded in parts.",
+    ),
+    click.option(
+        "--part-size",
+        type=click.FloatRange(5, 5120),
+        callback=mib,
+        default=DEFAULT_PART_SIZE_BYTES / MIB,
+        show_default=True,
+        metavar="MIB",
+        help="Size of each part of a multipart upload, in MiB.",
+    ),
+    click.option(
+        "--lease",
+        "lease_s",
+        type=click.FloatRange(1),
+        default=DEFAULT_LEASE_S,
+        show_default=True,
+        metavar="SECONDS",
+        help="How long a claim on a row lasts unless renewed.",
+    ),
+    click.option(
+        "--media-id",
+        "media_ids",
+        multiple=True,
+        metavar="ID",
+        help="Only this row (repeatable), tried even when it is a known problem.",
+    ),
+    click.option(
+        "--retry-problems",
+        is_flag=True,
+        help="Try again the known problems (corrupt or invalid rows unchanged since they failed).",
+    ),
+    click.option(
+        "--report",
+        type=click.Path(dir_okay=False, writable=True, path_type=Path),
+        metavar="FILE",
+        help="Write one JSON line per row handled to FILE, as the run goes.",
+    ),
+    click.option(
+        "--watch",
+        is_flag=True,
+        help="Keep running: archive new rows as they appear, a pass every --interval, "
+        "until "
+        "Ctrl-C or SIGTERM.",
+    ),
+    click.option(
+        "--interval",
+        envvar=env("interval"),
+        type=click.FloatRange(0.1),
+        default=DEFAULT_WATCH_INTERVAL_S,
+        show_default=True,
+        metavar="SECONDS",
+        help="With --watch: seconds between passes (env ARCHIVER_WATCH_INTERVAL).",
+    ),
+]
+
+
 def upload_options(func: F) -> F:
     """upload's own options."""
-    return _apply(
-        func,
-        [
-            concurrency_option("Uploads"),
-            click.option(
-                "--batch-size",
-                type=click.IntRange(1, 10_000),
-                default=DEFAULT_BATCH_SIZE,
-                show_default=True,
-                help="Most rows written by one grouped UPDATE.",
-            ),
-            click.option("--limit", type=click.IntRange(1), help="Archive at most N rows."),
-            click.option(
-                "--dry-run", is_flag=True, help="Write nothing; list what would be uploaded."
-            ),
-            click.option(
-                "--force",
-                is_flag=True,
-                help="Every row, even archived ones; upload again and rewrite archive_url.",
-            ),
-            media_type_option(MEDIA_TYPES),
-            click.option(
-                "--since",
-                type=click.DateTime(DATE_FORMATS),
-                metavar="DATE",
-                help="Only rows whose created_at (UTC) is at or after DATE (YYYY-MM-DD, or "
-                "YYYY-MM-DDTHH:MM:SS); rows with no created_at are left out.",
-            ),
-            click.option(
-                "--until",
-                type=click.DateTime(DATE_FORMATS),
-                metavar="DATE",
-                help="Only rows whose created_at (UTC) is before DATE; rows with no created_at are "
-                "left out.",
-            ),
-            click.option(
-                "--storage-class",
-                envvar=env("storage_class"),
-                type=click.Choice(STORAGE_CLASSES, case_sensitive=False),
-                metavar="CLASS",
-                help=f"Storage class of new objects: {', '.join(STORAGE_CLASSES)} (env "
-                "ARCHIVER_STORAGE_CLASS; default: none asked, so the server's default, STANDARD on "
-                "AWS).",
-            ),
-            click.option(
-                "--max-bandwidth",
-                envvar=env("max_bandwidth"),
-                callback=parsed(parse_bandwidth),
-                metavar="RATE",
-                help="Most bytes per second sent, e.g. 50MB, 10MiB, 500KB (env "
-                "ARCHIVER_MAX_BANDWIDTH; "
-                "default: no limit).",
-            ),
-            click.option(
-                "--multipart-threshold",
-                type=click.FloatRange(5),
-                callback=mib,
-                default=DEFAULT_MULTIPART_THRESHOLD_BYTES / MIB,
-                show_default=True,
-                metavar="MIB",
-                help="Files larger than this many MiB are uploaded in parts.",
-            ),
-            click.option(
-                "--part-size",
-                type=click.FloatRange(5, 5120),
-                callback=mib,
-                default=DEFAULT_PART_SIZE_BYTES / MIB,
-                show_default=True,
-                metavar="MIB",
-                help="Size of each part of a multipart upload, in MiB.",
-            ),
-            click.option(
-                "--lease",
-                "lease_s",
-                type=click.FloatRange(1),
-                default=DEFAULT_LEASE_S,
-                show_default=True,
-                metavar="SECONDS",
-                help="How long a claim on a row lasts unless renewed.",
-            ),
-            click.option(
-                "--media-id",
-                "media_ids",
-                multiple=True,
-                metavar="ID",
-                help="Only this row (repeatable), tried even when it is a known problem.",
-            ),
-            click.option(
-                "--retry-problems",
-                is_flag=True,
-                help="Try again the known problems (corrupt or invalid rows unchanged since they "
-                "failed).",
-            ),
-            click.option(
-                "--report",
-                type=click.Path(dir_okay=False, writable=True, path_type=Path),
-                metavar="FILE",
-                help="Write one JSON line per row handled to FILE, as the run goes.",
-            ),
-            click.option(
-                "--watch",
-                is_flag=True,
-                help="Keep running: archive new rows as they appear, a pass every --interval, "
-                "until "
-                "Ctrl-C or SIGTERM.",
-            ),
-            click.option(
-                "--interval",
-                envvar=env("interval"),
-                type=click.FloatRange(0.1),
-                default=DEFAULT_WATCH_INTERVAL_S,
-                show_default=True,
-                metavar="SECONDS",
-                help="With --watch: seconds between passes (env ARCHIVER_WATCH_INTERVAL).",
-            ),
-        ],
-    )
+    return _apply(func, UPLOAD_OPTIONS)
+
+
+SETUP_BUCKET_OPTIONS: list[Callable[[Any], Any]] = [
+    click.option(
+        "--check-only",
+        is_flag=True,
+        help="Change nothing: exit 0 if the bucket exists and is reachable, 1 if not.",
+    ),
+    click.option("--enable-versioning", is_flag=True, help="Turn on object versioning."),
+    click.option("--skip-lifecycle", is_flag=True, help="Leave lifecycle rules alone."),
+    click.option(
+        "--glacier-days",
+        type=click.IntRange(1, 36_500),
+        default=DEFAULT_GLACIER_DAYS,
+        show_default=True,
+        help="Days before objects over 128 KiB move to GLACIER_IR.",
+    ),
+    click.option(
+        "--no-block-public-acls",
+        "block_public_acls",
+        flag_value=False,
+        default=True,
+        help="Leave BlockPublicAcls off (the other three flags stay on): for Ceph RGW "
+        "before "
+        "the fix of its tracker issue 49135, which refuses every upload while it is on.",
+    ),
+    click.option(
+        "--http-endpoint-url",
+        metavar="URL",
+        help="The same S3 server over plain HTTP, where setup-bucket checks that its "
+        "TLS-only "
+        "policy is enforced (known without it for AWS and https endpoints on port 443).",
+    ),
+]
 
 
 def setup_bucket_options(func: F) -> F:
     """setup-bucket's own options."""
-    return _apply(
-        func,
-        [
-            click.option(
-                "--check-only",
-                is_flag=True,
-                help="Change nothing: exit 0 if the bucket exists and is reachable, 1 if not.",
-            ),
-            click.option("--enable-versioning", is_flag=True, help="Turn on object versioning."),
-            click.option("--skip-lifecycle", is_flag=True, help="Leave lifecycle rules alone."),
-            click.option(
-                "--glacier-days",
-                type=click.IntRange(1, 36_500),
-                default=DEFAULT_GLACIER_DAYS,
-                show_default=True,
-                help="Days before objects over 128 KiB move to GLACIER_IR.",
-            ),
-            click.option(
-                "--no-block-public-acls",
-                "block_public_acls",
-                flag_value=False,
-                default=True,
-                help="Leave BlockPublicAcls off (the other three flags stay on): for Ceph RGW "
-                "before "
-                "the fix of its tracker issue 49135, which refuses every upload while it is on.",
-            ),
-            click.option(
-                "--http-endpoint-url",
-                metavar="URL",
-                help="The same S3 server over plain HTTP, where setup-bucket checks that its "
-                "TLS-only "
-                "policy is enforced (known without it for AWS and https endpoints on port 443).",
-            ),
-        ],
-    )
+    return _apply(func, SETUP_BUCKET_OPTIONS)

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from archiver import __version__, iam
-from archiver.db import RowFilter
 from archiver.errors import ArchiverError, ConfigError
 from archiver.keys import NotOurs, row_key
 from archiver.models import MediaRow
@@ -24,6 +23,7 @@ from archiver.resolve import Found, NotFound, resolve_cache_root, resolver_for
 from archiver.s3_answers import NO_CREDENTIALS
 from archiver.services import database
 from archiver.settings import DEFAULT_CHECK_SAMPLE, Settings, redact_dsn
+from archiver.sql import RowFilter
 from archiver.storage import Storage
 
 OK, WARN, FAIL, SKIPPED = "ok", "warn", "FAIL", "skipped"

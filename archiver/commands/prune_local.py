@@ -22,7 +22,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from archiver.db import RowFilter
 from archiver.errors import StorageError
 from archiver.integrity import content_mismatch, mismatch
 from archiver.keys import NotOurs, row_key
@@ -33,6 +32,7 @@ from archiver.progress import Progress, listed, printable, problem_lines
 from archiver.resolve import Found, NotFound, Resolver, open_cache_root, resolver_for
 from archiver.services import connected
 from archiver.settings import DEFAULT_CONCURRENCY, Settings
+from archiver.sql import RowFilter
 from archiver.storage import Storage
 
 MAX_LISTED = 20

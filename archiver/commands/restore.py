@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from archiver.db import RowFilter
 from archiver.errors import ConfigError, RestoreFailed, StorageError
 from archiver.integrity import content_mismatch
 from archiver.keys import NotOurs, row_key
@@ -39,6 +38,7 @@ from archiver.resolve import (
 )
 from archiver.services import connected
 from archiver.settings import DEFAULT_CONCURRENCY, Settings
+from archiver.sql import RowFilter
 from archiver.storage import Storage
 
 MAX_LISTED = 20

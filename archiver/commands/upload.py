@@ -7,11 +7,12 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from archiver.claims import Claims
-from archiver.db import Database, RowFilter
+from archiver.db import Database
 from archiver.errors import (
     ArchiverError,
 )
@@ -27,6 +28,7 @@ from archiver.policies import BatchPolicy, RetryPolicy
 from archiver.resolve import open_cache_root
 from archiver.services import connected
 from archiver.settings import Settings, UploadOptions
+from archiver.sql import RowFilter
 from archiver.storage import Storage
 from archiver.uploader import Uploader
 
@@ -47,6 +49,18 @@ class Reporter(Protocol):
     def close(self, *, completed: bool = True) -> None: ...
 
 
+@dataclass
+class _Run:
+    """What an upload run opened: database, store, the uploader and where its rows come from."""
+
+    db: Database
+    uploader: Uploader
+    rows: AsyncIterator[MediaRow]
+    claims: Claims | None
+    retry: RetryPolicy
+    total: int
+
+
 async def run_upload(
     settings: Settings,
     options: UploadOptions,
@@ -62,36 +76,8 @@ async def run_upload(
     interrupt = interrupt or Interrupt()
     summary = Summary(dry_run=options.dry_run)
     async with AsyncExitStack() as stack:
-        cache = stack.enter_context(open_cache_root(settings))
-        db, store = await stack.enter_async_context(
-            connected(settings, concurrency=options.concurrency, storage=not options.dry_run)
-        )
-        if store is not None:
-            await _prepare_store(store, options)
-        row_filter = RowFilter(
-            archived=None if options.force else False,
-            media_types=options.media_types,
-            media_ids=options.media_ids,
-            created_since=options.created_since,
-            created_before=options.created_until,
-        )
-        total = await _total(db, row_filter, reporter, options.limit)
-        retry = db_retry or RetryPolicy()
-        # Claims and problem notes need their tables; a dry run writes nothing.
-        tables = not options.dry_run and await db.ensure_tables()
-        ledger: Ledger | None = None
-        if not (options.retry_problems or options.media_ids):  # named rows are always tried
-            ledger = await Ledger.open(db, retry)
-        uploader = Uploader(
-            settings,
-            options,
-            store,
-            cache=cache,
-            cwd=cwd or Path.cwd(),
-            ledger=ledger,
-            notes=tables,
-        )
-        rows, claims = _row_source(db, options, row_filter, ledger, retry, claimed=tables)
+        run = await _open(stack, settings, options, reporter, cwd, db_retry or RetryPolicy())
+        claims = run.claims
         owner = claims.owner if claims else None
         handled: set[str] = set()
 
@@ -108,46 +94,99 @@ async def run_upload(
         async def record(results: Sequence[RowResult]) -> int:
             pairs = [(r.media_id, r.url) for r in results if r.outcome.recordable and r.url]
             notes = [r.note for r in results if r.note is not None]
-            return await db.record(pairs, force=options.force, owner=owner, problems=notes)
+            return await run.db.record(pairs, force=options.force, owner=owner, problems=notes)
 
         pipeline = Pipeline(
-            handle=uploader.handle,
+            handle=run.uploader.handle,
             record=record,
             concurrency=options.concurrency,
             batch=BatchPolicy(options.batch_size, options.flush_interval_s),
             on_result=collect,
             stop=interrupt.stop,
             background=[claims.keep] if claims else [],
-            db_retry=retry,
+            db_retry=run.retry,
         )
-        interrupt.on_abandon(pipeline.abandon)
-        reporter.start(total)
-        completed = False
-        try:
-            await pipeline.run(rows)
-            completed = True
-        except ArchiverError as exc:
-            # Stopped early (the database gone for good, the bucket gone): what was done is
-            # still reported, with the confirmed uploads the database never took.
-            summary.error = str(exc)
-            summary.error_exit_code = exc.exit_code
-        finally:
-            interrupt.forget(pipeline.abandon)
-            reporter.close(completed=completed)
-            if claims is not None:
-                await asyncio.shield(claims.release())
-            summary.db_updated = pipeline.stats.db_updated
-            summary.db_writes = pipeline.stats.statements
-            summary.unrecorded = pipeline.stats.unrecorded
-            summary.interrupted = interrupt.triggered
-            summary.elapsed_s = time.monotonic() - started
-            summary.notes = uploader.access_notes()
-        if claims is not None and not summary.error:
-            summary.holders = await claims.elsewhere()
-        unhandled = sorted(set(options.media_ids) - handled)
-        if unhandled and not (summary.error or interrupt.triggered):
-            summary.not_selected = await _not_selected(db, unhandled, owner)
+        await _pipe(run, pipeline, summary, reporter, interrupt)
+        summary.elapsed_s = time.monotonic() - started
+        await _summarise(run, summary, options, sorted(set(options.media_ids) - handled), owner)
     return summary
+
+
+async def _open(
+    stack: AsyncExitStack,
+    settings: Settings,
+    options: UploadOptions,
+    reporter: Reporter,
+    cwd: Path | None,
+    retry: RetryPolicy,
+) -> _Run:
+    """The opening step: cache root, database and store, the rows to handle, the uploader."""
+    cache = stack.enter_context(open_cache_root(settings))
+    db, store = await stack.enter_async_context(
+        connected(settings, concurrency=options.concurrency, storage=not options.dry_run)
+    )
+    if store is not None:
+        await _prepare_store(store, options)
+    row_filter = RowFilter(
+        archived=None if options.force else False,
+        media_types=options.media_types,
+        media_ids=options.media_ids,
+        created_since=options.created_since,
+        created_before=options.created_until,
+    )
+    total = await _total(db, row_filter, reporter, options.limit)
+    # Claims and problem notes need their tables; a dry run writes nothing.
+    tables = not options.dry_run and await db.ensure_tables()
+    ledger: Ledger | None = None
+    if not (options.retry_problems or options.media_ids):  # named rows are always tried
+        ledger = await Ledger.open(db, retry)
+    uploader = Uploader(
+        settings, options, store, cache=cache, cwd=cwd or Path.cwd(), ledger=ledger, notes=tables
+    )
+    rows, claims = _row_source(db, options, row_filter, ledger, retry, claimed=tables)
+    return _Run(db, uploader, rows, claims, retry, total)
+
+
+async def _pipe(
+    run: _Run, pipeline: Pipeline, summary: Summary, reporter: Reporter, interrupt: Interrupt
+) -> None:
+    """Run the rows through the pipeline; what it did goes into `summary`, even when it
+    stopped early."""
+    interrupt.on_abandon(pipeline.abandon)
+    reporter.start(run.total)
+    completed = False
+    try:
+        await pipeline.run(run.rows)
+        completed = True
+    except ArchiverError as exc:
+        # Stopped early (the database gone for good, the bucket gone): what was done is
+        # still reported, with the confirmed uploads the database never took.
+        summary.error = str(exc)
+        summary.error_exit_code = exc.exit_code
+    finally:
+        interrupt.forget(pipeline.abandon)
+        reporter.close(completed=completed)
+        if run.claims is not None:
+            await asyncio.shield(run.claims.release())
+        summary.db_updated = pipeline.stats.db_updated
+        summary.db_writes = pipeline.stats.statements
+        summary.unrecorded = pipeline.stats.unrecorded
+        summary.interrupted = interrupt.triggered
+        summary.notes = run.uploader.access_notes()
+
+
+async def _summarise(
+    run: _Run,
+    summary: Summary,
+    options: UploadOptions,
+    unhandled: list[str],
+    owner: str | None,
+) -> None:
+    """The summarising step: who else holds rows, and why named rows were not handled."""
+    if run.claims is not None and not summary.error:
+        summary.holders = await run.claims.elsewhere()
+    if unhandled and not (summary.error or summary.interrupted):
+        summary.not_selected = await _not_selected(run.db, unhandled, owner)
 
 
 async def _prepare_store(store: Storage, options: UploadOptions) -> None:

@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from archiver.db import RowFilter
 from archiver.errors import ConfigError
 from archiver.keys import NotOurs, row_key
 from archiver.models import Problem
 from archiver.progress import printable
 from archiver.services import database
 from archiver.settings import DEFAULT_URL_EXPIRES_S, Settings
+from archiver.sql import RowFilter
 from archiver.storage import Storage
 
 if TYPE_CHECKING:

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from archiver.db import Database, RowFilter, StatsRow
+from archiver.db import Database, StatsRow
 from archiver.errors import ConfigError, StorageError
-from archiver.integrity import Verdict, judge
+from archiver.integrity import Judgement, Verdict, judge
 from archiver.keys import NotOurs, row_key
 from archiver.models import MediaRow, Problem
 from archiver.pipeline import Interrupt, for_each
@@ -31,6 +31,7 @@ from archiver.progress import Progress, listed, printable, problem_lines
 from archiver.resolve import Found, NotFound, Resolver, resolve_cache_root, resolver_for
 from archiver.services import connected
 from archiver.settings import DEFAULT_CONCURRENCY, Settings
+from archiver.sql import RowFilter
 from archiver.storage import Storage
 
 RULE = "=" * 80
@@ -189,6 +190,30 @@ async def _total(
     return await db.count_rows(row_filter, limit=options.limit) if progress.wants_total else 0
 
 
+def _counted(s3: S3Check, judgement: Judgement) -> tuple[str, str]:
+    """The problem kind of an object not shown intact, counted; and why."""
+    if judgement.verdict is Verdict.UNKNOWN:
+        s3.unverifiable += 1
+        return "unverifiable", judgement.reason or ""
+    if judgement.verdict is Verdict.MISSING:
+        s3.missing += 1
+        return "missing", "no such object"
+    s3.mismatched += 1
+    return "mismatched", judgement.reason or ""
+
+
+def _note_for_repair(report: VerifyReport, row: MediaRow, found: object, reason: str) -> None:
+    """With --repair: a row whose object is missing or not intact is cleared when its local
+    file is there to send again, and left linked (with what was found) when it is not."""
+    if report.repair is None or row.archive_url is None:
+        return
+    if isinstance(found, Found):
+        report.repair.candidates.append((row.media_id, row.archive_url))
+        report.repair.reasons[row.media_id] = reason
+    else:
+        report.repair.no_local_file[row.media_id] = reason
+
+
 async def _check_s3(
     db: Database,
     store: Storage,
@@ -233,23 +258,10 @@ async def _check_s3(
             progress.step(info.size if info is not None else 0)
             progress.say(f"ok {row.media_id}: {key}")
             return None
-        reason = judgement.reason or ""
-        if judgement.verdict is Verdict.UNKNOWN:
-            s3.unverifiable += 1
-            return problem(row, "unverifiable", reason)
-        if judgement.verdict is Verdict.MISSING:
-            s3.missing += 1
-            reason = "no such object"
-            problem(row, "missing", reason)
-        else:
-            s3.mismatched += 1
-            problem(row, "mismatched", reason)
-        if report.repair is not None and row.archive_url is not None:
-            if isinstance(found, Found):
-                report.repair.candidates.append((row.media_id, row.archive_url))
-                report.repair.reasons[row.media_id] = reason
-            else:
-                report.repair.no_local_file[row.media_id] = reason
+        kind, reason = _counted(s3, judgement)
+        problem(row, kind, reason)
+        if kind != "unverifiable":
+            _note_for_repair(report, row, found, reason)
         return None
 
     rows = db.rows(ARCHIVED, limit=options.limit)

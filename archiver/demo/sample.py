@@ -196,6 +196,98 @@ _KINDS = {
 }
 
 
+class _Maker:
+    """Writes sample files and makes their rows, drawing from one seeded generator."""
+
+    def __init__(self, workdir: Path, cache_root: Path, n: int, rng: random.Random, small: bool):
+        self.workdir, self.cache_root, self.n, self.rng, self.small = (
+            workdir,
+            cache_root,
+            n,
+            rng,
+            small,
+        )
+        self.rows: list[SampleRow] = []
+        self.made: dict[str, int] = {}
+        self.total = 0
+
+    def when(self) -> datetime:
+        rng = self.rng
+        return datetime(
+            rng.choice([2024, 2025]),
+            rng.randint(1, 12),
+            rng.randint(1, 28),
+            rng.randint(0, 23),
+            rng.randint(0, 59),
+        )
+
+    def add(
+        self,
+        case: str,
+        kind: str,
+        *,
+        size: int | None = None,
+        ext: str | None = None,
+        name_ext: str | None = None,
+        mime: str | None = "",
+        local: bool = True,
+        created: datetime | None = None,
+        write: bool = True,
+    ) -> SampleRow:
+        default_ext, default_mime, folder = _KINDS[kind]
+        ext = ext or default_ext
+        data_size = size if size is not None else _size(self.rng, kind, self.small)
+        if write:
+            path, md5 = write_media(self.cache_root / folder, ext, data_size, self.rng, name_ext)
+            self.total += data_size
+        else:
+            md5 = hashlib.md5(self.rng.randbytes(16)).hexdigest()
+            path = self.cache_root / folder / f"{md5}{ext}"
+        row = SampleRow(
+            media_id=f"med-{len(self.rows):06d}",
+            media_type=kind,
+            md5_sum=md5,
+            mime_type=default_mime if mime == "" else mime,
+            local_file_path=relpath(path, self.workdir) if local else None,
+            created_at=created if created is not None else self.when(),
+            file_size=data_size,
+            post_id=f"post-{self.rng.randint(1, max(1, self.n // 3)):05d}",
+        )
+        self.rows.append(row)
+        self.made[case] = self.made.get(case, 0) + 1
+        return row
+
+    def awkward(self, large_bytes: int) -> None:
+        """One row of each of DEMO_CASES."""
+        add = self.add
+        row = add("renamed_bin", "image")
+        row.local_file_path = str(Path(row.local_file_path or "").with_suffix(".bin"))
+        add("sniffed_png", "image", ext=".png", name_ext=".bin", mime="application/octet-stream")
+        add("by_mime", "image", local=False)
+        add("by_glob", "image", ext=".webp", mime=None, local=False)
+        add("missing", "video", write=False)
+        first = add("duplicate_first", "video")
+        assert first.created_at is not None
+        twin = SampleRow(
+            f"med-{len(self.rows):06d}",
+            "video",
+            first.md5_sum,
+            "video/mp4",
+            None,
+            first.created_at.replace(day=min(28, first.created_at.day + 1)),
+            first.file_size,
+            post_id="post-dup",
+        )
+        self.rows.append(twin)
+        self.made["duplicate"] = 1
+        self.made["normal"] = self.made.pop("duplicate_first")
+        row = add("null_created_at", "document")
+        row.created_at = None
+        bad = add("corrupt", "image")
+        bad.md5_sum = hashlib.md5((bad.md5_sum or "").encode()).hexdigest()
+        add("large", "video", size=large_bytes)
+
+
 def make_sample_set(
     workdir: Path,
     cache_root: Path,
@@ -208,84 +300,10 @@ def make_sample_set(
 ) -> SampleSet:
     """`n` rows under `cache_root` (paths stored relative to `workdir`): mostly images, some
     videos and documents of realistic sizes, plus one of each DEMO_CASES when `awkward`."""
-    rng = random.Random(seed)
-    rows: list[SampleRow] = []
-    made: dict[str, int] = {}
-    total = 0
-
-    def when() -> datetime:
-        return datetime(
-            rng.choice([2024, 2025]),
-            rng.randint(1, 12),
-            rng.randint(1, 28),
-            rng.randint(0, 23),
-            rng.randint(0, 59),
-        )
-
-    def add(
-        case: str,
-        kind: str,
-        *,
-        size: int | None = None,
-        ext: str | None = None,
-        name_ext: str | None = None,
-        mime: str | None = "",
-        local: bool = True,
-        created: datetime | None = None,
-        write: bool = True,
-    ) -> SampleRow:
-        nonlocal total
-        default_ext, default_mime, folder = _KINDS[kind]
-        ext = ext or default_ext
-        data_size = size if size is not None else _size(rng, kind, small)
-        if write:
-            path, md5 = write_media(cache_root / folder, ext, data_size, rng, name_ext)
-            total += data_size
-        else:
-            md5 = hashlib.md5(rng.randbytes(16)).hexdigest()
-            path = cache_root / folder / f"{md5}{ext}"
-        row = SampleRow(
-            media_id=f"med-{len(rows):06d}",
-            media_type=kind,
-            md5_sum=md5,
-            mime_type=default_mime if mime == "" else mime,
-            local_file_path=relpath(path, workdir) if local else None,
-            created_at=created if created is not None else when(),
-            file_size=data_size,
-            post_id=f"post-{rng.randint(1, max(1, n // 3)):05d}",
-        )
-        rows.append(row)
-        made[case] = made.get(case, 0) + 1
-        return row
-
+    maker = _Maker(workdir, cache_root, n, random.Random(seed), small)
     if awkward and n >= len(DEMO_CASES) + 1:
-        row = add("renamed_bin", "image")
-        row.local_file_path = str(Path(row.local_file_path or "").with_suffix(".bin"))
-        add("sniffed_png", "image", ext=".png", name_ext=".bin", mime="application/octet-stream")
-        add("by_mime", "image", local=False)
-        add("by_glob", "image", ext=".webp", mime=None, local=False)
-        add("missing", "video", write=False)
-        first = add("duplicate_first", "video")
-        assert first.created_at is not None
-        twin = SampleRow(
-            f"med-{len(rows):06d}",
-            "video",
-            first.md5_sum,
-            "video/mp4",
-            None,
-            first.created_at.replace(day=min(28, first.created_at.day + 1)),
-            first.file_size,
-            post_id="post-dup",
-        )
-        rows.append(twin)
-        made["duplicate"] = 1
-        made["normal"] = made.pop("duplicate_first")
-        row = add("null_created_at", "document")
-        row.created_at = None
-        bad = add("corrupt", "image")
-        bad.md5_sum = hashlib.md5((bad.md5_sum or "").encode()).hexdigest()
-        add("large", "video", size=large_bytes)
-    while len(rows) < n:
-        kind = rng.choices(["image", "video", "document"], weights=[85, 10, 5])[0]
-        add("normal", kind, local=rng.random() < 0.7)
-    return SampleSet(rows, made, total)
+        maker.awkward(large_bytes)
+    while len(maker.rows) < n:
+        kind = maker.rng.choices(["image", "video", "document"], weights=[85, 10, 5])[0]
+        maker.add("normal", kind, local=maker.rng.random() < 0.7)
+    return SampleSet(maker.rows, maker.made, maker.total)
