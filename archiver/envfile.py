@@ -15,6 +15,7 @@ from archiver.settings import ENVIRONMENT
 # What archiver reads itself (flags' env vars), and the test suite's database.
 ARCHIVER_KEYS = frozenset(
     {name for names in ENVIRONMENT.values() for name in names if not name.startswith("AWS_")}
+    - {"SUPABASE_DB_URL"}
     | {"ARCHIVER_TEST_DATABASE_URL"}
 )
 # The AWS SDK's environment variables (botocore and the AWS CLI read these).

@@ -11,7 +11,7 @@ import json
 import pytest
 
 from archiver.errors import AccessDenied
-from archiver.fast_put import Body, PutTemplate
+from archiver.fast_put import PutTemplate
 from archiver.settings import ClientOptions
 from archiver.storage import Storage
 from tests.helpers import assert_archive_invariant, both_servers, make_rows, run_cli
@@ -88,26 +88,6 @@ async def test_with_botocores_own_checksums_the_template_steps_aside(penv, s3) -
         etag = await store.put_object(ODD_KEYS[0], body, md5(body), "image/jpeg", if_absent=True)
         assert etag is not None and etag.etag == md5(body) and store._template is None
     assert s3.get_object(Bucket=penv.bucket, Key=ODD_KEYS[0])["Body"].read() == body
-
-
-async def test_a_body_payload_reads_and_rewinds_like_a_file() -> None:
-    data = bytes(range(256)) * 10_000
-    body = Body(data)
-    assert len(body) == len(data) and body.tell() == 0
-    assert body.read(10) == data[:10] and body.tell() == 10
-    assert body.seek(0, 2) == len(data) and body.read() == b""
-    assert body.seek(0) == 0 and body.read() == data
-
-    class Writer:
-        def __init__(self) -> None:
-            self.chunks: list[bytes] = []
-
-        async def write(self, chunk: memoryview) -> None:
-            self.chunks.append(bytes(chunk))
-
-    writer = Writer()
-    await body.write(writer)  # type: ignore[arg-type]
-    assert b"".join(writer.chunks) == data and len(writer.chunks) == 3  # 1 MiB slices
 
 
 async def test_force_into_a_bucket_in_another_region_stores_every_object(penv, db, s3, proxy):

@@ -569,6 +569,9 @@ def test_shell_completion_scripts_come_from_the_command(env) -> None:
     assert "prune-local" in out.stdout
 
 
+# -- pure parts ----------------------------------------------------------------------------
+
+
 def test_demo_keep_leaves_the_services_running_for_the_real_commands(tmp_path) -> None:
     environ = {k: v for k, v in os.environ.items() if k not in APP_VARS}
     demo = subprocess.Popen(
@@ -615,32 +618,3 @@ def test_demo_keep_leaves_the_services_running_for_the_real_commands(tmp_path) -
             demo.wait()
         if workdir is not None:
             shutil.rmtree(workdir.parent, ignore_errors=True)
-
-
-# -- pure parts ----------------------------------------------------------------------------
-
-
-def test_bandwidth_rates_parse_as_the_aws_cli_and_rclone_write_them() -> None:
-    from archiver.settings import parse_bandwidth
-
-    assert parse_bandwidth("50MB") == 50_000_000
-    assert parse_bandwidth("10MiB") == 10 * 1024 * 1024
-    assert parse_bandwidth("500KB/s") == 500_000
-    assert parse_bandwidth("1.5M") == 1_500_000
-    assert parse_bandwidth("2000000") == 2_000_000
-    for bad in ("fast", "10Mi B", "-1MB", "100", "5 GBs"):
-        with pytest.raises(ValueError):
-            parse_bandwidth(bad)
-
-
-def test_the_throttle_spaces_bodies_at_the_rate_without_a_burst() -> None:
-    from archiver.budget import Throttle
-
-    now = [100.0]
-    throttle = Throttle(1000, clock=lambda: now[0])
-    assert throttle.delay(500) == 0.0  # the first body goes at once
-    assert throttle.delay(500) == pytest.approx(0.5)  # the next when the first has had its time
-    assert throttle.delay(1000) == pytest.approx(1.0)
-    now[0] += 10.0  # idle: no credit saved up for a burst
-    assert throttle.delay(2000) == 0.0
-    assert throttle.delay(1) == pytest.approx(2.0)

@@ -12,7 +12,6 @@ from archiver.checksums import composite_crc32, crc32_b64
 from archiver.commands.upload import run_upload
 from archiver.demo.sample import SampleRow, file_bytes, insert_rows
 from archiver.models import Outcome
-from archiver.policies import ExistencePolicy
 from archiver.settings import MIB, ClientOptions, UploadOptions
 from archiver.storage import Storage
 from tests.helpers import (
@@ -24,23 +23,6 @@ from tests.helpers import (
     upload,
 )
 from tests.proxy import Corrupt, Request, Respond
-
-
-def test_existence_policy() -> None:
-    p = ExistencePolicy(misses_to_switch=3)
-    assert p.head_first  # a re-run's first rows are the likeliest to be stored already
-    p.absent(), p.absent()
-    assert p.head_first
-    p.absent()
-    assert not p.head_first  # three misses in a row: conditional PUTs from now on
-    p.present()
-    assert p.head_first  # something was there: HEAD first again
-    p.absent(), p.absent(), p.absent()
-    assert not p.head_first
-    p.no_conditional_writes()
-    for _ in range(10):
-        p.absent()
-    assert p.head_first  # without conditional writes HEAD is the only check
 
 
 def key_of(r: Request) -> str:

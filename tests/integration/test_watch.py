@@ -21,18 +21,8 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 import archiver
-from archiver.commands.watch import BACKOFF_MAX_S, backoff_s, did_work, retryable
 from archiver.demo.localpg import free_port
 from archiver.demo.sample import SampleRow, file_bytes, insert_rows
-from archiver.errors import (
-    BucketMissing,
-    ConfigError,
-    CredentialsRefused,
-    DatabaseAuthFailed,
-    DatabaseError,
-    DatabaseUnavailable,
-    StorageUnavailable,
-)
 from archiver.models import Outcome, Summary
 from tests.helpers import (
     all_objects,
@@ -51,42 +41,11 @@ INTERVAL_S = 2.0
 # -- pure -----------------------------------------------------------------------------------
 
 
-def test_backoff_doubles_from_five_seconds_up_to_a_cap() -> None:
-    assert backoff_s(60, 0) == 60
-    assert [backoff_s(60, n) for n in (1, 2, 3, 4, 5)] == [5, 10, 20, 40, 80]
-    assert backoff_s(60, 20) == BACKOFF_MAX_S
-    assert backoff_s(900, 20) == 900  # never more often than the interval
-
-
 def summary_of(**counts: int) -> Summary:
     s = Summary()
     for name, n in counts.items():
         s.counts[Outcome(name)] = n
     return s
-
-
-def test_a_pass_gets_a_line_when_it_did_something() -> None:
-    assert not did_work(summary_of(), 0)
-    assert not did_work(summary_of(known_problem=3), 0)  # set aside untried
-    assert did_work(summary_of(uploaded=1), 0)
-    assert did_work(summary_of(failed=1), 0)
-    assert did_work(summary_of(missing_local=2), 0)  # files the backfill has not written yet
-    assert not did_work(summary_of(missing_local=2), 2)  # ... said once, not every pass
-    assert did_work(summary_of(missing_local=1), 2)
-    recorded = summary_of()
-    recorded.db_updated = 4  # uploads an earlier pass could not record
-    assert did_work(recorded, 0)
-
-
-def test_outages_are_retried_configuration_errors_are_not() -> None:
-    assert retryable(DatabaseUnavailable("connection refused"))
-    assert retryable(StorageUnavailable("S3 is not reachable"))
-    assert retryable(DatabaseError("connection lost"))
-    assert not retryable(ConfigError("no database configured"))
-    assert not retryable(BucketMissing("bucket 'x' does not exist"))
-    # A changed password or revoked keys: the supervisor restarts with the new ones.
-    assert not retryable(DatabaseAuthFailed("password authentication failed"))
-    assert not retryable(CredentialsRefused("S3 refused these credentials"))
 
 
 # -- the real command -----------------------------------------------------------------------

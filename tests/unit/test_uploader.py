@@ -17,10 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from archiver.checksums import composite_crc32, crc32_b64
 from archiver import multipart as upload_module
-from archiver.multipart import ObjectStore, multipart_etag
-from archiver.uploader import Uploader
+from archiver.checksums import composite_crc32, crc32_b64
 from archiver.errors import (
     AccessDenied,
     ConditionalWritesUnsupported,
@@ -30,8 +28,10 @@ from archiver.errors import (
 from archiver.integrity import METADATA_MD5
 from archiver.localfs import CacheRoot
 from archiver.models import Completed, MediaRow, ObjectInfo, Outcome, Put, StoredPart
+from archiver.multipart import ObjectStore, multipart_etag
 from archiver.resolve import open_cache_root
 from archiver.settings import MIB, Settings, UploadOptions
+from archiver.uploader import Uploader
 
 
 def md5(data: bytes) -> str:

@@ -1,0 +1,223 @@
+"""Decisions of the commands, table-driven, without a server: restore's plan, check's
+verdicts, multipart part sizing, the `.env` typo warnings, watch's retry rule, and the
+command line refusing bad flags before it touches a database or a bucket."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from archiver import errors
+from archiver.cli import cli
+from archiver.commands.check import FAIL, OK, WARN, _privileges, _verdict
+from archiver.commands.restore import Target, plan
+from archiver.commands.watch import retryable
+from archiver.envfile import unknown_key_warnings
+from archiver.models import MediaRow
+from archiver.multipart import part_size_for
+from archiver.resolve import Resolver
+from archiver.settings import MAX_PARTS, MIB, Settings
+
+MD5 = "0123456789abcdef0123456789abcdef"
+
+
+def media(**kw: object) -> MediaRow:
+    values: dict[str, object] = {
+        "media_id": "m1",
+        "media_type": "image",
+        "local_file_path": None,
+        "md5_sum": MD5,
+        "mime_type": "image/jpeg",
+        "created_at": datetime(2025, 3, 4),
+        "archive_url": f"s3://bucket/cache/2025/03/{MD5}.jpg",
+    }
+    values.update(kw)
+    return MediaRow(**values)  # type: ignore[arg-type]
+
+
+# -- restore's plan ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("row", "expected"),
+    [
+        (media(), Target(MD5, f"cache/2025/03/{MD5}.jpg", ("images",), f"{MD5}.jpg")),
+        (
+            media(local_file_path="cache/media/videos/x.mp4"),
+            Target(MD5, f"cache/2025/03/{MD5}.jpg", ("videos",), "x.mp4", row_path=True),
+        ),
+        # A path outside the cache root is not where the file goes back.
+        (
+            media(local_file_path="/etc/passwd"),
+            Target(MD5, f"cache/2025/03/{MD5}.jpg", ("images",), f"{MD5}.jpg"),
+        ),
+        (media(media_type="../x"), "not a plain word"),
+        (media(archive_url="s3://other/cache/2025/03/x.jpg"), "bucket"),
+        (media(md5_sum="nope"), "md5"),
+    ],
+)
+def test_restore_plan(tmp_path: Path, row: MediaRow, expected: Target | str) -> None:
+    root = tmp_path / "cache" / "media"
+    root.mkdir(parents=True)
+    settings = Settings(bucket="bucket", cache_root=root)
+    got = plan(row, settings, Resolver(root, tmp_path))
+    if isinstance(expected, str):
+        assert isinstance(got, str) and expected in got
+    else:
+        assert got == expected
+
+
+# -- check's verdicts --------------------------------------------------------------------
+
+ALL = ["SELECT", "INSERT", "UPDATE", "DELETE"]
+
+
+@pytest.mark.parametrize(
+    ("found", "state", "says"),
+    [
+        ({"can_select": False, "can_update": True, "tables": {}}, FAIL, "missing SELECT"),
+        ({"can_select": True, "can_update": False, "tables": {}}, FAIL, "missing UPDATE"),
+        (
+            {"can_select": True, "can_update": True, "can_create": True, "tables": {"t": None}},
+            OK,
+            "t absent (upload creates it)",
+        ),
+        (
+            {"can_select": True, "can_update": True, "can_create": False, "tables": {"t": None}},
+            WARN,
+            "db init",
+        ),
+        (
+            {"can_select": True, "can_update": True, "tables": {"t": ["SELECT"]}},
+            WARN,
+            "t: missing DELETE, INSERT, UPDATE",
+        ),
+        ({"can_select": True, "can_update": True, "tables": {"t": ALL}}, OK, "t ok"),
+    ],
+)
+def test_check_privileges(found: dict[str, object], state: str, says: str) -> None:
+    got_state, detail = _privileges(found)
+    assert got_state == state and says in detail
+
+
+@pytest.mark.parametrize(
+    ("found", "verdict"),
+    [
+        ({"a": True, "b": True}, True),
+        ({"a": True, "b": False}, False),
+        ({"a": None, "b": True}, None),
+        ({"a": None, "b": False}, False),
+        ({"a": True}, None),  # an action not probed cannot be told
+    ],
+)
+def test_check_permission_verdict(found: dict[str, bool | None], verdict: bool | None) -> None:
+    assert _verdict(found, ("a", "b")) is verdict
+
+
+# -- part sizing ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("size", "preferred", "expected"),
+    [
+        (100 * MIB, 8 * MIB, 8 * MIB),
+        (8 * MIB * MAX_PARTS, 8 * MIB, 8 * MIB),  # exactly 10,000 parts
+        (8 * MIB * MAX_PARTS + 1, 8 * MIB, 9 * MIB),  # one byte more: grown by a whole MiB
+        (5 * 1024**4, 8 * MIB, 525 * MIB),  # 5 TiB, S3's largest object
+    ],
+)
+def test_part_size_keeps_within_ten_thousand_parts(
+    size: int, preferred: int, expected: int
+) -> None:
+    got = part_size_for(size, preferred)
+    assert got == expected
+    assert -(-size // got) <= MAX_PARTS and got % MIB == 0
+
+
+# -- the .env typo check -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "hint"),
+    [
+        ("ARCHIVER_BUCKT", "ARCHIVER_BUCKET"),
+        ("database_url", "DATABASE_URL"),
+        ("AWS_REGOIN", "AWS_REGION"),
+        ("ARCHIVER_WATCH_INTERVALS", "ARCHIVER_WATCH_INTERVAL"),
+    ],
+)
+def test_env_file_typos_name_the_known_key(key: str, hint: str) -> None:
+    (line,) = unknown_key_warnings([key], ".env")
+    assert f"unknown key {key} (did you mean {hint}?)" in line
+
+
+@pytest.mark.parametrize(
+    "key", ["DATABASE_URL", "SUPABASE_DB_URL", "ARCHIVER_CDN_DOMAIN", "SUPABASE_URL", "PORT"]
+)
+def test_env_file_known_and_foreign_keys_pass_silently(key: str) -> None:
+    assert unknown_key_warnings([key], ".env") == []
+
+
+# -- what a watch retries ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("exc", "again"),
+    [
+        (errors.DatabaseUnavailable("down"), True),
+        (errors.StorageUnavailable("down"), True),
+        (errors.DatabaseError("lost"), True),
+        (errors.ConfigError("bad flag"), False),
+        (errors.BucketMissing("gone"), False),
+        (errors.DatabaseAuthFailed("password"), False),
+        (errors.CredentialsRefused("keys"), False),
+    ],
+)
+def test_watch_retries_outages_not_configuration(exc: errors.ArchiverError, again: bool) -> None:
+    assert retryable(exc) is again and exc.retryable is again
+
+
+# -- the command line refuses bad input before any connection ----------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["upload", "--watch", "--dry-run"], "--watch cannot be combined with --dry-run"),
+        (["upload", "--watch", "--media-id", "x"], "--watch cannot be combined with --media-id"),
+        (["upload", "--concurrency", "0"], "--concurrency"),
+        (["upload", "--part-size", "4"], "--part-size"),
+        (["upload", "--max-bandwidth", "fast"], "is not a rate"),
+        (["upload", "--since", "2025-02-01", "--until", "2025-01-01"], "--since must be before"),
+        (["url", "m1", "--expires", "0"], "is not a duration"),
+        (["iam-policy", "--kms-key", "alias/x"], "give the key's ARN"),
+        (["setup-bucket", "--bucket", "Not_A_Bucket"], "bucket"),
+        (["setup-cdn", "--signed"], "--signed needs --cdn-private-key"),
+        (["setup-bucket", "--http-endpoint-url", "https://x"], "not a plain http:// URL"),
+    ],
+)
+def test_bad_flags_exit_2_in_one_line(args: list[str], says: str, tmp_path: Path) -> None:
+    env = {"DATABASE_URL": "postgresql://u:s3cret@127.0.0.1:9/db", "ARCHIVER_CDN_PRIVATE_KEY": ""}
+    result = CliRunner().invoke(cli, args, env=env, catch_exceptions=True)
+    message = result.output + (str(result.exception) if result.exception else "")
+    assert result.exit_code != 0
+    assert says in message
+    assert "s3cret" not in message
+
+
+def test_entry_point_turns_errors_into_one_line() -> None:
+    """Through `main` (what the installed command runs): exit 2, one line, no traceback."""
+    done = subprocess.run(
+        [sys.executable, "-m", "archiver", "upload", "--watch", "--force"],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent"},
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip() == "archiver: error: --watch cannot be combined with --force"
