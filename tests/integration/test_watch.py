@@ -32,7 +32,7 @@ from tests.helpers import (
     run_cli,
     start_cli,
 )
-from tests.test_scale_out import through_pgbouncer
+from tests.integration.test_scale_out import through_pgbouncer
 
 STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
 INTERVAL_S = 2.0
