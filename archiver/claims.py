@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from archiver.db import Database
+from archiver.db import Database, Page, paged
 from archiver.errors import DatabaseError
 from archiver.models import MediaRow
 from archiver.policies import RetryPolicy
@@ -172,11 +172,9 @@ class Claims:
         """Claim and yield rows in media_id order, at most `limit`; `on_page` sees each
         claimed page before its rows are yielded."""
         await self.take_over_the_dead()
-        remaining = limit
-        after: str | None = None
-        while remaining is None or remaining > 0:
-            size = page_rows if remaining is None else min(page_rows, remaining)
-            claim = functools.partial(
+
+        async def claim(after: str | None, size: int) -> Page:
+            call = functools.partial(
                 self.db.claim_page,
                 self.row_filter,
                 owner=self.owner,
@@ -184,17 +182,14 @@ class Claims:
                 after=after,
                 limit=size,
             )
-            page = await self.db.retrying(self.retry, claim)
-            if on_page is not None and page.rows:
-                await on_page(page.rows)
-            for row in page.rows:
-                self.held.add(row.media_id)
-                yield row
-            if remaining is not None:
-                remaining -= len(page.rows)
-            if page.candidates < size or page.last_seen is None:
-                return
-            after = page.last_seen
+            page = await self.db.retrying(self.retry, call)
+            self.held.update(row.media_id for row in page.rows)
+            # Paging goes on past rows other processes took, until no candidate is left.
+            done = page.candidates < size or page.last_seen is None
+            return Page(page.rows, None if done else page.last_seen)
+
+        async for row in paged(claim, limit=limit, page_rows=page_rows, on_page=on_page):
+            yield row
 
     def finished(self, media_id: str) -> None:
         """The row's outcome is known: its lease need not be renewed any more."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,7 +18,7 @@ import asyncpg
 
 from archiver.errors import ConfigError, DatabaseAuthFailed, DatabaseError, DatabaseUnavailable
 from archiver.models import KnownProblem, MediaRow, ProblemNote
-from archiver.policies import RetryPolicy
+from archiver.policies import RetryPolicy, retrying
 from archiver.settings import redact_dsn, scrub
 from archiver.sql import (
     ARCHIVER_TABLES,
@@ -122,6 +121,40 @@ class StatsRow:
     archived: int
 
 
+@dataclass(frozen=True)
+class Page:
+    """One page of rows, and the media_id the next one starts after (None: the last)."""
+
+    rows: list[MediaRow]
+    after: str | None
+
+
+async def paged(
+    fetch: Callable[[str | None, int], Awaitable[Page]],
+    *,
+    limit: int | None,
+    page_rows: int,
+    on_page: Callable[[list[MediaRow]], Awaitable[None]] | None = None,
+) -> AsyncIterator[MediaRow]:
+    """Rows a page at a time in media_id order (keyset paging: `fetch(after, size)`), at
+    most `limit`; `on_page` sees each page before its rows are yielded. The one paging loop
+    of plain reads and of claims."""
+    remaining = limit
+    after: str | None = None
+    while remaining is None or remaining > 0:
+        size = page_rows if remaining is None else min(page_rows, remaining)
+        page = await fetch(after, size)
+        if on_page is not None and page.rows:
+            await on_page(page.rows)
+        for row in page.rows:
+            yield row
+        if remaining is not None:
+            remaining -= len(page.rows)
+        if page.after is None:
+            return
+        after = page.after
+
+
 class Database:
     """A small asyncpg pool and the statements archiver runs."""
 
@@ -186,17 +219,7 @@ class Database:
     async def retrying(self, retry: RetryPolicy, call: Callable[[], Awaitable[T]]) -> T:
         """`call()`, asked again under `retry` while it fails for a transient reason
         (connection lost, server restarting)."""
-        started = time.monotonic()
-        attempt = 0
-        while True:
-            try:
-                return await call()
-            except DatabaseError:
-                attempt += 1
-                wait = retry.delay(attempt, started, time.monotonic())
-                if wait is None:
-                    raise
-                await asyncio.sleep(wait)
+        return await retrying(retry, call)
 
     async def rows(
         self,
@@ -210,23 +233,16 @@ class Database:
         """Every matching row in media_id order, at most `limit`, a page at a time; a page
         that fails for a transient reason is asked for again under `retry`. `on_page` sees
         each page before its rows are yielded."""
-        retry = retry or RetryPolicy()
-        remaining = limit
-        after: str | None = None
-        while remaining is None or remaining > 0:
-            size = page_rows if remaining is None else min(page_rows, remaining)
+        policy = retry or RetryPolicy()
+
+        async def fetch(after: str | None, size: int) -> Page:
             page = await self.retrying(
-                retry, functools.partial(self.fetch_page, row_filter, after=after, limit=size)
+                policy, functools.partial(self.fetch_page, row_filter, after=after, limit=size)
             )
-            if on_page is not None and page:
-                await on_page(page)
-            for row in page:
-                yield row
-            if remaining is not None:
-                remaining -= len(page)
-            if len(page) < size:
-                return
-            after = page[-1].media_id
+            return Page(page, page[-1].media_id if len(page) == size else None)
+
+        async for row in paged(fetch, limit=limit, page_rows=page_rows, on_page=on_page):
+            yield row
 
     async def record(
         self,
@@ -245,7 +261,7 @@ class Database:
         try:
             if owner is None:
                 return _updated_count(await self._pool.execute(update, ids, urls))
-            notes = list({n.media_id: n for n in problems}.values())  # one per row
+            latest = list({n.media_id: n for n in problems}.values())  # one per row
             sql = RECORD_AND_RELEASE_SQL.format(update=update.strip())
             return int(
                 await self._pool.fetchval(
@@ -253,12 +269,12 @@ class Database:
                     ids,
                     urls,
                     owner,
-                    [n.media_id for n in notes],
-                    [n.kind for n in notes],
-                    [n.detail for n in notes],
-                    [n.file_size for n in notes],
-                    [n.file_mtime for n in notes],
-                    [n.fingerprint for n in notes],
+                    [n.media_id for n in latest],
+                    [n.kind for n in latest],
+                    [n.detail for n in latest],
+                    [n.file_size for n in latest],
+                    [n.file_mtime for n in latest],
+                    [n.fingerprint for n in latest],
                 )
             )
         except _DB_ERRORS as exc:

@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -111,13 +112,33 @@ class RowResult:
     resent: bool = False
 
 
+class ProblemKind(StrEnum):
+    """What went wrong with one row in a report (`Problem.kind`; its JSON `kind`)."""
+
+    INVALID = "invalid"  # the row itself is unusable (its md5_sum, key, archive_url)
+    FAILED = "failed"
+    ERROR = "error"  # S3 answered with an error for this row's object
+    MISSING = "missing"  # no object where archive_url says
+    MISMATCHED = "mismatched"  # an object that is not the row's file
+    UNVERIFIABLE = "unverifiable"  # an object whose ETag cannot prove it (SSE-KMS, ...)
+    MISSING_LOCAL = "missing_local"
+    NO_SUCH_ROW = "no_such_row"
+    ALREADY_ARCHIVED = "already_archived"
+    CLAIMED_ELSEWHERE = "claimed_elsewhere"
+    NOT_SELECTED = "not_selected"
+    NOT_ARCHIVED = "not_archived"
+    KEPT_UNVERIFIED = "kept_unverified"
+    KEPT_NEEDED = "kept_needed"
+    KEPT_SYMLINK = "kept_symlink"
+
+
 @dataclass(frozen=True, slots=True)
 class Problem:
     """One row that verify, prune-local or restore reports: the same shape in every job's
     report and JSON (`kind` says what went wrong, `detail` why)."""
 
     media_id: str
-    kind: str
+    kind: ProblemKind
     detail: str
     url: str | None = None
 
@@ -194,11 +215,11 @@ class Summary:
         if self.error:
             return self.error_exit_code or 1
         problems = sum(self.counts[o] for o in Outcome if o.is_problem)
-        no_row = any(p.kind == "no_such_row" for p in self.not_selected)
+        no_row = any(p.kind is ProblemKind.NO_SUCH_ROW for p in self.not_selected)
         return 1 if problems or self.unrecorded or no_row else 0
 
     def as_json(self) -> dict[str, Any]:
-        """The contract's JSON object."""
+        """The object `archiver upload --json` prints."""
         data: dict[str, Any] = {"selected": self.selected}
         for outcome in SUMMARY_COUNTS:
             data[outcome.value] = self.counts[outcome]

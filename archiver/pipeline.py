@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from archiver.errors import ArchiverError, ConfigError, DatabaseError
 from archiver.models import MediaRow, Outcome, RowResult
-from archiver.policies import BatchPolicy, RetryPolicy
+from archiver.policies import BatchPolicy, RetryPolicy, retrying
 
 log = logging.getLogger(__name__)
 
@@ -219,17 +219,9 @@ class Pipeline:
                 self._fail(exc)
 
     async def _record_with_retry(self, chunk: list[RowResult]) -> int:
-        started = self.clock()
-        attempt = 0
-        while True:
-            try:
-                return await self.record(chunk)
-            except DatabaseError:
-                attempt += 1
-                wait = self.db_retry.delay(attempt, started, self.clock())
-                if wait is None:
-                    raise
-                await self.sleep(wait)
+        return await retrying(
+            self.db_retry, lambda: self.record(chunk), clock=self.clock, sleep=self.sleep
+        )
 
 
 T = TypeVar("T")

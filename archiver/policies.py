@@ -3,7 +3,15 @@ The pipeline and the adapters only apply them."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
+
+from archiver.errors import DatabaseError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -33,6 +41,29 @@ class RetryPolicy:
         if now - started_at + wait > self.deadline_s:
             return None
         return wait
+
+
+async def retrying(
+    policy: RetryPolicy,
+    call: Callable[[], Awaitable[T]],
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> T:
+    """`call()`, asked again under `policy` while it fails with a DatabaseError (connection
+    lost, server restarting): the one retry loop of the database's callers (clock and sleep
+    injected, for tests)."""
+    started = clock()
+    attempt = 0
+    while True:
+        try:
+            return await call()
+        except DatabaseError:
+            attempt += 1
+            wait = policy.delay(attempt, started, clock())
+            if wait is None:
+                raise
+            await sleep(wait)
 
 
 class ExistencePolicy:

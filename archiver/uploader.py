@@ -74,11 +74,11 @@ class Uploader(MultipartUploads):
         cache: CacheRoot,
         cwd: Path,
         ledger: Ledger | None = None,
-        notes: bool = False,
+        record_problems: bool = False,
     ) -> None:
         self.settings = settings
         self.ledger = ledger
-        self.notes = notes  # archiver_problems is there to keep problem notes
+        self.record_problems = record_problems  # archiver_problems is there to keep them
         self.options = options
         self.store = store
         self.cache = cache
@@ -160,7 +160,7 @@ class Uploader(MultipartUploads):
             if set_aside(known, row, state):
                 return RowResult(row.media_id, Outcome.KNOWN_PROBLEM, reason=known.detail)
         result = await self._handle(row)
-        if self.notes and result.outcome.is_problem:
+        if self.record_problems and result.outcome.is_problem:
             result = replace(result, note=note_for(row, result))
         return result
 

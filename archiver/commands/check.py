@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,17 @@ from archiver.settings import DEFAULT_CHECK_SAMPLE, Settings, redact_dsn
 from archiver.sql import RowFilter
 from archiver.storage import Storage
 
-OK, WARN, FAIL, SKIPPED = "ok", "warn", "FAIL", "skipped"
+
+class CheckState(StrEnum):
+    """A check's verdict (its JSON `state` is the lower-case value)."""
+
+    OK = "ok"
+    WARN = "warn"  # ready, with something worth knowing
+    FAIL = "FAIL"  # not ready: exit 1
+    SKIPPED = "skipped"  # not checked, because a check it needs failed
+
+
+OK, WARN, FAIL, SKIPPED = CheckState.OK, CheckState.WARN, CheckState.FAIL, CheckState.SKIPPED
 
 
 @dataclass(frozen=True)
@@ -39,7 +50,7 @@ class CheckOptions:
 @dataclass
 class Verdict:
     name: str
-    state: str  # ok, warn, FAIL, skipped
+    state: CheckState
     detail: str
     facts: dict[str, Any] = field(default_factory=dict)
 
@@ -55,9 +66,9 @@ class CheckReport:
     @property
     def exit_code(self) -> int:
         """1 when a check failed (a warning does not fail it)."""
-        return 1 if any(v.state == FAIL for v in self.verdicts) else 0
+        return 1 if any(v.state is FAIL for v in self.verdicts) else 0
 
-    def add(self, name: str, state: str, detail: str, **facts: Any) -> Verdict:
+    def add(self, name: str, state: CheckState, detail: str, **facts: Any) -> Verdict:
         verdict = Verdict(name, state, detail, facts)
         self.verdicts.append(verdict)
         return verdict
@@ -140,7 +151,7 @@ def _known_key(settings: Settings, archived: list[MediaRow]) -> str | None:
     return None
 
 
-def _privileges(found: dict[str, Any]) -> tuple[str, str]:
+def _privileges(found: dict[str, Any]) -> tuple[CheckState, str]:
     """The verdict on the privileges, and what it says about them."""
     missing = [
         p for p, key in (("SELECT", "can_select"), ("UPDATE", "can_update")) if not found[key]

@@ -26,7 +26,7 @@ from archiver.errors import StorageError
 from archiver.integrity import content_mismatch, mismatch
 from archiver.keys import NotOurs, row_key
 from archiver.localfs import CacheRoot, LocalFile, why
-from archiver.models import MediaRow, Problem
+from archiver.models import MediaRow, Problem, ProblemKind
 from archiver.pipeline import Interrupt, for_each, to_the_end
 from archiver.progress import Progress, listed, printable, problem_lines
 from archiver.resolve import Found, NotFound, Resolver, open_cache_root, resolver_for
@@ -62,24 +62,24 @@ class PruneReport:
     @property
     def kept_unverified(self) -> int:
         """Rows whose file or object could not be proved: kept."""
-        return self._count("kept_unverified")
+        return self._count(ProblemKind.KEPT_UNVERIFIED)
 
     @property
     def kept_needed(self) -> int:
         """Rows whose file a row not yet archived needs (same MD5): kept for its upload."""
-        return self._count("kept_needed")
+        return self._count(ProblemKind.KEPT_NEEDED)
 
     @property
     def kept_symlink(self) -> int:
         """Rows whose file is reached through a symlink below the cache root: never deleted."""
-        return self._count("kept_symlink")
+        return self._count(ProblemKind.KEPT_SYMLINK)
 
     @property
     def invalid(self) -> int:
         """Rows that are unusable themselves (archive_url, md5_sum, created_at, path)."""
-        return self._count("invalid")
+        return self._count(ProblemKind.INVALID)
 
-    def _count(self, kind: str) -> int:
+    def _count(self, kind: ProblemKind) -> int:
         return sum(1 for p in self.kept if p.kind == kind)
 
     @property
@@ -104,7 +104,9 @@ class PruneReport:
         data["kept"] = [p.as_json() for p in self.kept]
         return data
 
-    def keep(self, row: MediaRow, why: str, *, kind: str = "kept_unverified") -> int:
+    def keep(
+        self, row: MediaRow, why: str, *, kind: ProblemKind = ProblemKind.KEPT_UNVERIFIED
+    ) -> int:
         """The row's file stays (`kind`: kept_unverified, kept_needed for a row not yet
         archived, kept_symlink); nothing freed."""
         self.kept.append(Problem(row.media_id, kind, why, url=row.archive_url))
@@ -113,7 +115,7 @@ class PruneReport:
 
     def refuse(self, row: MediaRow, why: str) -> int:
         """The row cannot be judged (bad archive_url, md5_sum, created_at, path)."""
-        self.kept.append(Problem(row.media_id, "invalid", why, url=row.archive_url))
+        self.kept.append(Problem(row.media_id, ProblemKind.INVALID, why, url=row.archive_url))
         self.say(f"invalid {row.media_id}: {why}")
         return 0
 
@@ -143,7 +145,7 @@ class _Pruner:
             return report.refuse(row, found.reason)
         if found.through_link:
             reason = f"{found.path} is reached through a symlink below the cache root: not deleted"
-            return report.keep(row, reason, kind="kept_symlink")
+            return report.keep(row, reason, kind=ProblemKind.KEPT_SYMLINK)
         try:
             f = await asyncio.to_thread(self.cache.open_file, found.path)
         except OSError as exc:
@@ -157,7 +159,7 @@ class _Pruner:
         report = self.report
         if bytes.fromhex(md5) in self.needed:
             reason = "a row not yet archived has the same file"
-            return report.keep(row, reason, kind="kept_needed")
+            return report.keep(row, reason, kind=ProblemKind.KEPT_NEEDED)
         try:
             actual = await asyncio.to_thread(f.md5)
         except OSError as exc:

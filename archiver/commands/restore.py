@@ -25,7 +25,7 @@ from archiver.errors import ConfigError, RestoreFailed, StorageError
 from archiver.integrity import content_mismatch
 from archiver.keys import NotOurs, row_key
 from archiver.localfs import CacheRoot, NewFile, why
-from archiver.models import MediaRow, Problem
+from archiver.models import MediaRow, Problem, ProblemKind
 from archiver.pipeline import Interrupt, for_each
 from archiver.progress import Progress, listed, printable, problem_lines
 from archiver.resolve import (
@@ -78,7 +78,7 @@ class RestoreReport:
     def exit_code(self) -> int:
         return 1 if self.failed else 0
 
-    def fail(self, row: MediaRow, why: str, *, kind: str = "failed") -> int:
+    def fail(self, row: MediaRow, why: str, *, kind: ProblemKind = ProblemKind.FAILED) -> int:
         """The row's file was not restored (`kind` "invalid": the row itself is unusable)."""
         self.failures.append(Problem(row.media_id, kind, why, url=row.archive_url))
         self.say(f"{kind} {row.media_id}: {why}")
@@ -167,10 +167,10 @@ class _Restorer:
             return 0  # present: not selected
         report.selected += 1
         if isinstance(where, str):
-            return report.fail(row, where, kind="invalid")
+            return report.fail(row, where, kind=ProblemKind.INVALID)
         if not isinstance(found, NotFound | Found):
             reason = f"its local file cannot be used: {found.reason}"
-            return report.fail(row, reason, kind="invalid")
+            return report.fail(row, reason, kind=ProblemKind.INVALID)
         if isinstance(found, Found):
             try:
                 same = await asyncio.to_thread(self._holds, found.path, where.md5)
@@ -279,7 +279,9 @@ async def run_restore(
             if not (interrupt and interrupt.triggered):
                 for media_id in sorted(set(options.media_ids) - seen):
                     report.selected += 1
-                    report.failures.append(Problem(media_id, "no_such_row", "no such row"))
+                    report.failures.append(
+                        Problem(media_id, ProblemKind.NO_SUCH_ROW, "no such row")
+                    )
     return report
 
 

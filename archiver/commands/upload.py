@@ -20,6 +20,7 @@ from archiver.ledger import Ledger
 from archiver.models import (
     MediaRow,
     Problem,
+    ProblemKind,
     RowResult,
     Summary,
 )
@@ -93,8 +94,8 @@ async def run_upload(
 
         async def record(results: Sequence[RowResult]) -> int:
             pairs = [(r.media_id, r.url) for r in results if r.outcome.recordable and r.url]
-            notes = [r.note for r in results if r.note is not None]
-            return await run.db.record(pairs, force=options.force, owner=owner, problems=notes)
+            noted = [r.note for r in results if r.note is not None]
+            return await run.db.record(pairs, force=options.force, owner=owner, problems=noted)
 
         pipeline = Pipeline(
             handle=run.uploader.handle,
@@ -141,7 +142,13 @@ async def _open(
     if not (options.retry_problems or options.media_ids):  # named rows are always tried
         ledger = await Ledger.open(db, retry)
     uploader = Uploader(
-        settings, options, store, cache=cache, cwd=cwd or Path.cwd(), ledger=ledger, notes=tables
+        settings,
+        options,
+        store,
+        cache=cache,
+        cwd=cwd or Path.cwd(),
+        ledger=ledger,
+        record_problems=tables,
     )
     rows, claims = _row_source(db, options, row_filter, ledger, retry, claimed=tables)
     return _Run(db, uploader, rows, claims, retry, total)
@@ -230,13 +237,15 @@ async def _not_selected(db: Database, media_ids: Sequence[str], owner: str | Non
     for media_id in media_ids:
         state = states.get(media_id)
         if state is None:
-            problems.append(Problem(media_id, "no_such_row", "no such row"))
+            problems.append(Problem(media_id, ProblemKind.NO_SUCH_ROW, "no such row"))
         elif state.archived:
             why = "already archived (--force uploads it again)"
-            problems.append(Problem(media_id, "already_archived", why))
+            problems.append(Problem(media_id, ProblemKind.ALREADY_ARCHIVED, why))
         elif state.held:
-            problems.append(Problem(media_id, "claimed_elsewhere", "held by another process"))
+            problems.append(
+                Problem(media_id, ProblemKind.CLAIMED_ELSEWHERE, "held by another process")
+            )
         else:
             why = "not selected (--media-type or --limit)"
-            problems.append(Problem(media_id, "not_selected", why))
+            problems.append(Problem(media_id, ProblemKind.NOT_SELECTED, why))
     return problems

@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 from archiver.errors import ConfigError
 from archiver.keys import NotOurs, row_key
-from archiver.models import Problem
+from archiver.models import Problem, ProblemKind
 from archiver.progress import printable
 from archiver.services import database
 from archiver.settings import DEFAULT_URL_EXPIRES_S, Settings
@@ -135,14 +135,16 @@ async def run_url(
     for media_id in wanted:
         row = by_id.get(media_id)
         if row is None:
-            report.problems.append(Problem(media_id, "no_such_row", "no such row"))
+            report.problems.append(Problem(media_id, ProblemKind.NO_SUCH_ROW, "no such row"))
             continue
         if row.archive_url is None:
-            report.problems.append(Problem(media_id, "not_archived", "not archived yet"))
+            report.problems.append(Problem(media_id, ProblemKind.NOT_ARCHIVED, "not archived yet"))
             continue
         found = row_key(row, bucket=settings.bucket, prefix=settings.key_prefix)
         if isinstance(found, NotOurs):
-            report.problems.append(Problem(media_id, "invalid", found.reason, url=row.archive_url))
+            report.problems.append(
+                Problem(media_id, ProblemKind.INVALID, found.reason, url=row.archive_url)
+            )
             continue
         keys[media_id] = found[1]
     if keys:

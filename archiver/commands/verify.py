@@ -25,7 +25,7 @@ from archiver.db import Database, StatsRow
 from archiver.errors import ConfigError, StorageError
 from archiver.integrity import Judgement, Verdict, judge
 from archiver.keys import NotOurs, row_key
-from archiver.models import MediaRow, Problem
+from archiver.models import MediaRow, Problem, ProblemKind
 from archiver.pipeline import Interrupt, for_each
 from archiver.progress import Progress, listed, printable, problem_lines
 from archiver.resolve import Found, NotFound, Resolver, resolve_cache_root, resolver_for
@@ -190,16 +190,16 @@ async def _total(
     return await db.count_rows(row_filter, limit=options.limit) if progress.wants_total else 0
 
 
-def _counted(s3: S3Check, judgement: Judgement) -> tuple[str, str]:
+def _counted(s3: S3Check, judgement: Judgement) -> tuple[ProblemKind, str]:
     """The problem kind of an object not shown intact, counted; and why."""
     if judgement.verdict is Verdict.UNKNOWN:
         s3.unverifiable += 1
-        return "unverifiable", judgement.reason or ""
+        return ProblemKind.UNVERIFIABLE, judgement.reason or ""
     if judgement.verdict is Verdict.MISSING:
         s3.missing += 1
-        return "missing", "no such object"
+        return ProblemKind.MISSING, "no such object"
     s3.mismatched += 1
-    return "mismatched", judgement.reason or ""
+    return ProblemKind.MISMATCHED, judgement.reason or ""
 
 
 def _note_for_repair(report: VerifyReport, row: MediaRow, found: object, reason: str) -> None:
@@ -227,7 +227,7 @@ async def _check_s3(
     s3 = report.s3
     assert s3 is not None
 
-    def problem(row: MediaRow, kind: str, detail: str) -> None:
+    def problem(row: MediaRow, kind: ProblemKind, detail: str) -> None:
         report.problems.append(Problem(row.media_id, kind, detail, url=row.archive_url))
         progress.say(f"{kind} {row.media_id}: {detail}")
         progress.step(0)
@@ -235,14 +235,14 @@ async def _check_s3(
     def error(row: MediaRow, detail: str) -> None:
         s3.checked += 1
         s3.errors += 1
-        problem(row, "error", detail)
+        problem(row, ProblemKind.ERROR, detail)
 
     async def check(row: MediaRow) -> None:
         ours = row_key(row, bucket=settings.bucket, prefix=settings.key_prefix)
         if isinstance(ours, NotOurs):
             s3.checked += 1
             s3.invalid += 1
-            return problem(row, "invalid", ours.reason)
+            return problem(row, ProblemKind.INVALID, ours.reason)
         md5, key = ours
         # The size the object must have is the local file's: `file_size` proves nothing.
         found = await resolver.locate(row)
@@ -260,7 +260,7 @@ async def _check_s3(
             return None
         kind, reason = _counted(s3, judgement)
         problem(row, kind, reason)
-        if kind != "unverifiable":
+        if kind is not ProblemKind.UNVERIFIABLE:
             _note_for_repair(report, row, found, reason)
         return None
 
@@ -284,7 +284,7 @@ async def _check_local(
     def invalid(row: MediaRow, reason: str) -> None:
         local.checked += 1
         local.invalid += 1
-        report.problems.append(Problem(row.media_id, "invalid", reason))
+        report.problems.append(Problem(row.media_id, ProblemKind.INVALID, reason))
         progress.step(0)
 
     async def check(row: MediaRow) -> None:
@@ -294,7 +294,7 @@ async def _check_local(
         local.checked += 1
         if isinstance(found, NotFound):
             local.missing += 1
-            report.problems.append(Problem(row.media_id, "missing_local", found.reason))
+            report.problems.append(Problem(row.media_id, ProblemKind.MISSING_LOCAL, found.reason))
         progress.step(0)
 
     rows = db.rows(EVERY_ROW, limit=options.limit)

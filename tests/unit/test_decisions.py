@@ -17,9 +17,11 @@ from archiver.cli import cli
 from archiver.commands.check import FAIL, OK, WARN, _privileges, _verdict
 from archiver.commands.restore import Target, plan
 from archiver.commands.watch import retryable
+from archiver.db import Page, paged
 from archiver.envfile import unknown_key_warnings
 from archiver.models import MediaRow
 from archiver.multipart import part_size_for
+from archiver.policies import RetryPolicy, retrying
 from archiver.resolve import Resolver
 from archiver.settings import MAX_PARTS, MIB, Settings
 
@@ -221,3 +223,60 @@ def test_entry_point_turns_errors_into_one_line() -> None:
     )
     assert done.returncode == 2
     assert done.stderr.strip() == "archiver: error: --watch cannot be combined with --force"
+
+
+# -- the one paging loop and the one retry loop ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("total", "limit", "page_rows", "fetches"),
+    [(0, None, 3, 1), (7, None, 3, 3), (6, None, 3, 3), (7, 4, 3, 2), (7, 3, 3, 1)],
+)
+async def test_paged_reads_keyset_pages_up_to_the_limit(
+    total: int, limit: int | None, page_rows: int, fetches: int
+) -> None:
+    ids = [f"m{i}" for i in range(total)]
+    asked: list[tuple[str | None, int]] = []
+    seen_pages: list[int] = []
+
+    async def fetch(after: str | None, size: int) -> Page:
+        asked.append((after, size))
+        start = 0 if after is None else ids.index(after) + 1
+        rows = [media(media_id=i) for i in ids[start : start + size]]
+        return Page(rows, rows[-1].media_id if len(rows) == size else None)
+
+    async def on_page(rows: list[MediaRow]) -> None:
+        seen_pages.append(len(rows))
+
+    got = [
+        r.media_id async for r in paged(fetch, limit=limit, page_rows=page_rows, on_page=on_page)
+    ]
+    assert got == ids[: limit if limit is not None else total]
+    assert len(asked) == fetches and sum(seen_pages) == len(got)
+
+
+async def test_retrying_backs_off_until_the_deadline() -> None:
+    now = [0.0]
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        now[0] += seconds
+
+    async def down() -> int:
+        raise errors.DatabaseError("connection lost")
+
+    policy = RetryPolicy(first_delay_s=1, max_delay_s=4, deadline_s=10)
+    with pytest.raises(errors.DatabaseError):
+        await retrying(policy, down, clock=lambda: now[0], sleep=sleep)
+    assert waits == [1, 2, 4]  # a fourth wait (4 s) would pass the 10 s deadline
+
+    calls = iter([errors.DatabaseError("blip"), 7])
+
+    async def flaky() -> int:
+        answer = next(calls)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    assert await retrying(policy, flaky, clock=lambda: now[0], sleep=sleep) == 7
