@@ -16,12 +16,10 @@ import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
 
 from archiver.db import Database, Page, paged
 from archiver.errors import DatabaseError
-from archiver.models import MediaRow
+from archiver.models import Holder, MediaRow
 from archiver.policies import RetryPolicy
 from archiver.settings import DEFAULT_LEASE_S
 from archiver.sql import RowFilter
@@ -124,24 +122,6 @@ def dead_here(
     except OSError:  # gone meanwhile, or hidden from us (hidepid): the signal said it exists
         return False
     return state in ZOMBIE_STATES or (started is not None and int(started) != start)
-
-
-@dataclass(frozen=True)
-class Holder:
-    """Another process holding live claims on rows this run selected."""
-
-    owner: str
-    rows: int
-    lease_ends: datetime
-    running: bool  # False: a process of this host that died (the next run takes over)
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "owner": self.owner,
-            "rows": self.rows,
-            "lease_ends": self.lease_ends.isoformat(),
-            "running": self.running,
-        }
 
 
 @dataclass

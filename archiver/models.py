@@ -11,6 +11,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from archiver.errors import INTERRUPTED_EXIT_CODE
+
 
 @dataclass(frozen=True, slots=True)
 class MediaRow:
@@ -176,7 +178,7 @@ class Summary:
     error: str | None = None  # what stopped the run early (database gone, bucket gone)
     error_exit_code: int = 0
     # claims.Holder: the other processes still holding selected rows at the end
-    holders: list[Any] = field(default_factory=list)
+    holders: list[Holder] = field(default_factory=list)
     not_selected: list[Problem] = field(default_factory=list)  # --media-id rows not handled
     resent: int = 0  # objects already stored, sent again because they could not be read back
     notes: list[str] = field(default_factory=list)  # what the credentials did not allow
@@ -211,7 +213,7 @@ class Summary:
         unrecorded, or a --media-id names no row); 130 if interrupted. Known problems, set
         aside untried, do not fail a run."""
         if self.interrupted:
-            return 130
+            return INTERRUPTED_EXIT_CODE
         if self.error:
             return self.error_exit_code or 1
         problems = sum(self.counts[o] for o in Outcome if o.is_problem)
@@ -331,3 +333,21 @@ class Sent:
     """Bytes of file data S3 accepted for one row (each accepted PUT or part counts)."""
 
     bytes: int = 0
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Another process holding live claims on rows this run selected."""
+
+    owner: str
+    rows: int
+    lease_ends: datetime
+    running: bool  # False: a process of this host that died (the next run takes over)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "owner": self.owner,
+            "rows": self.rows,
+            "lease_ends": self.lease_ends.isoformat(),
+            "running": self.running,
+        }

@@ -11,16 +11,13 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TextIO
 
 from tqdm import tqdm
 
 from archiver.errors import ConfigError
 from archiver.localfs import why
-from archiver.models import Outcome, Problem, RowResult, Summary
-
-if TYPE_CHECKING:
-    from archiver.claims import Holder
+from archiver.models import Holder, Outcome, Problem, RowResult, Summary
 
 LOG_INTERVAL_S = 10.0  # periodic progress line when stderr is not a terminal
 POSTFIX_INTERVAL_S = 0.25  # how often the bar's byte counter is refreshed

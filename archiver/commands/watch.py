@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from archiver.errors import (
+    INTERRUPTED_EXIT_CODE,
     ArchiverError,
     AuthenticationFailed,
     ConfigError,
@@ -88,7 +89,7 @@ class WatchReport:
         error."""
         if self.error:
             return self.error_exit_code or 2
-        return 130
+        return INTERRUPTED_EXIT_CODE
 
     def as_json(self) -> dict[str, object]:
         data = self.totals.as_json()
