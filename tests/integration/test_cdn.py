@@ -11,7 +11,6 @@ import os
 import random
 import stat
 import urllib.request
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -24,13 +23,14 @@ from cryptography.hazmat.primitives.asymmetric import padding
 
 from archiver.commands.setup_cdn import (
     CACHING_OPTIMIZED,
-    WantedDistribution,
     cdn_statement,
     comment,
     statement_sid,
 )
 from archiver.demo.sample import SampleRow, file_bytes, insert_rows
 from tests.helpers import both_servers, md5, media_file, run_cli, upload
+
+# -- pure -----------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -49,15 +49,6 @@ def moto_keeps_the_origin_access_control() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(models.Origin, "__init__", init)
         yield
-
-
-# -- pure -----------------------------------------------------------------------------------
-
-
-def wanted(key_group: str | None = None) -> WantedDistribution:
-    return WantedDistribution(
-        "archiver: s3://b/cache/", "b.s3.us-east-1.amazonaws.com", "OAC1", key_group
-    )
 
 
 # -- setup-cdn on moto ----------------------------------------------------------------------
@@ -444,25 +435,3 @@ def _no_cdn_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     """The CDN variables come from each test, never from the machine's environment."""
     for name in ("ARCHIVER_CDN_DOMAIN", "ARCHIVER_CDN_KEY_ID", "ARCHIVER_CDN_PRIVATE_KEY"):
         monkeypatch.delenv(name, raising=False)
-
-
-class RefusingCloudFront:
-    """A CloudFront whose credentials may list but not create (a fake: the refusal path)."""
-
-    def __init__(self) -> None:
-        self.calls: list[str] = []
-
-    async def list_all(self, method: str, _list_key: str) -> list[dict[str, Any]]:
-        self.calls.append(method)
-        return []
-
-    async def call(self, method: str, **_params: Any) -> dict[str, Any]:
-        from archiver.errors import SettingRefused
-
-        self.calls.append(method)
-        raise SettingRefused(f"AccessDenied: these credentials need cloudfront:{method}")
-
-
-class BucketOnly:
-    async def bucket_region(self) -> str:
-        return "eu-west-1"

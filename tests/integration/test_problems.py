@@ -14,8 +14,6 @@ import pytest
 
 from archiver.claims import new_owner, proc_stat
 from archiver.demo.sample import SampleRow, insert_rows
-from archiver.ledger import row_fingerprint
-from archiver.models import KnownProblem, MediaRow
 from tests.helpers import (
     all_objects,
     assert_archive_invariant,
@@ -32,33 +30,7 @@ from tests.proxy import Respond, Rewrite, as_sse_kms
 # -- liveness ---------------------------------------------------------------------------------
 
 
-def fake_host(procs: dict[int, tuple[str, int]], *, other_user: frozenset[int] = frozenset()):
-    """(stat, signal0) of a host whose processes are `procs` (pid -> (state, start))."""
-
-    def stat(pid: int) -> tuple[str, int]:
-        if pid in other_user and pid not in procs:
-            raise PermissionError("hidepid")
-        if pid not in procs:
-            raise FileNotFoundError(pid)
-        return procs[pid]
-
-    def signal0(pid: int, _sig: int) -> None:
-        if pid in other_user:
-            raise PermissionError(pid)
-        if pid not in procs:
-            raise ProcessLookupError(pid)
-
-    return stat, signal0
-
-
 # -- what a problem record decides ----------------------------------------------------------
-
-ROW = MediaRow("m1", "image", None, "a" * 32, "image/png", datetime(2025, 3, 1))
-
-
-def known(kind: str, state: tuple[int, float, float] | None, row: MediaRow = ROW) -> KnownProblem:
-    size, mtime, ctime = state or (None, None, None)
-    return KnownProblem("m1", kind, "why", size, mtime, row_fingerprint(row, ctime))
 
 
 # -- a SIGKILLed run, and rows other processes hold -------------------------------------------

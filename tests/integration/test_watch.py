@@ -23,7 +23,7 @@ import pytest
 import archiver
 from archiver.demo.localpg import free_port
 from archiver.demo.sample import SampleRow, file_bytes, insert_rows
-from archiver.models import Outcome, Summary
+from archiver.models import Outcome
 from tests.helpers import (
     all_objects,
     assert_archive_invariant,
@@ -39,13 +39,6 @@ INTERVAL_S = 2.0
 
 
 # -- pure -----------------------------------------------------------------------------------
-
-
-def summary_of(**counts: int) -> Summary:
-    s = Summary()
-    for name, n in counts.items():
-        s.counts[Outcome(name)] = n
-    return s
 
 
 # -- the real command -----------------------------------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import uuid
 
 import pytest
 
@@ -15,12 +14,10 @@ from archiver.commands.setup_bucket import (
     lifecycle_rules,
     merge_lifecycle,
     plain_http_endpoint,
-    setup_bucket,
     tls_statement,
 )
 from archiver.converge import Setting, State, merge_policy
 from archiver.settings import Settings
-from archiver.storage import Storage
 
 OTHER_RULE = {
     "ID": "logs-expire",
@@ -118,20 +115,3 @@ def test_only_safety_settings_that_were_not_applied_fail_the_run() -> None:
         "state": "refused",
         "detail": "S3 denied s3:PutObject",
     }
-
-
-def storage_settings(endpoint: str, bucket: str, region: str = "us-east-1") -> Settings:
-    return Settings(bucket=bucket, endpoint_url=endpoint, region=region)
-
-
-async def run_setup(settings: Settings, **options: object):
-    async with Storage.open(settings, max_connections=2) as store:
-        return await setup_bucket(store, settings, SetupOptions(region=settings.region, **options))  # type: ignore[arg-type]
-
-
-def new_name() -> str:
-    return f"setup-{uuid.uuid4().hex[:12]}"
-
-
-def states(report: SetupReport) -> dict[str, State]:
-    return {name: setting.state for name, setting in report.settings.items()}

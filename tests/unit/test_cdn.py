@@ -6,9 +6,6 @@ from moto and RGW), all through the real command; and the pure parts, without a 
 from __future__ import annotations
 
 import json
-import random
-import urllib.request
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,10 +22,10 @@ from archiver.commands.setup_cdn import (
 )
 from archiver.commands.url import cdn_domain
 from archiver.converge import merge_policy
-from archiver.demo.sample import SampleRow, file_bytes, insert_rows
 from archiver.errors import ConfigError
 from archiver.settings import parse_duration
-from tests.helpers import md5, media_file, run_cli, upload
+
+# -- pure -----------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -47,9 +44,6 @@ def moto_keeps_the_origin_access_control() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(models.Origin, "__init__", init)
         yield
-
-
-# -- pure -----------------------------------------------------------------------------------
 
 
 def wanted(key_group: str | None = None) -> WantedDistribution:
@@ -171,41 +165,12 @@ def cloudfront(moto_server: Any) -> Any:
     return boto3.client("cloudfront", endpoint_url=moto_server.url, region_name="us-east-1")
 
 
-def cdn_cli(env: Any, *args: str, **extra: str) -> Any:
-    return run_cli(env, "setup-cdn", *args, AWS_ENDPOINT_URL_CLOUDFRONT=env.endpoint, **extra)
-
-
 def ours(cloudfront: Any, bucket: str) -> list[dict[str, Any]]:
     items = cloudfront.list_distributions()["DistributionList"].get("Items") or []
     return [d for d in items if d["Comment"] == comment(bucket, "cache")]
 
 
 # -- archiver url ---------------------------------------------------------------------------
-
-
-async def archived_rows(
-    env: Any, db: Any, n: int, *, seed: int = 3
-) -> tuple[list[SampleRow], dict[str, bytes]]:
-    """`n` rows uploaded and recorded; their bytes by media_id."""
-    rng = random.Random(seed)
-    rows, data = [], {}
-    for i in range(n):
-        body = file_bytes(".jpg", 3000 + i, rng)
-        media_file(env.cache_root / "images", f"{md5(body)}.jpg", body)
-        rows.append(
-            SampleRow(f"u{i:03d}", "image", md5(body), "image/jpeg", None, datetime(2025, 12, 3))
-        )
-        data[rows[-1].media_id] = body
-    await insert_rows(db, rows)
-    summary = await upload(env)
-    assert summary.exit_code == 0
-    return rows, data
-
-
-def get(url: str) -> bytes:
-    """A plain HTTP GET, no credentials."""
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return bytes(response.read())
 
 
 def test_temporary_credentials_shorten_what_expires_at_promises() -> None:
@@ -221,13 +186,6 @@ def test_temporary_credentials_shorten_what_expires_at_promises() -> None:
     assert temporary_limit(asked, True, datetime(2026, 12, 4, tzinfo=UTC)) == (asked, None)
     ends, note = temporary_limit(asked, True, None)
     assert ends == asked and "may be before expires_at" in (note or "")
-
-
-@pytest.fixture(autouse=True)
-def _no_cdn_variables(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The CDN variables come from each test, never from the machine's environment."""
-    for name in ("ARCHIVER_CDN_DOMAIN", "ARCHIVER_CDN_KEY_ID", "ARCHIVER_CDN_PRIVATE_KEY"):
-        monkeypatch.delenv(name, raising=False)
 
 
 class RefusingCloudFront:
@@ -266,3 +224,10 @@ async def test_a_refused_origin_access_control_leaves_the_distribution_alone() -
     assert cf.calls == ["list_origin_access_controls", "create_origin_access_control"]
     assert report.exit_code == 1
     assert "Not set up: origin access control could not be applied." in format_cdn(report)
+
+
+@pytest.fixture(autouse=True)
+def _no_cdn_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CDN variables come from each test, never from the machine's environment."""
+    for name in ("ARCHIVER_CDN_DOMAIN", "ARCHIVER_CDN_KEY_ID", "ARCHIVER_CDN_PRIVATE_KEY"):
+        monkeypatch.delenv(name, raising=False)

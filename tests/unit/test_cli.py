@@ -2,38 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-
-from tests.helpers import (
-    run_cli,
-)
-
-JSON_KEYS = {
-    "selected",
-    "uploaded",
-    "skipped_existing",
-    "missing_local",
-    "invalid",
-    "corrupt",
-    "failed",
-    "db_updated",
-    "bytes_uploaded",
-    "elapsed_s",
-    "files_per_s",
-    "dry_run",
-}
-
-
-def one_line_error(stderr: str) -> str:
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, stderr
-    assert "Traceback" not in stderr
-    return lines[0]
-
-
-def run_without(env, drop: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return run_cli(env, *args, environ={k: v for k, v in env.environ().items() if k != drop})
-
 
 def test_every_variable_a_flag_reads_is_known_to_the_env_file_check() -> None:
     """A variable a flag reads must never be reported as a typo in `.env`."""

@@ -4,21 +4,7 @@ servers; and the part payload (storage.Body) must send exactly the bytes read.""
 
 from __future__ import annotations
 
-import hashlib
-
 from archiver.fast_put import Body
-
-
-def md5(data: bytes) -> str:
-    return hashlib.md5(data).hexdigest()
-
-
-# Keys as botocore must encode them in the path: a space, a plus, a tilde, a percent sign
-# and a non-ASCII letter (archiver's own keys are plainer; the encoding must not depend on it).
-ODD_KEYS = [
-    "cache/2025/01/0123456789abcdef0123456789abcdef.jpg",
-    "cache/2025/01/a key+with~odd%chars ü.bin",
-]
 
 
 async def test_a_body_payload_reads_and_rewinds_like_a_file() -> None:

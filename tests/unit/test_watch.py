@@ -5,19 +5,12 @@ pure rules (backoff, which passes get a line, which failures are retried) withou
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import random
-import re
-import signal
-import subprocess
-import time
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from archiver.commands.watch import BACKOFF_MAX_S, backoff_s, did_work, retryable
-from archiver.demo.localpg import free_port
 from archiver.demo.sample import SampleRow, file_bytes, insert_rows
 from archiver.errors import (
     BucketMissing,
@@ -33,10 +26,6 @@ from tests.helpers import (
     md5,
     media_file,
 )
-
-STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
-INTERVAL_S = 2.0
-
 
 # -- pure -----------------------------------------------------------------------------------
 
@@ -98,70 +87,6 @@ async def backfill(
         )
     await insert_rows(db, rows)
     return data
-
-
-async def archived(db: Any, ids: Sequence[str]) -> set[str]:
-    rows = await db.fetch(
-        "SELECT media_id FROM post_media WHERE archive_url IS NOT NULL AND media_id = ANY($1)",
-        list(ids),
-    )
-    return {r["media_id"] for r in rows}
-
-
-async def wait_archived(
-    db: Any, ids: Sequence[str], proc: subprocess.Popen[str], within: float = 60
-) -> float:
-    """Seconds until every row of `ids` has its archive_url (fails if the watch ends)."""
-    started = time.monotonic()
-    while await archived(db, ids) != set(ids):
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() - started < within, f"not archived in {within} s"
-        await asyncio.sleep(0.1)
-    return time.monotonic() - started
-
-
-def stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM) -> tuple[str, str]:
-    proc.send_signal(sig)
-    return proc.communicate(timeout=90)
-
-
-def pass_lines(stdout: str) -> list[str]:
-    return re.findall(rf"^{STAMP} archiver: watch: (pass \d+: .*)$", stdout, re.M)
-
-
-class TcpRelay:
-    """A TCP relay to the database that a test can take down (every connection cut, the
-    port closed) and bring back on the same port: a database outage, for one process."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.port = free_port()
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
-
-    async def stop(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for writer in list(self._writers):
-            writer.transport.abort()
-        await self._server.wait_closed()
-
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(*self.target)
-        self._writers |= {writer, up_writer}
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError):
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            dst.transport.abort()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-        self._writers -= {writer, up_writer}
 
 
 # -- the Python API -------------------------------------------------------------------------
