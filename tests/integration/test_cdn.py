@@ -11,6 +11,7 @@ import os
 import random
 import stat
 import urllib.request
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, urlsplit

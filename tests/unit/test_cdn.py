@@ -6,6 +6,7 @@ from moto and RGW), all through the real command; and the pure parts, without a 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
