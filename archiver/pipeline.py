@@ -185,7 +185,7 @@ class Pipeline:
         # Wakes the writer so that a batch older than max_age_s is flushed even when no
         # new result arrives (avoids wait_for on Queue.get).
         while not done.is_set():
-            await asyncio.sleep(self.batch.max_age_s / 4)
+            await self.sleep(self.batch.max_age_s / 4)
             results.put_nowait(_TICK)
 
     async def _write(self, results: asyncio.Queue[object]) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import pytest
 
@@ -71,6 +71,36 @@ class FakeDb:
         return len(pairs)
 
 
+class VirtualTime:
+    """The pipeline's clock and sleep: a sleep moves the clock on and only yields, so that
+    batch ages and database retries take no real time."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        await asyncio.sleep(0)
+
+
+async def until(condition: Callable[[], object], *, turns: int = 10_000) -> None:
+    """Let the event loop run until `condition()` holds (no real time passes)."""
+    for _ in range(turns):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("the condition never held")
+
+
+async def turns(n: int = 50) -> None:
+    """Let the event loop run `n` times round."""
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
 def uploaded(row: MediaRow) -> RowResult:
     return RowResult(row.media_id, Outcome.UPLOADED, url=f"s3://b/{row.media_id}")
 
@@ -79,6 +109,9 @@ def make(
     handle, db: FakeDb, *, concurrency: int = 4, max_rows: int = 10, max_age: float = 1.0, **kw
 ) -> tuple[Pipeline, list[RowResult]]:
     seen: list[RowResult] = []
+    virtual = VirtualTime()
+    kw.setdefault("clock", virtual.clock)
+    kw.setdefault("sleep", virtual.sleep)
     pipeline = Pipeline(
         handle=handle,
         record=db.record,
@@ -139,10 +172,12 @@ async def test_problem_notes_go_to_the_writer_but_are_never_counted_as_recorded(
     assert stats.db_updated == 10 and stats.unrecorded == 0
 
     gone = FakeDb(fail_times=10**6)
-    pipeline, _ = make(handle, gone, concurrency=1, db_retry=RetryPolicy(0.01, 0.01, 0.05))
+    pipeline, seen = make(handle, gone, concurrency=1, db_retry=RetryPolicy(0.01, 0.01, 0.05))
     with pytest.raises(DatabaseError):
         await pipeline.run(aiter(rows(20)))
-    assert pipeline.stats.unrecorded == 10  # uploads only: a lost note is not an upload
+    uploads = sum(1 for r in seen if r.outcome is Outcome.UPLOADED)
+    assert uploads and any(r.note for r in seen)
+    assert pipeline.stats.unrecorded == uploads  # uploads only: a lost note is not an upload
 
 
 async def test_a_small_batch_is_flushed_by_age_while_work_goes_on() -> None:
@@ -156,7 +191,7 @@ async def test_a_small_batch_is_flushed_by_age_while_work_goes_on() -> None:
     db = FakeDb()
     pipeline, _ = make(handle, db, concurrency=2, max_rows=100, max_age=0.2)
     task = asyncio.create_task(pipeline.run(aiter(rows(2))))
-    await asyncio.sleep(0.6)
+    await until(lambda: db.batches)
     assert db.batches == [[("m00000", "s3://b/m00000")]]  # flushed before the run ended
     release.set()
     await task
@@ -171,7 +206,7 @@ async def test_stop_drops_rows_not_started_and_records_those_finished() -> None:
         started.append(row.media_id)
         if len(started) == 5:
             interrupt.trigger()
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0)
         return uploaded(row)
 
     db = FakeDb()
@@ -194,7 +229,8 @@ async def test_abandon_cancels_in_flight_work_and_still_records_finished_rows() 
     pipeline, seen = make(handle, db, concurrency=4, max_rows=100, stop=interrupt.stop)
     interrupt.on_abandon(pipeline.abandon)
     task = asyncio.create_task(pipeline.run(aiter(rows(50))))
-    await asyncio.sleep(0.1)
+    await until(lambda: len(seen) == 3)
+    await turns()
     interrupt.trigger()
     interrupt.trigger()
     await asyncio.wait_for(task, 5)
@@ -240,7 +276,7 @@ async def test_byte_budget_bounds_what_is_held_at_once() -> None:
     async def use(n: int) -> None:
         async with budget.hold(n):
             assert budget.used <= 100
-            await asyncio.sleep(0.001)
+            await asyncio.sleep(0)
 
     await asyncio.gather(*(use(n) for n in [30, 60, 90, 10, 500, 40] * 5))
     assert budget.peak <= 100 and budget.used == 0
@@ -324,8 +360,10 @@ async def test_for_each_stops_then_abandons_like_upload() -> None:
     finished: list[int] = []
     counted: list[int] = []
 
+    deleted = asyncio.Event()
+
     async def delete_and_count(n: int) -> None:
-        await asyncio.sleep(0.3)  # the delete, in a thread
+        await deleted.wait()  # the delete, in a thread
         counted.append(n)  # the report is updated in the same step
 
     async def work(n: int) -> None:
@@ -338,11 +376,13 @@ async def test_for_each_stops_then_abandons_like_upload() -> None:
 
     job = for_each(aiter(range(100)), work, concurrency=3, interrupt=interrupt)
     task = asyncio.create_task(job)
-    await asyncio.sleep(0.05)
+    await until(lambda: sorted(started) == [0, 1, 2])
     interrupt.trigger()  # stop: nothing new starts, the work in flight may finish
-    await asyncio.sleep(0.05)
+    await turns()
     assert not task.done() and sorted(started) == [0, 1, 2]
     interrupt.trigger()  # abandon: what is in flight is cancelled...
+    await turns()
+    deleted.set()  # ... and the delete begun ends
     await asyncio.wait_for(task, 5)
     assert sorted(started) == [0, 1, 2] and finished == []
     assert counted == [0]  # ... but a step begun with to_the_end ended, and was counted
