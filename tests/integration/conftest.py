@@ -236,6 +236,18 @@ def env(database_url: str, s3_endpoint: str, bucket: str, tmp_path: Path) -> Env
     return Env(database_url, s3_endpoint, bucket, tmp_path, cache_root)
 
 
+@pytest.fixture
+def offline_env(tmp_path: Path) -> Env:
+    """An empty media cache, and a database and an S3 endpoint nothing listens on: for the
+    command line's refusals, which need no server."""
+    cache_root = tmp_path / "cache" / "media"
+    cache_root.mkdir(parents=True)
+    closed = "127.0.0.1:1"
+    return Env(
+        f"postgresql://u:pw@{closed}/db", f"http://{closed}", "offline", tmp_path, cache_root
+    )
+
+
 @pytest.fixture(scope="session")
 def s3_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     """A second moto server, over HTTPS with a self-signed certificate: (URL, CA file).
