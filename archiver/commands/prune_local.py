@@ -20,20 +20,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from archiver.errors import StorageError
 from archiver.integrity import content_mismatch, mismatch
 from archiver.keys import NotOurs, row_key
 from archiver.localfs import CacheRoot, LocalFile, why
-from archiver.models import MediaRow, Problem, ProblemKind
+from archiver.models import MediaRow, ObjectInfo, Problem, ProblemKind
 from archiver.pipeline import Interrupt, for_each, to_the_end
 from archiver.progress import Progress, listed, printable, problem_lines
 from archiver.resolve import Found, NotFound, Resolver, open_cache_root, resolver_for
 from archiver.services import connected
 from archiver.settings import DEFAULT_CONCURRENCY, Settings
 from archiver.sql import RowFilter
-from archiver.storage import Storage
 
 MAX_LISTED = 20
 
@@ -120,10 +119,16 @@ class PruneReport:
         return 0
 
 
+class ObjectHeads(Protocol):
+    """The one S3 call prune-local makes (`storage.Storage` has it)."""
+
+    async def head_object(self, key: str) -> ObjectInfo | None: ...
+
+
 @dataclass
 class _Pruner:
     settings: Settings
-    store: Storage
+    store: ObjectHeads
     cache: CacheRoot
     resolver: Resolver
     needed: set[bytes]  # MD5s of rows not yet archived
