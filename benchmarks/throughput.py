@@ -385,7 +385,7 @@ Results = dict[str, dict[str, Any]]
 def issue_targets(
     zero: Results, zero_tls: Results, lat: Results, mixed: Results, mixed_tls: Results
 ) -> list[tuple[str, str, bool]]:
-    """The targets of issue 16 (the fast path), each as (target, measured, met)."""
+    """The targets of the fast path, each as (target, measured, met)."""
 
     def ratio(results: Results, key: str) -> float:
         return float(results["archiver"][key]) / float(results["s5cmd"][key])

@@ -3,8 +3,8 @@
 A one-node cluster on loopback, from Debian's packages (`radosgw`, `ceph-mon`, `ceph-osd`;
 .ci/run installs them): one monitor, one OSD on memstore (nothing on disk but its small
 state directories), pool size 1, `auth none`, and radosgw's beast frontend on http and
-https (a self-signed certificate). Ceph's own vstart.sh is the model. See
-../shared/spec/FIELD-NOTES.md for the settings that matter and why.
+https (a self-signed certificate). Ceph's own vstart.sh is the model; the settings
+below say what matters and why.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""Where AWS answers otherwise than moto and Ceph RGW (issue 30), the fault proxy answers as
+"""Where AWS answers otherwise than moto and Ceph RGW, the fault proxy answers as
 AWS does, in front of each real server: SSE-KMS objects, whose ETags are not the MD5 of
-their bytes (AWS's `Object.ETag` documentation, FIELD-NOTES)."""
+their bytes (AWS's `Object.ETag` documentation)."""
 
 from __future__ import annotations
 

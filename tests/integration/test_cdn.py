@@ -36,7 +36,7 @@ from tests.helpers import both_servers, md5, media_file, run_cli, upload
 
 @pytest.fixture(scope="module", autouse=True)
 def moto_keeps_the_origin_access_control() -> Iterator[None]:
-    """FIELD-NOTES: moto 5.2.5 drops an origin's OriginAccessControlId when it stores a
+    """moto 5.2.5 drops an origin's OriginAccessControlId when it stores a
     distribution. The test server keeps it (the field as sent), so that what archiver
     configured can be read back; archiver itself is not changed for moto."""
     from moto.cloudfront import models
@@ -407,7 +407,7 @@ async def test_cdn_urls_and_signed_urls_verify_with_the_registered_key(
         "ARCHIVER_CDN_KEY_ID": "K1",
         "ARCHIVER_CDN_PRIVATE_KEY": str(key_path),
     }
-    for expires in ("366d", "36500d", "99999999999999999999d"):  # issue 30, item 8
+    for expires in ("366d", "36500d", "99999999999999999999d"):
         out = run_cli(env, "url", "u000", "--expires", expires, **signed_env)
         assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
         assert out.stderr.count("\n") == 1 and "at most 365 days" in out.stderr

@@ -94,7 +94,7 @@ async def test_force_into_a_bucket_in_another_region_stores_every_object(penv, d
     """AWS answers a request signed for the wrong region with AuthorizationHeaderMalformed
     and the bucket's region; botocore's redirector retries it once per request. The
     template's PUTs each get their own redirect state, and once the region is known the
-    template is built again for it (issue 30, item 6)."""
+    template is built again for it."""
     await make_rows(penv, db, 8)
     proxy.rule = bucket_in_region("eu-west-1")
 

@@ -1,4 +1,4 @@
-"""Hostile rows (issue 12): every column of post_media is untrusted. Each reproduction of the
+"""Hostile rows: every column of post_media is untrusted. Each reproduction of the
 audit runs here through the real command, against the real PostgreSQL and S3 server."""
 
 from __future__ import annotations

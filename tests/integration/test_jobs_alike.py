@@ -108,7 +108,7 @@ async def test_a_replaced_multipart_object_of_the_same_size_is_not_proved_and_ke
     out = run_cli(env, "verify", "--verify-s3", "--json")
     assert out.returncode == 1, out.stderr
     report = json.loads(out.stdout)
-    # Without a recorded MD5 nothing shows what it holds (issue 30: never taken for damage,
+    # Without a recorded MD5 nothing shows what it holds (never taken for damage,
     # never cleared by --repair); another recorded MD5 shows it holds another file.
     kind = "unverifiable" if recorded is None else "mismatched"
     assert report["s3"][kind] == 1 and report["s3"]["ok"] == 0

@@ -81,7 +81,7 @@ async def test_crc32_part_checksums_as_a_server_that_checks_them_is_sent_them(
     """moto takes CRC32 part checksums without checking them (so the probe says no); as AWS
     S3 checks them, the run is told so here, to send the requests of that mode to a real
     HTTP server: parts with x-amz-checksum-crc32 and, since this is plain http, where an
-    on-path writer could swap a part for one with the same CRC32, Content-MD5 too (issue 30);
+    on-path writer could swap a part for one with the same CRC32, Content-MD5 too;
     and a completed object whose checksum of checksums is the one computed here."""
 
     async def checks(self: Storage, probe_key: str) -> bool:

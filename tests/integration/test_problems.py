@@ -1,5 +1,5 @@
 """Nothing left behind silently: true liveness of claims, the record of problems, the
-per-row report, and verify's repair (issue 15)."""
+per-row report, and verify's repair."""
 
 from __future__ import annotations
 
@@ -141,7 +141,7 @@ async def test_a_corrupt_row_fails_once_then_is_known_until_its_file_changes(env
     assert text.returncode == 0 and "archiver problems" in text.stdout
 
     # Repaired as `rsync -a` or `cp -p` repairs a file: the right bytes, with its size and
-    # mtime kept. The inode's change time moved, so it is tried again (issue 30, item 14).
+    # mtime kept. The inode's change time moved, so it is tried again.
     st = corrupt_path.stat()
     await asyncio.sleep(0.02)  # a ctime the filesystem can tell from the first one
     corrupt_path.write_bytes(data)
@@ -246,9 +246,9 @@ async def test_verify_repair_then_upload_restores_what_was_lost(env, db, s3):
 
 
 async def test_repair_never_unlinks_an_object_it_cannot_judge(penv, db, s3, proxy):
-    """The three triggers of issue 30's audit: an SSE-KMS object (AWS's answer, emulated),
-    the same bytes rewritten by another tool as a multipart upload (no x-amz-meta-md5), and
-    a wrong `file_size` column on a row whose file was pruned. Each object is intact; none
+    """The three ways a row was once unlinked from an intact object: an SSE-KMS object
+    (AWS's answer, emulated), the same bytes rewritten by another tool as a multipart upload
+    (no x-amz-meta-md5), and a wrong `file_size` column on a row whose file was pruned. Each object is intact; none
     is cleared, and the one that cannot be judged is reported so."""
     rows = await make_rows(penv, db, 4)
     assert run_cli(penv, "upload", "--json").returncode == 0

@@ -78,7 +78,7 @@ def test_mismatch(obj: ObjectInfo | None, size: int | None, verdict: str | None)
         (info(), None, Verdict.INTACT),
         (info(etag="f" * 32), None, Verdict.BAD),  # an MD5, and another one: proof
         (info(size=11), 10, Verdict.BAD),  # the local file's size is proof
-        # What cannot be judged is never taken for damage (issue 30): another tool's
+        # What cannot be judged is never taken for damage: another tool's
         # multipart copy, an SSE-KMS or SSE-C object whose ETag is no MD5.
         (info(etag="abc-3"), 10, Verdict.UNKNOWN),
         (info(etag=KMS_ETAG, encryption="aws:kms"), 10, Verdict.UNKNOWN),

@@ -151,7 +151,7 @@ def test_the_database_url_is_database_url_else_the_apps_supabase_db_url() -> Non
         ("postgresql://app:pw@h:0/db", "invalid port '0'"),
         ("postgresql://app:pw@h:5432,h2:x/db", "invalid port 'x'"),
         ("mysql://u:pw@h/db", "must start with postgresql://"),
-        # Copied without (all of) the scheme: not a URL, not key=value pairs (issue 30).
+        # Copied without (all of) the scheme: not a URL, not key=value pairs.
         ("postgres.abcd:S3cretPass@host:6543/postgres", "is not a database URL"),
         ("postgresql//u:pw@h/db", "is not a database URL"),
         ("postgresql:/u:pw@h/db", "is not a database URL"),

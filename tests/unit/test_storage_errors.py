@@ -33,7 +33,7 @@ def client_error(code: str, status: int) -> ClientError:
         (client_error("NoSuchBucket", 404), BucketMissing, 2),
         (client_error("BucketAlreadyExists", 409), StorageUnavailable, 2),
         (client_error("AccessDenied", 403), StorageUnavailable, 2),
-        # The credentials themselves refused: a watch ends on these (issue 30, item 11).
+        # The credentials themselves refused: a watch ends on these.
         (client_error("InvalidAccessKeyId", 403), CredentialsRefused, 2),
         (client_error("SignatureDoesNotMatch", 403), CredentialsRefused, 2),
         (client_error("ExpiredToken", 400), CredentialsRefused, 2),

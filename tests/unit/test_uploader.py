@@ -615,7 +615,7 @@ async def test_a_refused_abort_is_reported_once_in_the_notes(rig: Rig) -> None:
     assert "s3:AbortMultipartUpload" in note
 
 
-# -- issue 30: bytes sent are the bytes hashed; SSE-KMS ------------------------------------------
+# -- bytes sent are the bytes hashed; SSE-KMS ------------------------------------------
 
 
 def crc32_kept(data: bytes, at: int, changed: bytes) -> bytes:
@@ -657,7 +657,7 @@ async def test_a_change_between_the_two_reads_that_keeps_each_parts_crc32_is_not
 ) -> None:
     """A file above the byte budget is hashed, then read again part by part: a change of
     a part that keeps its CRC32 (a few chosen bytes) is caught by the MD5 of the second
-    read before the upload is completed (issue 30, item 4)."""
+    read before the upload is completed."""
     streamed = {**MULTIPART, "memory_budget": 5 * MIB}
     data = big(14)
     row = rig.row(data)
@@ -683,7 +683,7 @@ async def test_a_change_between_the_two_reads_that_keeps_each_parts_crc32_is_not
 
 async def test_over_plain_http_crc32_parts_carry_content_md5_too(rig: Rig) -> None:
     """An on-path writer could swap a part for one with the same CRC32; Content-MD5, a
-    signed header, stops that (issue 30, item 5). Over https the CRC32 alone is sent."""
+    signed header, stops that. Over https the CRC32 alone is sent."""
     rig.store.checks_crc32 = True
     rig.store.plain_http = True
     result = await rig.uploader(**MULTIPART).handle(rig.row(big(15)))
@@ -699,7 +699,7 @@ async def test_over_plain_http_crc32_parts_carry_content_md5_too(rig: Rig) -> No
 
 
 async def test_an_sse_kms_bucket_archives_single_puts_proved_by_checksums(rig: Rig) -> None:
-    """SSE-KMS ETags are not MD5s (issue 30, item 3). With the bucket's default known, every
+    """SSE-KMS ETags are not MD5s. With the bucket's default known, every
     PUT carries a CRC32 (and the MD5 in its metadata) and is proved by the echoed checksum;
     when only a PUT's answer reveals it, that one file is sent once more, the rest once."""
     rig.store.kms = True

@@ -1,7 +1,5 @@
-"""Following the backfill: `upload --watch` through the real command (rows inserted while it
-runs, a row whose file arrives after it, SIGTERM between passes and in the middle of one, an
-S3 outage, the transaction-mode pooler) and the Python API `archiver.archive`; the watch's
-pure rules (backoff, which passes get a line, which failures are retried) without a server."""
+"""`upload --watch`'s rules: backoff after failed passes, which pass gets a line, and what
+is retried."""
 
 from __future__ import annotations
 

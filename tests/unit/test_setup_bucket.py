@@ -1,4 +1,6 @@
-"""`archiver setup-bucket`: desired state (pure) and the real thing on moto and Ceph RGW."""
+"""setup-bucket's desired state, built by pure functions: lifecycle rules merged with
+others' and read back field by field, the TLS-only policy statement, where the policy is
+checked, and which settings fail the run."""
 
 from __future__ import annotations
 

@@ -1,16 +1,12 @@
-"""Serving the archive: `setup-cdn` on moto's CloudFront (distribution, origin access control,
-public key, key group) and the bucket's policy, `archiver url` (CDN URL, signed CloudFront
-URL checked against the registered public key, presigned S3 URL fetched with a plain GET
-from moto and RGW), all through the real command; and the pure parts, without a server."""
+"""setup-cdn and url, the pure parts: the distribution archiver wants, its bucket policy
+statement and Sid, CDN domains and URL expiry."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-import boto3
 import pytest
 
 from archiver.commands.setup_cdn import (
@@ -27,24 +23,6 @@ from archiver.errors import ConfigError
 from archiver.settings import parse_duration
 
 # -- pure -----------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module", autouse=True)
-def moto_keeps_the_origin_access_control() -> Iterator[None]:
-    """FIELD-NOTES: moto 5.2.5 drops an origin's OriginAccessControlId when it stores a
-    distribution. The test server keeps it (the field as sent), so that what archiver
-    configured can be read back; archiver itself is not changed for moto."""
-    from moto.cloudfront import models
-
-    original = models.Origin.__init__
-
-    def init(self: Any, origin: dict[str, Any]) -> None:
-        original(self, origin)
-        self.origin_access_control_id = origin.get("OriginAccessControlId", "")
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(models.Origin, "__init__", init)
-        yield
 
 
 def wanted(key_group: str | None = None) -> WantedDistribution:
@@ -86,7 +64,7 @@ def test_merging_keeps_what_archiver_does_not_own() -> None:
     assert "ForwardedValues" not in merged["DefaultCacheBehavior"]  # a cache policy replaces it
     # Without --signed, the key groups a distribution trusts are left as they are.
     assert merged["DefaultCacheBehavior"]["TrustedKeyGroups"]["Items"] == ["OLD"]
-    # With it, ours is added beside them: another signer's URLs keep working (issue 30).
+    # With it, ours is added beside them: another signer's URLs keep working.
     signed = wanted("KG1").merged(current)["DefaultCacheBehavior"]["TrustedKeyGroups"]
     assert signed == {"Enabled": True, "Quantity": 2, "Items": ["OLD", "KG1"]}
     assert wanted("KG1").difference(wanted("KG1").merged(current)) is None
@@ -158,14 +136,6 @@ def test_cdn_domains() -> None:
             cdn_domain(bad)
 
 
-# -- setup-cdn on moto ----------------------------------------------------------------------
-
-
-@pytest.fixture
-def cloudfront(moto_server: Any) -> Any:
-    return boto3.client("cloudfront", endpoint_url=moto_server.url, region_name="us-east-1")
-
-
 def ours(cloudfront: Any, bucket: str) -> list[dict[str, Any]]:
     items = cloudfront.list_distributions()["DistributionList"].get("Items") or []
     return [d for d in items if d["Comment"] == comment(bucket, "cache")]
@@ -225,10 +195,3 @@ async def test_a_refused_origin_access_control_leaves_the_distribution_alone() -
     assert cf.calls == ["list_origin_access_controls", "create_origin_access_control"]
     assert report.exit_code == 1
     assert "Not set up: origin access control could not be applied." in format_cdn(report)
-
-
-@pytest.fixture(autouse=True)
-def _no_cdn_variables(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The CDN variables come from each test, never from the machine's environment."""
-    for name in ("ARCHIVER_CDN_DOMAIN", "ARCHIVER_CDN_KEY_ID", "ARCHIVER_CDN_PRIVATE_KEY"):
-        monkeypatch.delenv(name, raising=False)

@@ -1,8 +1,5 @@
-"""Daily use, through the real command: installed as a tool and run from the app's
-directory, `archiver check`, `.env` typos, one progress display for every long job (the
-non-terminal lines and the run log), restore to `local_file_path`, prune-local under a
-symlinked cache, `--storage-class`, `--since/--until`, `--max-bandwidth`, `demo --keep`,
-and the small things of the daily-use issue."""
+"""`--max-bandwidth`: rates written as the AWS CLI and rclone write them, and the throttle
+that spaces bodies at that rate."""
 
 from __future__ import annotations
 

@@ -1,12 +1,5 @@
-"""Least privilege, on Ceph RGW (moto enforces no IAM): each command run as a second user
-granted only some actions on `cache/*` of the first user's bucket, by a bucket policy, or
-by the user policy `archiver iam-policy` prints. The bucket's owner (the `s3` fixture)
-arranges and inspects.
-
-Without s3:ListBucket S3 answers 403 for a missing key, and without s3:GetObject for every
-key: archiver must neither take that for a dead bucket nor write an archive_url it has not
-proved.
-"""
+"""Least privilege without a server: the IAM policy documents, the write probe's
+permissions, and refusals naming the operation, the object and the IAM action."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Nothing left behind silently: true liveness of claims, the record of problems, the
-per-row report, and verify's repair (issue 15)."""
+"""Known problems and claims, without a database: whether a claim's owner still runs, when
+a recorded problem sets a row aside, the fingerprint, and the exit code of known problems."""
 
 from __future__ import annotations
 

@@ -1,6 +1,4 @@
-"""The PutObject template (storage.PutTemplate): a PUT built once per run must still be
-the request botocore would send, signed, retried and translated by botocore, on both
-servers; and the part payload (storage.Body) must send exactly the bytes read."""
+"""The PutObject fast path's request body, read and rewound as botocore reads a file."""
 
 from __future__ import annotations
 

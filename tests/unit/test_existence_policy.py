@@ -1,5 +1,5 @@
-"""Multipart uploads, skipping what is stored, one upload per key (issue: large files,
-idempotent re-runs, de-duplication). Requests are counted through the test proxy."""
+"""Whether to HEAD before a PUT: the existence policy, as a re-run over stored objects
+and a run of new ones meet it."""
 
 from __future__ import annotations
 
