@@ -248,8 +248,9 @@ async def test_verify_repair_then_upload_restores_what_was_lost(env, db, s3):
 async def test_repair_never_unlinks_an_object_it_cannot_judge(penv, db, s3, proxy):
     """The three ways a row was once unlinked from an intact object: an SSE-KMS object
     (AWS's answer, emulated), the same bytes rewritten by another tool as a multipart upload
-    (no x-amz-meta-md5), and a wrong `file_size` column on a row whose file was pruned. Each object is intact; none
-    is cleared, and the one that cannot be judged is reported so."""
+    (no x-amz-meta-md5), and a wrong `file_size` column on a row whose file was pruned.
+    Each object is intact; none is cleared, and the one that cannot be judged is reported
+    so."""
     rows = await make_rows(penv, db, 4)
     assert run_cli(penv, "upload", "--json").returncode == 0
     keys = {r.media_id: f"cache/{r.created_at:%Y/%m}/{r.md5_sum}.jpg" for r in rows}
