@@ -19,6 +19,7 @@ from archiver.console import (
     Display,
     configure_logging,
     end,
+    long_job,
     pin_mmap_threshold,
     progress_mode,
     run_log,
@@ -336,12 +337,14 @@ def verify(
         repair=repair,
         dry_run=dry_run,
     )
-    with run_log(display, "verify"):
-        progress = display.progress("verify")
-        report, interrupted = run_job(
-            lambda interrupt: run_verify(settings, options, progress=progress, interrupt=interrupt)
-        )
-        return end(report, as_json=display.as_json, text=format_report, interrupted=interrupted)
+    return long_job(
+        display,
+        "verify",
+        lambda progress, interrupt: run_verify(
+            settings, options, progress=progress, interrupt=interrupt
+        ),
+        format_report,
+    )
 
 
 @cli.command("prune-local")
@@ -377,12 +380,12 @@ def prune_local(
         dry_run=dry_run,
         concurrency=concurrency,
     )
-    with run_log(display, "prune-local"):
-        progress = display.progress("prune-local")
-        report, interrupted = run_job(
-            lambda interrupt: run_prune(settings, options, progress, interrupt=interrupt)
-        )
-        return end(report, as_json=display.as_json, text=format_prune, interrupted=interrupted)
+    return long_job(
+        display,
+        "prune-local",
+        lambda progress, interrupt: run_prune(settings, options, progress, interrupt=interrupt),
+        format_prune,
+    )
 
 
 @cli.command()
@@ -415,12 +418,12 @@ def restore(
     options = RestoreOptions(
         media_ids=media_ids, all_missing=all_missing, concurrency=concurrency, dry_run=dry_run
     )
-    with run_log(display, "restore"):
-        progress = display.progress("restore")
-        report, interrupted = run_job(
-            lambda interrupt: run_restore(settings, options, progress, interrupt=interrupt)
-        )
-        return end(report, as_json=display.as_json, text=format_restore, interrupted=interrupted)
+    return long_job(
+        display,
+        "restore",
+        lambda progress, interrupt: run_restore(settings, options, progress, interrupt=interrupt),
+        format_restore,
+    )
 
 
 @cli.command()

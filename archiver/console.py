@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TextIO, TypeVar
@@ -25,7 +25,7 @@ from archiver.models import RowResult, Summary
 from archiver.pipeline import Interrupt
 from archiver.progress import LOG_INTERVAL_S, RUN_LOG, Progress, Reporter, event, open_log_file
 from archiver.settings import Settings, UploadOptions
-from archiver.signals import run_async
+from archiver.signals import run_async, run_job
 
 
 class Report(Protocol):
@@ -113,6 +113,20 @@ class Display:
             out=self.out,
             interval=self.progress_interval,
         )
+
+
+def long_job(
+    display: Display,
+    command: str,
+    job: Callable[[Progress, Interrupt], Coroutine[Any, Any, R]],
+    text: Callable[[R], str],
+) -> int:
+    """Run a long job (verify, prune-local, restore) with its progress display and run
+    log, Ctrl-C and SIGTERM turned into its `Interrupt`, and end it."""
+    with run_log(display, command):
+        progress = display.progress(command)
+        report, interrupted = run_job(lambda interrupt: job(progress, interrupt))
+        return end(report, as_json=display.as_json, text=text, interrupted=interrupted)
 
 
 def progress_mode(no_progress: bool) -> str:

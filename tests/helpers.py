@@ -19,7 +19,7 @@ import pytest
 
 from archiver.commands.upload import run_upload
 from archiver.demo.sample import SampleRow, file_bytes, insert_rows
-from archiver.models import Summary
+from archiver.models import MediaRow, Summary
 from archiver.progress import Reporter
 from archiver.settings import UploadOptions
 
@@ -319,3 +319,19 @@ def wait_for(predicate, timeout: float = 60.0) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.02)
+
+
+def archived_row(md5_hex: str, key: str, **columns: Any) -> MediaRow:
+    """An archived row of an image created in March 2025 whose archive_url is
+    `s3://bucket/{key}`, with `columns` changed."""
+    values: dict[str, Any] = {
+        "media_id": "m1",
+        "media_type": "image",
+        "local_file_path": None,
+        "md5_sum": md5_hex,
+        "mime_type": "image/jpeg",
+        "created_at": datetime(2025, 3, 4, 5, 6, 7),
+        "archive_url": f"s3://bucket/{key}",
+    }
+    values.update(columns)
+    return MediaRow(**values)

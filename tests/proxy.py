@@ -27,6 +27,11 @@ class Request:
     body_length: int
 
     @property
+    def key(self) -> str:
+        """The object key of a path-style request (`/{bucket}/{key}`)."""
+        return self.path.split("/", 2)[2]
+
+    @property
     def is_object_put(self) -> bool:
         """A PutObject carrying object data (not a part, not a bucket setting)."""
         return self.method == "PUT" and not self.query and self.path.count("/") >= 2

@@ -21,14 +21,7 @@ from archiver.settings import Settings
 from archiver.storage import Storage
 from tests.helpers import both_servers, run_cli
 from tests.proxy import Respond
-
-OTHER_RULE = {
-    "ID": "logs-expire",
-    "Filter": {"Prefix": "logs/"},
-    "Status": "Enabled",
-    "Expiration": {"Days": 30},
-}
-GLACIER_ID, ABORT_ID = "archiver-cache-glacier-ir", "archiver-cache-abort-incomplete-uploads"
+from tests.unit.test_setup_bucket import ABORT_ID, GLACIER_ID, OTHER_RULE
 
 
 def storage_settings(endpoint: str, bucket: str, region: str = "us-east-1") -> Settings:

@@ -26,10 +26,6 @@ from tests.helpers import (
 from tests.proxy import Corrupt, Drop, Request, Respond
 
 
-def object_key(r: Request) -> str:
-    return r.path.split("/", 2)[2]
-
-
 def selected(key: str, percent: int) -> bool:
     return int(md5(key.encode()), 16) % 100 < percent
 
@@ -46,7 +42,7 @@ async def test_slowdown_on_30_percent_of_puts_is_retried(penv, db, s3, proxy) ->
     def slow_down(r: Request):
         if not r.is_object_put:
             return None
-        key = object_key(r)
+        key = r.key
         attempts[key] += 1
         # 30% of the keys are refused once; a third of those twice.
         limit = 2 if selected(key + "x", 33) else 1
@@ -69,8 +65,8 @@ async def test_connections_dropped_mid_body_are_retried(penv, db, s3, proxy) -> 
     dropped: set[str] = set()
 
     def drop_once(r: Request):
-        if r.is_object_put and selected(object_key(r), 40) and object_key(r) not in dropped:
-            dropped.add(object_key(r))
+        if r.is_object_put and selected(r.key, 40) and r.key not in dropped:
+            dropped.add(r.key)
             return Drop()
         return None
 
@@ -90,8 +86,8 @@ async def test_bytes_corrupted_in_transit_are_never_recorded(penv, db, s3, proxy
 
     def corrupt(r: Request):
         if r.is_object_put:
-            seen[object_key(r)] += 1
-            if object_key(r) == always or (object_key(r) == once and seen[once] == 1):
+            seen[r.key] += 1
+            if r.key == always or (r.key == once and seen[once] == 1):
                 return Corrupt()
         return None
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -24,22 +23,13 @@ from archiver.multipart import part_size_for
 from archiver.policies import RetryPolicy, retrying
 from archiver.resolve import Resolver
 from archiver.settings import MAX_PARTS, MIB, Settings
+from tests.helpers import archived_row
 
 MD5 = "0123456789abcdef0123456789abcdef"
 
 
 def media(**kw: object) -> MediaRow:
-    values: dict[str, object] = {
-        "media_id": "m1",
-        "media_type": "image",
-        "local_file_path": None,
-        "md5_sum": MD5,
-        "mime_type": "image/jpeg",
-        "created_at": datetime(2025, 3, 4),
-        "archive_url": f"s3://bucket/cache/2025/03/{MD5}.jpg",
-    }
-    values.update(kw)
-    return MediaRow(**values)  # type: ignore[arg-type]
+    return archived_row(MD5, f"cache/2025/03/{MD5}.jpg", **kw)
 
 
 # -- restore's plan ----------------------------------------------------------------------

@@ -18,6 +18,7 @@ from archiver.localfs import CacheRoot
 from archiver.models import MediaRow, ObjectInfo, ProblemKind
 from archiver.resolve import open_cache_root, resolver_for
 from archiver.settings import Settings
+from tests.helpers import archived_row
 
 WHEN = datetime(2025, 3, 4, 5, 6, 7)
 BODY = b"a picture\n" * 100
@@ -70,17 +71,7 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
 
 
 def archived(**kw: object) -> MediaRow:
-    values: dict[str, object] = {
-        "media_id": "m1",
-        "media_type": "image",
-        "local_file_path": None,
-        "md5_sum": MD5,
-        "mime_type": "image/jpeg",
-        "created_at": WHEN,
-        "archive_url": f"s3://bucket/{KEY}",
-    }
-    values.update(kw)
-    return MediaRow(**values)  # type: ignore[arg-type]
+    return archived_row(MD5, KEY, **kw)
 
 
 async def test_a_proved_file_is_deleted(rig: Rig) -> None:

@@ -3,13 +3,7 @@ is retried."""
 
 from __future__ import annotations
 
-import random
-from collections.abc import Sequence
-from datetime import datetime
-from typing import Any
-
 from archiver.commands.watch import BACKOFF_MAX_S, backoff_s, did_work, retryable
-from archiver.demo.sample import SampleRow, file_bytes, insert_rows
 from archiver.errors import (
     BucketMissing,
     ConfigError,
@@ -20,10 +14,6 @@ from archiver.errors import (
     StorageUnavailable,
 )
 from archiver.models import Outcome, Summary
-from tests.helpers import (
-    md5,
-    media_file,
-)
 
 # -- pure -----------------------------------------------------------------------------------
 
@@ -64,27 +54,3 @@ def test_outages_are_retried_configuration_errors_are_not() -> None:
     # A changed password or revoked keys: the supervisor restarts with the new ones.
     assert not retryable(DatabaseAuthFailed("password authentication failed"))
     assert not retryable(CredentialsRefused("S3 refused these credentials"))
-
-
-# -- the real command -----------------------------------------------------------------------
-
-
-async def backfill(
-    env: Any, db: Any, ids: Sequence[str], *, size: int = 2000, files: bool = True
-) -> dict[str, bytes]:
-    """Rows (and, with `files`, their files) as the app's backfill writes them; their bytes."""
-    rng = random.Random(hash(tuple(ids)) & 0xFFFF)
-    data, rows = {}, []
-    for media_id in ids:
-        body = file_bytes(".jpg", size, rng)
-        data[media_id] = body
-        if files:
-            media_file(env.cache_root / "images", f"{md5(body)}.jpg", body)
-        rows.append(
-            SampleRow(media_id, "image", md5(body), "image/jpeg", None, datetime(2025, 12, 1))
-        )
-    await insert_rows(db, rows)
-    return data
-
-
-# -- the Python API -------------------------------------------------------------------------
