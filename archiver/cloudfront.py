@@ -26,9 +26,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from archiver.errors import ConfigError, StorageUnavailable
-from archiver.s3_answers import error_code, setting_refusal, unreachable
 from archiver.settings import Settings
 from archiver.storage import aws_session
+from archiver.storage_answers import error_code, setting_refusal, unreachable
 from archiver.storage_base import CONNECT_TIMEOUT_S, READ_TIMEOUT_S
 
 CLOUDFRONT_REGION = "us-east-1"  # CloudFront is global; its API lives in us-east-1

@@ -1,7 +1,7 @@
 """Every exception that crosses a module boundary, and the exit code of an interrupted run.
 
-Adapters translate their driver's exceptions into these, so nothing above `db.py` and
-`storage.py` ever sees an asyncpg or botocore type. Per-row problems are *not* exceptions:
+Adapters translate their driver's exceptions into these, so nothing above `db.py` and the
+`storage*.py` modules ever sees an asyncpg or botocore type. Per-row problems are *not* exceptions:
 they are outcomes (see `models.Outcome`). Each class says two things explicitly:
 
 - `fatal`: it stops the whole run (an infrastructure failure), rather than being one row's

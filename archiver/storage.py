@@ -1,4 +1,10 @@
-"""S3 adapter: the only module that imports aioboto3 / aiobotocore / botocore.
+"""S3 adapter: the object calls every job makes (PUT, HEAD, multipart, GET).
+
+The S3 adapter is this module and its `storage_*` siblings: `storage_base` (the client, the
+request wrapper, the HEAD), `storage_bucket` (bucket set-up, credentials, probes,
+presigning), `storage_fast_put` (the PutObject fast path) and `storage_answers` (what S3
+answered, classified once). They are the only modules that import aioboto3 / aiobotocore /
+botocore, besides `cloudfront.py` for CloudFront's API.
 
 One client per run, its connection pool sized from the concurrency. botocore errors are
 translated here: per-object failures become `StorageError` (the row fails, the run goes
@@ -24,7 +30,6 @@ from botocore.exceptions import (
     ProfileNotFound,
 )
 
-from archiver.bucket_calls import BucketCalls
 from archiver.checksums import (
     checksummed,
     content_md5,
@@ -32,9 +37,9 @@ from archiver.checksums import (
     kms_default,
 )
 from archiver.errors import ConditionalWritesUnsupported, StorageError, StorageUnavailable
-from archiver.fast_put import Body, PutTemplate, no_continue_if_small
 from archiver.models import Completed, Put, StoredPart
-from archiver.s3_answers import (
+from archiver.settings import ClientOptions, Settings
+from archiver.storage_answers import (
     CHECKSUM_MISMATCH_CODES,
     action_refused,
     denied,
@@ -45,7 +50,6 @@ from archiver.s3_answers import (
     is_precondition_failed,
     translate,
 )
-from archiver.settings import ClientOptions, Settings
 from archiver.storage_base import (
     CONNECT_TIMEOUT_S,
     DOWNLOAD_CHUNK_BYTES,
@@ -54,6 +58,8 @@ from archiver.storage_base import (
     PREFLIGHT_CALL_TIMEOUT_S,
     READ_TIMEOUT_S,
 )
+from archiver.storage_bucket import BucketCalls
+from archiver.storage_fast_put import Body, PutTemplate, no_continue_if_small
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from archiver.checksums import etag_hiding_encryption
 from archiver.errors import CredentialsRefused, StorageUnavailable
-from archiver.fast_put import PutTemplate
 from archiver.models import ObjectInfo
-from archiver.s3_answers import (
+from archiver.storage_answers import (
     CREDENTIAL_CODES,
     FATAL_CODES,
     action_refused,
@@ -29,6 +28,7 @@ from archiver.s3_answers import (
     translate,
     unreachable,
 )
+from archiver.storage_fast_put import PutTemplate
 
 CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 60.0

@@ -21,11 +21,11 @@ from archiver.keys import NotOurs, row_key
 from archiver.models import MediaRow
 from archiver.progress import printable
 from archiver.resolve import Found, NotFound, resolve_cache_root, resolver_for
-from archiver.s3_answers import NO_CREDENTIALS
 from archiver.services import database
 from archiver.settings import DEFAULT_CHECK_SAMPLE, Settings, redact_dsn
 from archiver.sql import RowFilter
 from archiver.storage import Storage
+from archiver.storage_answers import NO_CREDENTIALS
 
 
 class CheckState(StrEnum):

@@ -11,9 +11,9 @@ import json
 import pytest
 
 from archiver.errors import AccessDenied
-from archiver.fast_put import PutTemplate
 from archiver.settings import ClientOptions
 from archiver.storage import Storage
+from archiver.storage_fast_put import PutTemplate
 from tests.helpers import assert_archive_invariant, both_servers, make_rows, run_cli
 from tests.proxy import Respond, bucket_in_region, signed_region
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from archiver.fast_put import Body
+from archiver.storage_fast_put import Body
 
 
 async def test_a_body_payload_reads_and_rewinds_like_a_file() -> None:

@@ -88,7 +88,7 @@ def test_setup_bucket_may_delete_its_write_probe_and_nothing_else() -> None:
 
 
 def test_a_refusal_names_the_operation_the_object_and_the_iam_action() -> None:
-    from archiver.s3_answers import bucket_denied, denied
+    from archiver.storage_answers import bucket_denied, denied
 
     put = str(denied("b-1", "complete_multipart_upload", "cache/2025/01/x.jpg"))
     assert put.startswith(

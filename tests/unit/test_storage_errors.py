@@ -17,7 +17,7 @@ from archiver.errors import (
     StorageError,
     StorageUnavailable,
 )
-from archiver.s3_answers import translate
+from archiver.storage_answers import translate
 
 
 def client_error(code: str, status: int) -> ClientError:

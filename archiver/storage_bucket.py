@@ -21,7 +21,7 @@ from archiver.checksums import (
 )
 from archiver.errors import StorageError, StorageUnavailable
 from archiver.integrity import judge
-from archiver.s3_answers import (
+from archiver.storage_answers import (
     action_refused,
     error_code,
     http_status,
