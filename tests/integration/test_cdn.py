@@ -425,7 +425,8 @@ async def test_a_presigned_url_with_a_session_token_says_it_may_end_sooner(env, 
     assert json.loads(plain.stdout)["note"] is None
 
 
-def test_url_needs_a_media_id(env) -> None:
+def test_url_needs_a_media_id(offline_env) -> None:
+    env = offline_env
     out = run_cli(env, "url")
     assert out.returncode == 2
     assert "Missing argument" in out.stderr

@@ -247,7 +247,8 @@ async def test_check_names_each_thing_that_is_not_ready(env, db, s3) -> None:
 # -- .env ----------------------------------------------------------------------------------
 
 
-def test_env_typos_are_named_with_the_closest_known_key(env) -> None:
+def test_env_typos_are_named_with_the_closest_known_key(offline_env) -> None:
+    env = offline_env
     (env.workdir / ".env").write_text(
         "ARCHIVER_BUCKT=my-prod-archive\nDATABSE_URL=postgresql://u@h/db\n"
         "AWS_SECRET_KEY=x\nSUPABASE_URL=https://example.invalid\nAPP_NAME=social\n"
@@ -506,7 +507,9 @@ async def test_max_bandwidth_holds_the_run_within_20_percent_of_the_limit(env, d
 # -- the small things ----------------------------------------------------------------------
 
 
-def test_each_command_has_only_the_flags_it_uses_each_naming_its_env_var(env) -> None:
+def test_each_command_has_only_the_flags_it_uses_each_naming_its_env_var(offline_env) -> None:
+    env = offline_env
+
     def flags(*command: str) -> str:
         out = run_cli(env, *command, "--help")
         assert out.returncode == 0, out.stderr
@@ -532,7 +535,8 @@ def test_each_command_has_only_the_flags_it_uses_each_naming_its_env_var(env) ->
         assert "[default: 32;" in " ".join(text.split()), command
 
 
-def test_usage_mistakes_get_one_clear_line(env) -> None:
+def test_usage_mistakes_get_one_clear_line(offline_env) -> None:
+    env = offline_env
     for args in (
         ("upload", "--limit", "0"),
         ("verify", "--limit", "0"),
@@ -554,7 +558,8 @@ async def test_verify_lists_problems_with_the_kind_apart_from_the_id(env, db) ->
     assert re.search(r"^  missing_local med-000004: no local file", out.stdout, re.M), out.stdout
 
 
-def test_shell_completion_scripts_come_from_the_command(env) -> None:
+def test_shell_completion_scripts_come_from_the_command(offline_env) -> None:
+    env = offline_env
     out = run_cli(env, environ=dict(env.environ(), _ARCHIVER_COMPLETE="bash_source"))
     assert out.returncode == 0 and "_ARCHIVER_COMPLETE=bash_complete" in out.stdout
     out = run_cli(

@@ -452,7 +452,8 @@ async def test_a_large_file_whose_bytes_differ_from_md5_sum_sends_no_data(
         ("app:Sup3rS3cret", ["Sup3rS3cret"]),
     ],
 )
-def test_no_dsn_prints_its_password(env, userinfo: str, secret_parts: list[str]) -> None:
+def test_no_dsn_prints_its_password(offline_env, userinfo: str, secret_parts: list[str]) -> None:
+    env = offline_env
     dsn = f"postgresql://{userinfo}@127.0.0.1:{free_port()}/db"
     for command in (("upload",), ("verify",), ("db", "init")):
         out = run_cli(env, *command, DATABASE_URL=dsn, timeout=60)
@@ -464,7 +465,8 @@ def test_no_dsn_prints_its_password(env, userinfo: str, secret_parts: list[str])
 
 
 @pytest.mark.parametrize("port", ["99999", "0", "54x32", "-1"])
-def test_a_bad_dsn_port_is_one_line_and_exit_2(env, port: str) -> None:
+def test_a_bad_dsn_port_is_one_line_and_exit_2(offline_env, port: str) -> None:
+    env = offline_env
     out = run_cli(env, "upload", DATABASE_URL=f"postgresql://app:pw1234@127.0.0.1:{port}/db")
     assert out.returncode == 2
     (line,) = [line for line in out.stderr.splitlines() if line.strip()]

@@ -326,7 +326,8 @@ async def test_upload_pointed_at_rows(env, db, s3):
         (["--dry-run"], "--dry-run applies to --repair only"),
     ],
 )
-def test_verify_repair_flags_are_checked(env, args, message) -> None:
+def test_verify_repair_flags_are_checked(offline_env, args, message) -> None:
+    env = offline_env
     out = run_cli(env, "verify", *args)
     assert out.returncode == 2
     [line] = out.stderr.strip().splitlines()
