@@ -237,15 +237,14 @@ def env(database_url: str, s3_endpoint: str, bucket: str, tmp_path: Path) -> Env
 
 
 @pytest.fixture
-def offline_env(tmp_path: Path) -> Env:
-    """An empty media cache, and a database and an S3 endpoint nothing listens on: for the
-    command line's refusals, which need no server."""
+def offline_env(s3_endpoint: str, tmp_path: Path) -> Env:
+    """An empty media cache, a database nothing listens on and a bucket that does not exist
+    (on the session's S3 server, which answers at once): for the command line's refusals,
+    which need no database and no bucket of their own."""
     cache_root = tmp_path / "cache" / "media"
     cache_root.mkdir(parents=True)
-    closed = "127.0.0.1:1"
-    return Env(
-        f"postgresql://u:pw@{closed}/db", f"http://{closed}", "offline", tmp_path, cache_root
-    )
+    database = "postgresql://u:pw@127.0.0.1:1/db"
+    return Env(database, s3_endpoint, "no-such-bucket-offline", tmp_path, cache_root)
 
 
 @pytest.fixture(scope="session")
