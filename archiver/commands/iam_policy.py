@@ -22,9 +22,11 @@ class PolicyReport:
 
     def as_json(self) -> dict[str, Any]:
         """The policy document alone, ready to attach."""
-        return iam.policy(*self._args(), write_only=self.write_only, kms_key=self.kms_key)
+        return iam.policy(*self.scope, write_only=self.write_only, kms_key=self.kms_key)
 
-    def _args(self) -> tuple[tuple[str, ...], str, str]:
+    @property
+    def scope(self) -> tuple[tuple[str, ...], str, str]:
+        """The commands, bucket and prefix the policy is for."""
         return self.commands, self.bucket, self.prefix
 
 
@@ -44,4 +46,4 @@ def run_iam_policy(
 
 def format_iam_policy(report: PolicyReport) -> str:
     """What each command needs and why, then the document to attach."""
-    return iam.format_policy(*report._args(), write_only=report.write_only, kms_key=report.kms_key)
+    return iam.format_policy(*report.scope, write_only=report.write_only, kms_key=report.kms_key)
