@@ -15,17 +15,21 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from archiver.db import Database, Page, paged
+from archiver.db import Database, Page, pages
 from archiver.errors import DatabaseError
-from archiver.models import Holder, MediaRow
+from archiver.models import Holder, MediaRow, RowResult
 from archiver.policies import RetryPolicy
 from archiver.settings import DEFAULT_LEASE_S
 from archiver.sql import RowFilter
 
 log = logging.getLogger(__name__)
 
+
+# Decides what it can of a page of rows before any is claimed: a RowResult for a row settled
+# (its file is missing, a known problem set aside), the row itself for one to work on.
+Settle = Callable[[list[MediaRow]], Awaitable[list[MediaRow | RowResult]]]
 
 RENEWALS_PER_LEASE = 3  # renew a third of the way through, so two renewals may fail
 
@@ -147,29 +151,48 @@ class Claims:
         *,
         limit: int | None,
         page_rows: int,
-        on_page: Callable[[list[MediaRow]], Awaitable[None]] | None = None,
-    ) -> AsyncIterator[MediaRow]:
-        """Claim and yield rows in media_id order, at most `limit`; `on_page` sees each
-        claimed page before its rows are yielded."""
+        claim_rows: int,
+        settle: Settle,
+    ) -> AsyncIterator[MediaRow | RowResult]:
+        """Rows in media_id order, at most `limit` looked at: a page of `page_rows`
+        candidates is read (rows other processes hold are left out), `settle` decides at
+        once what it can (a row whose file is missing needs no claim: its result is yielded
+        as it is), and the rest are claimed `claim_rows` at a time, each batch only when the
+        previous one has been taken (claims run a little ahead of the work), and yielded."""
         await self.take_over_the_dead()
 
-        async def claim(after: str | None, size: int) -> Page:
+        async def fetch(after: str | None, size: int) -> Page:
             call = functools.partial(
-                self.db.claim_page,
-                self.row_filter,
-                owner=self.owner,
-                lease_s=self.lease_s,
-                after=after,
-                limit=size,
+                self.db.candidates, self.row_filter, owner=self.owner, after=after, limit=size
             )
-            page = await self.db.retrying(self.retry, call)
-            self.held.update(row.media_id for row in page.rows)
-            # Paging goes on past rows other processes took, until no candidate is left.
-            done = page.candidates < size or page.last_seen is None
-            return Page(page.rows, None if done else page.last_seen)
+            rows = await self.db.retrying(self.retry, call)
+            return Page(rows, rows[-1].media_id if len(rows) == size else None)
 
-        async for row in paged(claim, limit=limit, page_rows=page_rows, on_page=on_page):
-            yield row
+        async for page in pages(fetch, limit=limit, page_rows=page_rows):
+            work: list[MediaRow] = []
+            for item in await settle(page):
+                if isinstance(item, RowResult):
+                    yield item
+                else:
+                    work.append(item)
+            for start in range(0, len(work), claim_rows):
+                for row in await self._claim(work[start : start + claim_rows]):
+                    yield row
+
+    async def _claim(self, rows: list[MediaRow]) -> list[MediaRow]:
+        """Claim these rows, those still free and still selected (as they are now)."""
+        ids = tuple(row.media_id for row in rows)
+        call = functools.partial(
+            self.db.claim_page,
+            replace(self.row_filter, media_ids=ids),
+            owner=self.owner,
+            lease_s=self.lease_s,
+            after=None,
+            limit=len(ids),
+        )
+        page = await self.db.retrying(self.retry, call)
+        self.held.update(row.media_id for row in page.rows)
+        return page.rows
 
     def finished(self, media_id: str) -> None:
         """The row's outcome is known: its lease need not be renewed any more."""

@@ -36,6 +36,7 @@ from archiver.sql import (
     STATS_SQL,
     UNARCHIVED_MD5S_SQL,
     RowFilter,
+    candidates_query,
     claim_query,
     count_query,
     held_elsewhere_query,
@@ -129,25 +130,21 @@ class Page:
     after: str | None
 
 
-async def paged(
+async def pages(
     fetch: Callable[[str | None, int], Awaitable[Page]],
     *,
     limit: int | None,
     page_rows: int,
-    on_page: Callable[[list[MediaRow]], Awaitable[None]] | None = None,
-) -> AsyncIterator[MediaRow]:
-    """Rows a page at a time in media_id order (keyset paging: `fetch(after, size)`), at
-    most `limit`; `on_page` sees each page before its rows are yielded. The one paging loop
-    of plain reads and of claims."""
+) -> AsyncIterator[list[MediaRow]]:
+    """Pages of rows in media_id order (keyset paging: `fetch(after, size)`), at most `limit`
+    rows in all. The one paging loop of plain reads and of claims."""
     remaining = limit
     after: str | None = None
     while remaining is None or remaining > 0:
         size = page_rows if remaining is None else min(page_rows, remaining)
         page = await fetch(after, size)
-        if on_page is not None and page.rows:
-            await on_page(page.rows)
-        for row in page.rows:
-            yield row
+        if page.rows:
+            yield page.rows
         if remaining is not None:
             remaining -= len(page.rows)
         if page.after is None:
@@ -221,18 +218,16 @@ class Database:
         (connection lost, server restarting)."""
         return await retrying(retry, call)
 
-    async def rows(
+    async def row_pages(
         self,
         row_filter: RowFilter,
         *,
         limit: int | None = None,
         page_rows: int = 500,
         retry: RetryPolicy | None = None,
-        on_page: Callable[[list[MediaRow]], Awaitable[None]] | None = None,
-    ) -> AsyncIterator[MediaRow]:
+    ) -> AsyncIterator[list[MediaRow]]:
         """Every matching row in media_id order, at most `limit`, a page at a time; a page
-        that fails for a transient reason is asked for again under `retry`. `on_page` sees
-        each page before its rows are yielded."""
+        that fails for a transient reason is asked for again under `retry`."""
         policy = retry or RetryPolicy()
 
         async def fetch(after: str | None, size: int) -> Page:
@@ -241,8 +236,21 @@ class Database:
             )
             return Page(page, page[-1].media_id if len(page) == size else None)
 
-        async for row in paged(fetch, limit=limit, page_rows=page_rows, on_page=on_page):
-            yield row
+        async for rows in pages(fetch, limit=limit, page_rows=page_rows):
+            yield rows
+
+    async def rows(
+        self,
+        row_filter: RowFilter,
+        *,
+        limit: int | None = None,
+        page_rows: int = 500,
+        retry: RetryPolicy | None = None,
+    ) -> AsyncIterator[MediaRow]:
+        """`row_pages`, a row at a time."""
+        async for rows in self.row_pages(row_filter, limit=limit, page_rows=page_rows, retry=retry):
+            for row in rows:
+                yield row
 
     async def record(
         self,
@@ -382,6 +390,13 @@ class Database:
             last_seen=first["last_seen"] if first else None,
             candidates=int(first["candidates"]) if first else 0,
         )
+
+    async def candidates(
+        self, row_filter: RowFilter, *, owner: str, after: str | None, limit: int
+    ) -> list[MediaRow]:
+        """The next `limit` rows to claim from (see `candidates_query`)."""
+        query = candidates_query(row_filter, limit=limit, owner=owner, after=after)
+        return [_row(r) for r in await self._fetch("reading rows", query.sql, *query.args)]
 
     async def live_owners(self) -> list[str]:
         """Owners holding claims that have not expired."""

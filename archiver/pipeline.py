@@ -114,15 +114,16 @@ class Pipeline:
         self.stop.set()
         _cancel_all(self._tasks)
 
-    async def run(self, rows: AsyncIterator[MediaRow]) -> WriteStats:
-        """Process every row of `rows`; raise the first infrastructure error, if any."""
+    async def run(self, rows: AsyncIterator[MediaRow | RowResult]) -> WriteStats:
+        """Process every row of `rows` (a RowResult there is a row the source settled
+        itself: it is only reported); raise the first infrastructure error, if any."""
         queue: asyncio.Queue[MediaRow | None] = asyncio.Queue(
             maxsize=max(1, QUEUE_ROWS_PER_WORKER * self.concurrency)
         )
         results: asyncio.Queue[object] = asyncio.Queue()
         workers_done = asyncio.Event()
         async with asyncio.TaskGroup() as tg:
-            producer = tg.create_task(self._produce(rows, queue), name="producer")
+            producer = tg.create_task(self._produce(rows, queue, results), name="producer")
             workers = [
                 tg.create_task(self._work(queue, results), name=f"worker-{i}")
                 for i in range(self.concurrency)
@@ -148,12 +149,18 @@ class Pipeline:
         self.stop.set()
 
     async def _produce(
-        self, rows: AsyncIterator[MediaRow], queue: asyncio.Queue[MediaRow | None]
+        self,
+        rows: AsyncIterator[MediaRow | RowResult],
+        queue: asyncio.Queue[MediaRow | None],
+        results: asyncio.Queue[object],
     ) -> None:
         try:
             async for row in rows:
                 if self.stop.is_set():
                     break
+                if isinstance(row, RowResult):
+                    self._done(row, results)
+                    continue
                 await queue.put(row)
                 if self.stop.is_set():
                     break
@@ -177,9 +184,12 @@ class Pipeline:
                 continue
             except Exception as exc:  # anything else is this row's failure: the run goes on
                 result = RowResult(row.media_id, Outcome.FAILED, reason=unexpected(exc))
-            self.on_result(result)
-            if (result.outcome.recordable and result.url is not None) or result.note:
-                results.put_nowait(result)
+            self._done(result, results)
+
+    def _done(self, result: RowResult, results: asyncio.Queue[object]) -> None:
+        self.on_result(result)
+        if (result.outcome.recordable and result.url is not None) or result.note:
+            results.put_nowait(result)
 
     async def _tick(self, results: asyncio.Queue[object], done: asyncio.Event) -> None:
         # Wakes the writer so that a batch older than max_age_s is flushed even when no

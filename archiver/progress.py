@@ -288,6 +288,7 @@ class Reporter:
         self.err = err or sys.stderr
         self.warnings = 0
         self.listed = 0
+        self.missing = 0  # rows whose file is missing
         self.progress = Progress(
             mode=mode,
             desc="dry run" if dry_run else "upload",
@@ -326,7 +327,11 @@ class Reporter:
             self.warnings += 1
             if self.warnings <= MAX_WARNINGS:
                 self.progress.write(f"warning:{describe(result)[3:]}", self.err)
-        if flagged:
+        if result.outcome is Outcome.MISSING_LOCAL:
+            self.missing += 1
+        # A missing file is counted, and only the first few logged one by one: a backlog
+        # run may meet hundreds of thousands (`close` logs how many in all).
+        if flagged and (result.outcome.is_problem or self.missing <= MAX_WARNINGS):
             event(
                 "row",
                 describe(result).strip(),
@@ -339,6 +344,14 @@ class Reporter:
 
     def close(self, *, completed: bool = True) -> None:
         self.progress.close(completed=completed)
+        if self.warn_missing and self.missing > MAX_WARNINGS:
+            event(
+                "missing",
+                f"{self.missing:,} rows have no local file (the first {MAX_WARNINGS} are "
+                "logged above; `archiver upload --dry-run -v` lists them all)",
+                level=logging.WARNING,
+                rows=self.missing,
+            )
         if not self.verbose and self.listed > MAX_DRY_RUN_LINES:
             print(f"  ... and {self.listed - MAX_DRY_RUN_LINES:,} more", file=self.out)
         if not self.verbose and self.warnings > MAX_WARNINGS:

@@ -88,6 +88,25 @@ def page_query(row_filter: RowFilter, *, limit: int, after: str | None) -> Query
     return Query(sql, (*lead, *args))
 
 
+def candidates_query(row_filter: RowFilter, *, limit: int, owner: str, after: str | None) -> Query:
+    """The next `$1` rows `row_filter` selects after media_id `$3` (when `after`) that no
+    other owner than `$2` holds a live claim on: what a run looks at before it claims (it
+    claims only the rows whose file is there). A plain read: nothing is locked."""
+    lead: list[Any] = [limit, owner, *([after] if after is not None else [])]
+    conditions, args = row_filter.where(len(lead) + 1, "m")
+    if after is not None:
+        conditions.insert(0, "m.media_id > $3")
+    conditions.append(
+        "NOT EXISTS (SELECT 1 FROM archiver_claims c WHERE c.media_id = m.media_id"
+        " AND c.expires_at > now() AND c.owner <> $2)"
+    )
+    sql = (
+        f"SELECT {row_columns('m')} FROM post_media m WHERE {' AND '.join(conditions)} "
+        "ORDER BY m.media_id LIMIT $1"
+    )
+    return Query(sql, (*lead, *args))
+
+
 def count_query(row_filter: RowFilter) -> Query:
     conditions, args = row_filter.where(1)
     where = f" WHERE {' AND '.join(conditions)}" if conditions else ""

@@ -93,6 +93,49 @@ class Uploader(MultipartUploads):
         self._inflight: dict[str, asyncio.Future[RowResult]] = {}
         self._done: OrderedDict[str, None] = OrderedDict()
         self.heads_denied = 0  # HEADs S3 refused (403)
+        # What `settle` found of the rows of the last two pages it saw, for `handle` (a row
+        # is looked up again only if it changed since, or its page is older than that).
+        self._found: dict[str, tuple[MediaRow, Found]] = {}
+        self._found_before: dict[str, tuple[MediaRow, Found]] = {}
+
+    # -- a page of rows, in one thread hop --------------------------------------------------
+
+    async def settle(self, rows: list[MediaRow]) -> list[MediaRow | RowResult]:
+        """Decide at once what a page of rows needs no work for (the pager's `settle`): a
+        row whose file is missing, or a known problem set aside, becomes its RowResult;
+        the files of the others are looked up, for `handle`. One thread hop per page."""
+        if self.ledger is not None:
+            await self.ledger.load(rows)
+        return await asyncio.to_thread(self._settle, rows)
+
+    def _settle(self, rows: list[MediaRow]) -> list[MediaRow | RowResult]:
+        found_now: dict[str, tuple[MediaRow, Found]] = {}
+        items: list[MediaRow | RowResult] = []
+        for row in rows:
+            md5 = normalize_md5(row.md5_sum)
+            if md5 is None or row.created_at_bad is not None:
+                items.append(row)  # invalid: `handle` says why (and may set it aside)
+                continue
+            found = self.resolver.resolve(row, md5)
+            known = self.ledger.take(row.media_id) if self.ledger is not None else None
+            if known is not None and set_aside(known, row, _state(found)):
+                items.append(RowResult(row.media_id, Outcome.KNOWN_PROBLEM, reason=known.detail))
+            elif isinstance(found, NotFound):
+                items.append(RowResult(row.media_id, Outcome.MISSING_LOCAL, reason=found.reason))
+            else:
+                if isinstance(found, Found):
+                    found_now[row.media_id] = (row, found)
+                items.append(row)
+        self._found_before, self._found = self._found, found_now
+        return items
+
+    def _looked_up(self, row: MediaRow, md5: str) -> Resolution:
+        """The row's file: as `settle` found it, unless the row changed since."""
+        for found in (self._found, self._found_before):
+            seen = found.pop(row.media_id, None)
+            if seen is not None and seen[0] == row:
+                return seen[1]
+        return self.resolver.resolve(row, md5)
 
     # -- the lookup, in a worker thread ------------------------------------------------
 
@@ -103,7 +146,7 @@ class Uploader(MultipartUploads):
 
     def prepare(self, row: MediaRow, md5: str) -> Prepared | RowResult:
         """Find, stat, maybe read the row's file and derive its key (blocking I/O)."""
-        found = self.resolver.resolve(row, md5)
+        found = self._looked_up(row, md5)
         state = _state(found)
         if row.created_at_bad is not None:
             return RowResult(

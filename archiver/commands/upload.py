@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +34,7 @@ from archiver.storage import Storage
 from archiver.uploader import Uploader
 
 PAGE_ROWS = 1000  # rows read per statement
-CLAIM_ROWS_MIN = 100  # rows claimed per statement, at least
+CLAIM_ROWS_MIN = 100  # rows claimed per statement, at least (those whose file is there)
 
 
 class Reporter(Protocol):
@@ -56,7 +56,7 @@ class _Run:
 
     db: Database
     uploader: Uploader
-    rows: AsyncIterator[MediaRow]
+    rows: AsyncIterator[MediaRow | RowResult]
     claims: Claims | None
     retry: RetryPolicy
     total: int
@@ -150,7 +150,7 @@ async def _open(
         ledger=ledger,
         record_problems=tables,
     )
-    rows, claims = _row_source(db, options, row_filter, ledger, retry, claimed=tables)
+    rows, claims = _row_source(db, options, row_filter, uploader, retry, claimed=tables)
     return _Run(db, uploader, rows, claims, retry, total)
 
 
@@ -213,21 +213,33 @@ def _row_source(
     db: Database,
     options: UploadOptions,
     row_filter: RowFilter,
-    ledger: Ledger | None,
+    uploader: Uploader,
     retry: RetryPolicy,
     *,
     claimed: bool,
-) -> tuple[AsyncIterator[MediaRow], Claims | None]:
-    """The rows to handle: claimed a page at a time when the tables are there, else paged
+) -> tuple[AsyncIterator[MediaRow | RowResult], Claims | None]:
+    """The rows to handle, a page at a time, each page settled by the uploader first (rows
+    whose file is missing need no work): claimed when the tables are there, else paged
     unclaimed (a dry run, or no right to create them)."""
-    on_page = ledger.load if ledger is not None else None
     if claimed:
         claims = Claims(db, row_filter, lease_s=options.lease_s, retry=retry)
         # Claims run only a little ahead of the work, so that processes share the backlog.
-        page_rows = min(PAGE_ROWS, max(CLAIM_ROWS_MIN, 4 * options.concurrency))
-        return claims.rows(limit=options.limit, page_rows=page_rows, on_page=on_page), claims
-    rows = db.rows(row_filter, limit=options.limit, page_rows=PAGE_ROWS, on_page=on_page)
-    return rows, None
+        claim_rows = min(PAGE_ROWS, max(CLAIM_ROWS_MIN, 4 * options.concurrency))
+        rows = claims.rows(
+            limit=options.limit, page_rows=PAGE_ROWS, claim_rows=claim_rows, settle=uploader.settle
+        )
+        return rows, claims
+    pages = db.row_pages(row_filter, limit=options.limit, page_rows=PAGE_ROWS, retry=retry)
+    return _settled(pages, uploader.settle), None
+
+
+async def _settled(
+    pages: AsyncIterator[list[MediaRow]],
+    settle: Callable[[list[MediaRow]], Awaitable[list[MediaRow | RowResult]]],
+) -> AsyncIterator[MediaRow | RowResult]:
+    async for page in pages:
+        for item in await settle(page):
+            yield item
 
 
 async def _not_selected(db: Database, media_ids: Sequence[str], owner: str | None) -> list[Problem]:

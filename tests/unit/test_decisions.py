@@ -16,7 +16,7 @@ from archiver.cli import cli
 from archiver.commands.check import FAIL, OK, WARN, _privileges, _verdict
 from archiver.commands.restore import Target, plan
 from archiver.commands.watch import retryable
-from archiver.db import Page, paged
+from archiver.db import Page, pages
 from archiver.envfile import unknown_key_warnings
 from archiver.models import MediaRow
 from archiver.multipart import part_size_for
@@ -222,7 +222,7 @@ def test_entry_point_turns_errors_into_one_line() -> None:
     ("total", "limit", "page_rows", "fetches"),
     [(0, None, 3, 1), (7, None, 3, 3), (6, None, 3, 3), (7, 4, 3, 2), (7, 3, 3, 1)],
 )
-async def test_paged_reads_keyset_pages_up_to_the_limit(
+async def test_pages_reads_keyset_pages_up_to_the_limit(
     total: int, limit: int | None, page_rows: int, fetches: int
 ) -> None:
     ids = [f"m{i}" for i in range(total)]
@@ -235,12 +235,10 @@ async def test_paged_reads_keyset_pages_up_to_the_limit(
         rows = [media(media_id=i) for i in ids[start : start + size]]
         return Page(rows, rows[-1].media_id if len(rows) == size else None)
 
-    async def on_page(rows: list[MediaRow]) -> None:
+    got = []
+    async for rows in pages(fetch, limit=limit, page_rows=page_rows):
         seen_pages.append(len(rows))
-
-    got = [
-        r.media_id async for r in paged(fetch, limit=limit, page_rows=page_rows, on_page=on_page)
-    ]
+        got.extend(r.media_id for r in rows)
     assert got == ids[: limit if limit is not None else total]
     assert len(asked) == fetches and sum(seen_pages) == len(got)
 
