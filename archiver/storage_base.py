@@ -62,7 +62,7 @@ class StorageBase:
         self._template: PutTemplate | None = None
         self._template_tried = False
         self._template_lock = asyncio.Lock()
-        self._session: Any = None  # the aioboto3 session the client came from
+        self._session: Any = None  # the session (`storage.AwsSession`) the client came from
         self._part_checksums: bool | None = None  # the server checks CRC32 part checksums
         self._probe_lock = asyncio.Lock()
         # IAM actions S3 refused where a run goes on without them (s3:AbortMultipartUpload)
