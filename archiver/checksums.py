@@ -60,7 +60,12 @@ def etag_hiding_encryption(response: Mapping[str, Any]) -> str | None:
 
 def crc32_b64(data: bytes | memoryview) -> str:
     """The base64 x-amz-checksum-crc32 value of `data`."""
-    return base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode("ascii")
+    return crc32_b64_of(zlib.crc32(data))
+
+
+def crc32_b64_of(crc: int) -> str:
+    """A CRC32 as S3's x-amz-checksum-crc32 writes it (base64 of its 4 bytes)."""
+    return base64.b64encode(crc.to_bytes(4, "big")).decode("ascii")
 
 
 def composite_crc32(part_checksums: Sequence[str]) -> str:

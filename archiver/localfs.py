@@ -22,6 +22,7 @@ import hashlib
 import os
 import stat
 import uuid
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,6 +141,22 @@ class LocalFile(_Closing):
             digest.update(chunk)
             offset += len(chunk)
         return digest.hexdigest()
+
+    def digests(self, *, crc32: bool) -> tuple[str, int | None]:
+        """The MD5 (hex) of the file's first `size` bytes, and their CRC32 when asked, in
+        one read a chunk at a time (memory stays bounded)."""
+        digest = hashlib.md5()
+        crc = 0
+        offset = 0
+        while offset < self.size:
+            chunk = os.pread(self.fd, min(READ_CHUNK_BYTES, self.size - offset), offset)
+            if not chunk:
+                break
+            digest.update(chunk)
+            if crc32:
+                crc = zlib.crc32(chunk, crc)
+            offset += len(chunk)
+        return digest.hexdigest(), crc if crc32 else None
 
     def unchanged(self) -> bool:
         """Whether the descriptor's file is as it was when opened (size and mtime), and its

@@ -51,6 +51,10 @@ log = logging.getLogger(__name__)
 INTEGRITY_ATTEMPTS = 3  # sends of one body whose stored ETag (or checksum) came back wrong
 
 
+# A single PUT's body: bytes read, a view of a reused buffer, or a file streamed from disk.
+PutBody = bytes | memoryview | LocalFile
+
+
 class ObjectStore(Protocol):
     """The part of `storage.Storage` the uploader uses."""
 
@@ -65,7 +69,7 @@ class ObjectStore(Protocol):
     async def put_object(
         self,
         key: str,
-        body: bytes | memoryview,
+        body: PutBody,
         md5_hex: str,
         content_type: str,
         *,

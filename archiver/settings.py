@@ -54,6 +54,8 @@ CHECKSUM_CALCULATIONS = ("when_required", "when_supported")
 # request body (its default since 1.36) is CPU spent for nothing, and a header some
 # S3-compatible servers reject.
 DEFAULT_CHECKSUM_CALCULATION = "when_required"
+DEFAULT_PUT_CLIENT = "obstore"
+PUT_CLIENTS = ("obstore", "botocore")
 
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z")
 
@@ -210,6 +212,9 @@ class ClientOptions:
     retry_mode: str = DEFAULT_RETRY_MODE
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     checksum_calculation: str = DEFAULT_CHECKSUM_CALCULATION
+    # What sends single PUTs of small files: obstore (the data plane), or botocore for every
+    # request (ARCHIVER_PUT_CLIENT=botocore, a way back should a server need it).
+    put_client: str = DEFAULT_PUT_CLIENT
 
     def __post_init__(self) -> None:
         if self.retry_mode not in RETRY_MODES:
@@ -218,6 +223,11 @@ class ClientOptions:
             )
         if self.max_attempts < 1:
             raise ConfigError(f"AWS_MAX_ATTEMPTS must be at least 1, not {self.max_attempts}")
+        if self.put_client not in PUT_CLIENTS:
+            raise ConfigError(
+                f"ARCHIVER_PUT_CLIENT must be one of {', '.join(PUT_CLIENTS)}, "
+                f"not {self.put_client!r}"
+            )
         if self.checksum_calculation not in CHECKSUM_CALCULATIONS:
             raise ConfigError(
                 "AWS_REQUEST_CHECKSUM_CALCULATION must be one of "
@@ -237,6 +247,7 @@ class ClientOptions:
                 env.get("AWS_REQUEST_CHECKSUM_CALCULATION", "").strip().lower()
                 or DEFAULT_CHECKSUM_CALCULATION
             ),
+            put_client=env.get("ARCHIVER_PUT_CLIENT", "").strip().lower() or DEFAULT_PUT_CLIENT,
         )
 
 

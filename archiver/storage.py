@@ -37,6 +37,7 @@ from archiver.checksums import (
     kms_default,
 )
 from archiver.errors import ConditionalWritesUnsupported, StorageError, StorageUnavailable
+from archiver.localfs import LocalFile
 from archiver.models import Completed, Put, StoredPart
 from archiver.settings import ClientOptions, Settings
 from archiver.storage_answers import (
@@ -48,6 +49,7 @@ from archiver.storage_answers import (
     is_no_object,
     is_not_implemented,
     is_precondition_failed,
+    is_redirect,
     translate,
 )
 from archiver.storage_base import (
@@ -59,7 +61,8 @@ from archiver.storage_base import (
     READ_TIMEOUT_S,
 )
 from archiver.storage_bucket import BucketCalls
-from archiver.storage_fast_put import Body, PutTemplate, no_continue_if_small
+from archiver.storage_data_plane import DataPlane, DataPlaneUnusable, usable_key
+from archiver.storage_fast_put import Body, PutTemplate, botocore_body, no_continue_if_small
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +170,8 @@ class Storage(BucketCalls):
             )
             store = cls(client, settings.bucket, preflight, settings.endpoint_url)
             store._session = session
+            store.client_options = settings.client
+            store.max_connections = max_connections
             yield store
 
     async def _put_template(self) -> PutTemplate | None:
@@ -187,7 +192,7 @@ class Storage(BucketCalls):
     async def put_object(
         self,
         key: str,
-        body: bytes | memoryview,
+        body: bytes | memoryview | LocalFile,
         md5_hex: str,
         content_type: str,
         *,
@@ -210,20 +215,9 @@ class Storage(BucketCalls):
         if crc32 is not None:
             params.update(checksummed(crc32, md5_hex))
         try:
-            template = await self._put_template()
-            if template is not None:
-                response = await template.put(
-                    key,
-                    body,
-                    params["ContentMD5"],
-                    content_type,
-                    if_none_match=if_absent,
-                    storage_class=self.storage_class,
-                    checksum=(crc32, md5_hex) if crc32 is not None else None,
-                )
-            else:  # botocore takes bytes, not a view of a reused buffer
-                params["Body"] = bytes(body)
-                response = await self._s3.put_object(Bucket=self.bucket, **params)
+            response = await self._send_put(
+                key, body, md5_hex, params, if_absent=if_absent, crc32=crc32
+            )
         except ClientError as exc:
             if if_absent and is_precondition_failed(exc):
                 return None
@@ -240,6 +234,110 @@ class Storage(BucketCalls):
             crc32=response.get("ChecksumCRC32"),
             encryption=etag_hiding_encryption(response),
         )
+
+    async def _send_put(
+        self,
+        key: str,
+        body: bytes | memoryview | LocalFile,
+        md5_hex: str,
+        params: dict[str, Any],
+        *,
+        if_absent: bool,
+        crc32: str | None,
+    ) -> dict[str, Any]:
+        """One PUT by the cheapest path that carries it exactly: obstore for a body in
+        memory without a CRC32, else the template, else botocore's own `put_object`."""
+        template = await self._put_template()
+        plane = await self._data_plane(template)
+        if (
+            plane is not None
+            and crc32 is None
+            and not isinstance(body, LocalFile)
+            and usable_key(key)
+        ):
+            try:
+                response = await plane.put(
+                    key,
+                    body,
+                    params["ContentType"],
+                    if_none_match=if_absent,
+                    storage_class=self.storage_class,
+                )
+            except ClientError as exc:
+                if not is_redirect(exc):
+                    raise
+                self._plane_off(f"S3 sent a PUT elsewhere ({error_code(exc)})")
+            except DataPlaneUnusable as exc:
+                log.info("obstore cannot reach S3 (%s): botocore sends the PUTs", exc)
+                self._plane_off(str(exc))
+            else:
+                if str(response["ETag"]).strip('"') == md5_hex:
+                    return response
+                # An ETag that is no MD5: the bucket may encrypt with SSE-KMS or SSE-C by
+                # default, which only the answer's headers name, and obstore's answer has
+                # none. A HEAD's answer has them; where HEADs are refused, botocore sends
+                # the body again and its answer tells.
+                revealed = await self._encryption_headers(key)
+                if revealed is not None:
+                    return {**response, **revealed}
+                self._plane_off("a PUT's ETag was not the MD5 of its bytes")
+                if_absent = False
+        if template is not None:
+            return await template.put(
+                key,
+                body,
+                params["ContentMD5"],
+                params["ContentType"],
+                if_none_match=if_absent,
+                storage_class=self.storage_class,
+                checksum=(crc32, md5_hex) if crc32 is not None else None,
+            )
+        params = {**params, "Body": botocore_body(body)}
+        if not if_absent:
+            params.pop("IfNoneMatch", None)
+        return dict(await self._s3.put_object(Bucket=self.bucket, **params))
+
+    async def _encryption_headers(self, key: str) -> dict[str, Any] | None:
+        """The encryption a HEAD of `key` names (botocore's answer fields), or None when the
+        HEAD is refused or fails."""
+        try:
+            head = await self._s3.head_object(Bucket=self.bucket, Key=key)
+        except (ClientError, BotoCoreError):
+            return None
+        names = ("ServerSideEncryption", "SSECustomerAlgorithm", "SSEKMSKeyId")
+        return {name: head[name] for name in names if head.get(name)}
+
+    async def _data_plane(self, template: PutTemplate | None) -> DataPlane | None:
+        """The run's obstore client, made once from the template (None: botocore carries
+        every PUT)."""
+        if self._plane_tried or template is None:
+            return self._plane
+        async with self._template_lock:
+            if not self._plane_tried and self.client_options.put_client == "obstore":
+                self._plane = await DataPlane.open(
+                    url_prefix=template.url_prefix,
+                    bucket=self.bucket,
+                    region=template.signing_region,
+                    credentials=self._s3._get_credentials(),
+                    options=self.client_options,
+                    ca_bundle=self._ca_bundle(),
+                    max_connections=self.max_connections,
+                    connect_timeout_s=CONNECT_TIMEOUT_S,
+                    read_timeout_s=READ_TIMEOUT_S,
+                )
+            self._plane_tried = True
+        return self._plane
+
+    def _plane_off(self, why: str) -> None:
+        if self._plane is not None:
+            log.info("botocore carries the PUTs from now on: %s", why)
+        self._plane = None
+
+    def _ca_bundle(self) -> str | None:
+        """The CA bundle botocore verifies TLS with (AWS_CA_BUNDLE, the profile's
+        `ca_bundle`), None for the system's."""
+        verify = getattr(self._s3._endpoint.http_session, "_verify", True)
+        return verify if isinstance(verify, str) else None
 
     async def learn_encryption(self) -> None:
         """Set `encryption` when the bucket's default encryption makes ETags no MD5

@@ -149,6 +149,16 @@ def is_precondition_failed(exc: ClientError) -> bool:
     return http_status(exc) == 412 or error_code(exc) == "PreconditionFailed"
 
 
+def is_redirect(exc: ClientError) -> bool:
+    """S3 answered that the bucket is to be asked elsewhere (another region or endpoint)."""
+    return http_status(exc) in (301, 307) or error_code(exc) in (
+        "PermanentRedirect",
+        "TemporaryRedirect",
+        "AuthorizationHeaderMalformed",
+        "IllegalLocationConstraintException",
+    )
+
+
 def is_not_implemented(exc: ClientError) -> bool:
     """The server does not implement what was asked (a setting, a conditional write)."""
     return http_status(exc) == 501 or error_code(exc) in ("NotImplemented", "XNotImplemented")

@@ -13,6 +13,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from archiver.checksums import etag_hiding_encryption
 from archiver.errors import CredentialsRefused, StorageUnavailable
 from archiver.models import ObjectInfo
+from archiver.settings import ClientOptions
 from archiver.storage_answers import (
     CREDENTIAL_CODES,
     FATAL_CODES,
@@ -28,6 +29,7 @@ from archiver.storage_answers import (
     translate,
     unreachable,
 )
+from archiver.storage_data_plane import DataPlane
 from archiver.storage_fast_put import PutTemplate
 
 CONNECT_TIMEOUT_S = 10.0
@@ -62,6 +64,12 @@ class StorageBase:
         self._template: PutTemplate | None = None
         self._template_tried = False
         self._template_lock = asyncio.Lock()
+        # Single PUTs of bodies in memory go through obstore (`storage_data_plane`), built
+        # from the template once; None when it cannot carry them, or after S3 redirected one.
+        self._plane: DataPlane | None = None
+        self._plane_tried = False
+        self.client_options = ClientOptions()
+        self.max_connections = 1
         self._session: Any = None  # the session (`storage.AwsSession`) the client came from
         self._part_checksums: bool | None = None  # the server checks CRC32 part checksums
         self._probe_lock = asyncio.Lock()

@@ -7,6 +7,7 @@ takes botocore's ordinary path.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from typing import Any
 
@@ -17,6 +18,7 @@ from botocore.utils import determine_content_length, percent_encode
 
 from archiver.checksums import content_md5
 from archiver.integrity import METADATA_MD5
+from archiver.localfs import LocalFile
 
 EXPECT_CONTINUE_MIN_BYTES = 1024 * 1024
 
@@ -84,6 +86,76 @@ class Body(Payload):
             await writer.write(view[start : start + BODY_CHUNK_BYTES])
 
 
+class FileBody(Payload):
+    """A request body streamed from an open file, `size` bytes from its start, a chunk at a
+    time (each read in a worker thread): a single PUT of a file of tens of megabytes never
+    holds more than a chunk of it. It is hashed before (Content-MD5 goes with it, and S3
+    refuses a body that does not match it), not while it is sent. botocore takes its length,
+    and rewinds it (`seek(0)`) before a retry: each write starts at the beginning. On
+    botocore's ordinary path (no template) botocore may `read` it, in chunks."""
+
+    def __init__(self, f: LocalFile, size: int) -> None:
+        super().__init__(f)
+        self._file = f
+        self._size = self._length = size
+        self._position = 0
+
+    def __len__(self) -> int:
+        return self._length
+
+    def read(self, amt: int | None = None) -> bytes:
+        end = self._length if amt is None or amt < 0 else min(self._length, self._position + amt)
+        data = self._file.pread(self._position, end - self._position)
+        self._position += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._position, 2: self._length}[whence]
+        self._position = min(max(base + offset, 0), self._length)
+        return self._position
+
+    def tell(self) -> int:
+        return self._position
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        raise TypeError("a file body is not decoded")
+
+    async def write(self, writer: AbstractStreamWriter) -> None:
+        await self.write_with_length(writer, None)
+
+    async def write_with_length(
+        self, writer: AbstractStreamWriter, content_length: int | None
+    ) -> None:
+        end = self._length if content_length is None else min(content_length, self._length)
+        offset = 0
+        while offset < end:
+            chunk = await asyncio.to_thread(
+                self._file.pread, offset, min(BODY_CHUNK_BYTES, end - offset)
+            )
+            if not chunk:
+                raise OSError(f"the file shrank while it was sent (at byte {offset})")
+            await writer.write(chunk)
+            offset += len(chunk)
+
+
+def request_body(body: bytes | memoryview | LocalFile) -> Any:
+    """What a PUT hands to the HTTP client: bytes, a payload of a buffer's bytes (1 MiB or
+    more), or a payload streamed from a file."""
+    if isinstance(body, LocalFile):
+        return FileBody(body, body.size)
+    return Body(body) if len(body) >= EXPECT_CONTINUE_MIN_BYTES else body
+
+
+def botocore_body(body: bytes | memoryview | LocalFile) -> Any:
+    """A PUT's body for botocore's ordinary path: bytes (botocore does not take a view of a
+    reused buffer), or a file it reads a chunk at a time."""
+    return FileBody(body, body.size) if isinstance(body, LocalFile) else bytes(body)
+
+
+def body_size(body: bytes | memoryview | LocalFile) -> int:
+    return body.size if isinstance(body, LocalFile) else len(body)
+
+
 class PutTemplate:
     """PutObject into one bucket with the per-run work done once per run.
 
@@ -120,7 +192,7 @@ class PutTemplate:
     ) -> None:
         self._client = client
         self._operation = operation
-        self._url_prefix = url_prefix
+        self.url_prefix = url_prefix  # where keys go: `{endpoint}/{bucket}/` or virtual hosted
         self._headers = headers
         self._context = context
         # A PUT was redirected to the bucket's region (AWS's AuthorizationHeaderMalformed):
@@ -187,10 +259,16 @@ class PutTemplate:
             return None
         return cls(client, operation, url[: -len(encoded_key)], headers, context)
 
+    @property
+    def signing_region(self) -> str:
+        """The region the template's request was signed for (the endpoint rules' answer)."""
+        signing = self._context.get("signing") or {}
+        return str(signing.get("region") or self._client.meta.region_name)
+
     async def put(
         self,
         key: str,
-        body: bytes | memoryview,
+        body: bytes | memoryview | LocalFile,
         content_md5_b64: str,
         content_type: str,
         *,
@@ -212,7 +290,7 @@ class PutTemplate:
             headers[f"x-amz-meta-{METADATA_MD5}"] = checksum[1]
         if if_none_match:
             headers["If-None-Match"] = "*"
-        if len(body) >= EXPECT_CONTINUE_MIN_BYTES:
+        if body_size(body) >= EXPECT_CONTINUE_MIN_BYTES:
             headers["Expect"] = "100-continue"
         context = dict(self._context)
         if "signing" in context:
@@ -226,8 +304,8 @@ class PutTemplate:
             "query_string": {},
             "method": "PUT",
             "headers": headers,
-            "body": Body(body) if len(body) >= EXPECT_CONTINUE_MIN_BYTES else body,
-            "url": self._url_prefix + percent_encode(key, safe="/~"),
+            "body": request_body(body),
+            "url": self.url_prefix + percent_encode(key, safe="/~"),
             "context": context,
         }
         http, parsed = await self._client._make_request(self._operation, request, context)

@@ -21,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from archiver.budget import BufferPool, ByteBudget, Throttle
-from archiver.checksums import crc32_b64, encrypted_without_checksums
+from archiver.checksums import crc32_b64, crc32_b64_of, encrypted_without_checksums
 from archiver.content_types import SNIFF_BYTES, choose_ext, content_type_for, needs_sniffing
 from archiver.errors import (
     AccessDenied,
@@ -33,7 +33,7 @@ from archiver.errors import (
 from archiver.integrity import object_intact
 from archiver.keys import archive_url, as_utc, normalize_md5, object_key
 from archiver.ledger import FileState, Ledger, note_for, set_aside
-from archiver.localfs import CacheRoot, why
+from archiver.localfs import CacheRoot, LocalFile, why
 from archiver.models import (
     DENIED,
     MediaRow,
@@ -43,7 +43,7 @@ from archiver.models import (
     RowResult,
     Sent,
 )
-from archiver.multipart import INTEGRITY_ATTEMPTS, MultipartUploads, ObjectStore
+from archiver.multipart import INTEGRITY_ATTEMPTS, MultipartUploads, ObjectStore, PutBody
 from archiver.policies import ExistencePolicy
 from archiver.resolve import Found, NotFound, Resolution, resolver_for
 from archiver.settings import MIB, Settings, UploadOptions
@@ -55,6 +55,19 @@ INLINE_READ_MAX_BYTES = 1 * MIB  # read with the lookup, in the same thread hop
 DEADLINE_BASE_S = 120.0
 DEADLINE_SLOWEST_BYTES_PER_S = 256 * 1024
 DONE_KEYS_REMEMBERED = 100_000  # keys stored this run, to skip later rows sharing them
+
+
+def body_size(body: PutBody) -> int:
+    return body.size if isinstance(body, LocalFile) else len(body)
+
+
+async def crc32_of(body: PutBody) -> str:
+    """The CRC32 (base64) S3 is sent with a PUT into an SSE-KMS bucket (a file is read
+    again for it, in a worker thread: that is the rare case)."""
+    if isinstance(body, LocalFile):
+        _, crc = await asyncio.to_thread(body.digests, crc32=True)
+        return crc32_b64_of(crc or 0)
+    return crc32_b64(body)
 
 
 def _state(found: Resolution) -> FileState:
@@ -279,6 +292,8 @@ class Uploader(MultipartUploads):
                 return await self._store_multipart(prep, sent)
             if prep.body is not None:
                 return await self._store_single(prep, prep.body, prep.body_md5 or "", sent)
+            if prep.size > self.options.part_size:
+                return await self._store_streamed(prep, sent)
             async with self.budget.hold(prep.size):
                 view = self.buffers.take(prep.size)
                 try:
@@ -298,6 +313,21 @@ class Uploader(MultipartUploads):
         except OSError as exc:
             reason = f"cannot read {prep.path}: {why(exc)}"
             return self._result(prep, Outcome.FAILED, reason=reason, sent=sent)
+
+    async def _store_streamed(self, prep: Prepared, sent: Sent) -> RowResult:
+        """A file too large for a buffer but under the multipart threshold: hashed once, a
+        chunk at a time (MD5, and CRC32 where the bucket's encryption needs it), then sent
+        as one PUT streamed from the file, with that MD5 as Content-MD5 (S3 refuses bytes
+        that do not match it). It is never held whole in memory."""
+        assert self.store is not None
+        f = await asyncio.to_thread(self.cache.open_file, prep.path)
+        try:
+            body_md5, _ = await asyncio.to_thread(f.digests, crc32=False)
+            if body_md5 != prep.md5:
+                return self._corrupt(prep, body_md5)
+            return await self._store_single(prep, f, body_md5, sent)
+        finally:
+            f.close()
 
     def access_notes(self) -> list[str]:
         """What the run did differently because the credentials did not allow something."""
@@ -329,7 +359,7 @@ class Uploader(MultipartUploads):
     async def _put(
         self,
         prep: Prepared,
-        body: bytes | memoryview,
+        body: PutBody,
         sent: Sent,
         *,
         if_absent: bool,
@@ -337,12 +367,12 @@ class Uploader(MultipartUploads):
     ) -> Put | None:
         assert self.store is not None
         if self.throttle is not None:
-            await self.throttle.take(len(body))
+            await self.throttle.take(body_size(body))
         put = await self.store.put_object(
             prep.key, body, prep.md5, prep.content_type, if_absent=if_absent, crc32=crc32
         )
         if put is not None:
-            sent.bytes += len(body)
+            sent.bytes += body_size(body)
         return put
 
     def _unproved(self, put: Put, body_md5: str, crc32: str | None) -> str | None:
@@ -383,13 +413,13 @@ class Uploader(MultipartUploads):
         return conditional and self.existence.conditional_writes
 
     async def _store_single(
-        self, prep: Prepared, body: bytes | memoryview, body_md5: str, sent: Sent
+        self, prep: Prepared, body: PutBody, body_md5: str, sent: Sent
     ) -> RowResult:
         assert self.store is not None
         conditional = await self._conditional(prep)
         if conditional is None:
             return self._result(prep, Outcome.SKIPPED_EXISTING)
-        crc32 = crc32_b64(body) if self.store.encryption else None
+        crc32 = await crc32_of(body) if self.store.encryption else None
         try:
             put = await self._put(prep, body, sent, if_absent=conditional, crc32=crc32)
         except ConditionalWritesUnsupported:
@@ -413,7 +443,7 @@ class Uploader(MultipartUploads):
                 # is no MD5, so this PUT and every later one carry a checksum instead.
                 log.info("the bucket encrypts with %s: PUTs carry CRC32s", put.encryption)
                 self.store.encryption = put.encryption
-                crc32 = crc32_b64(body)
+                crc32 = await crc32_of(body)
             elif put is not None:
                 problem = self._unproved(put, body_md5, crc32)
                 if problem is None:

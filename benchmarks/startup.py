@@ -72,7 +72,8 @@ def main() -> None:
     )[:12]
     unneeded = sorted(n for n in loaded if n.startswith(NOT_FOR_UPLOAD))
     print(machine())
-    print(f"\n`archiver upload` over no rows, min of {args.runs}: CPU {cpu:.3f} s, wall {wall:.3f} s")
+    print(f"\n`archiver upload` over no rows, min of {args.runs}: ", end="")
+    print(f"CPU {cpu:.3f} s, wall {wall:.3f} s")
     print(markdown_table(["package", "import ms (cumulative)"], [[n, us / 1000] for n, us in top]))
     print(f"\nmodules loaded that upload does not use: {', '.join(unneeded) or 'none'}")
     write_json(

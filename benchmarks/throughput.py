@@ -142,8 +142,10 @@ def run_tool(
     *,
     concurrency: int | None = None,
     limit: int | None = None,
+    extra: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """One measured run of one tool on a fresh database and bucket."""
+    """One measured run of one tool on a fresh database and bucket (`extra`: more
+    arguments for `archiver upload`)."""
     rows = data.rows[:limit] if limit else data.rows
     dsn = new_database(svc.admin_dsn, rows)
     bucket = new_bucket(svc.s3_url)
@@ -160,7 +162,7 @@ def run_tool(
             args = ["upload", "--no-progress", "--json"]
             if concurrency:
                 args += ["--concurrency", str(concurrency)]
-            cmd = archiver_cmd(*args)
+            cmd = archiver_cmd(*args, *extra)
         elif tool == "baseline":
             cmd = [
                 sys.executable,
@@ -212,7 +214,7 @@ def run_tool(
     writes = run.json().get("db_writes") if tool == "archiver" else files
     return {
         "write_backs_per_1000": round(1000 * writes / files, 1) if database else None,
-        "tool": tool if not concurrency else f"{tool} -c {concurrency}",
+        "tool": " ".join([tool, *([f"-c {concurrency}"] if concurrency else []), *extra]),
         "files": files,
         "mb": round(mb, 1),
         "wall_s": round(run.wall_s, 2),

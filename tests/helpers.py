@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -9,6 +10,7 @@ import random
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -335,3 +337,30 @@ def archived_row(md5_hex: str, key: str, **columns: Any) -> MediaRow:
     }
     values.update(columns)
     return MediaRow(**values)
+
+
+@contextlib.contextmanager
+def moto_over_tls(folder: Path, *, own_ca: bool = False) -> Iterator[tuple[str, str]]:
+    """moto over HTTPS with a certificate of `self_signed_certificate`: (URL, CA file)."""
+    import threading
+
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+    from werkzeug.serving import make_server
+
+    from tests.rgw import self_signed_certificate
+
+    cert_file, key_file = self_signed_certificate(folder, own_ca=own_ca)
+    server = make_server(
+        "127.0.0.1",
+        0,
+        DomainDispatcherApplication(create_backend_app),
+        threaded=True,
+        ssl_context=(str(cert_file), str(key_file)),
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{server.server_port}", str(cert_file)
+    finally:
+        server.shutdown()
+        thread.join()

@@ -28,6 +28,7 @@ from archiver.demo.localpg import LocalPostgres
 from archiver.demo.sample import POST_MEDIA_DDL
 from archiver.demo.tour import s3_server as moto_s3_server
 from archiver.settings import Settings
+from tests.helpers import moto_over_tls
 
 # Never let the suite reach a real AWS account.
 for _var in (
@@ -249,30 +250,10 @@ def offline_env(s3_endpoint: str, tmp_path: Path) -> Env:
 
 @pytest.fixture(scope="session")
 def s3_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    """A second moto server, over HTTPS with a self-signed certificate: (URL, CA file).
-    Needed where plain HTTP would change behaviour (the TLS-only bucket policy)."""
-    import threading
-
-    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
-    from werkzeug.serving import make_server
-
-    from tests.rgw import self_signed_certificate
-
-    cert_file, key_file = self_signed_certificate(tmp_path_factory.mktemp("tls"))
-    server = make_server(
-        "127.0.0.1",
-        0,
-        DomainDispatcherApplication(create_backend_app),
-        threaded=True,
-        ssl_context=(str(cert_file), str(key_file)),
-    )
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"https://127.0.0.1:{server.server_port}", str(cert_file)
-    finally:
-        server.shutdown()
-        thread.join()
+    """A second moto server, over HTTPS with a certificate of a throwaway CA: (URL, CA
+    file). Needed where plain HTTP would change behaviour (the TLS-only bucket policy)."""
+    with moto_over_tls(tmp_path_factory.mktemp("tls")) as where:
+        yield where
 
 
 @pytest.fixture

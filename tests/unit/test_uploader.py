@@ -26,9 +26,9 @@ from archiver.errors import (
     StorageUnavailable,
 )
 from archiver.integrity import METADATA_MD5
-from archiver.localfs import CacheRoot
+from archiver.localfs import CacheRoot, LocalFile
 from archiver.models import Completed, MediaRow, ObjectInfo, Outcome, Put, StoredPart
-from archiver.multipart import ObjectStore, multipart_etag
+from archiver.multipart import ObjectStore, PutBody, multipart_etag
 from archiver.resolve import open_cache_root
 from archiver.settings import MIB, Settings, UploadOptions
 from archiver.uploader import Uploader
@@ -77,6 +77,7 @@ class FakeStore:
     part_headers: list[tuple[str, ...]] = field(default_factory=list)  # each part's checks
     objects: dict[str, Stored] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)  # "HEAD", "PUT", "PUT-if-absent", ...
+    streamed: list[str] = field(default_factory=list)  # keys whose PUT body was a file
     uploads: dict[str, dict[int, bytes]] = field(default_factory=dict)
     upload_metadata: dict[str, dict[str, str]] = field(default_factory=dict)
     aborted: list[str] = field(default_factory=list)
@@ -84,7 +85,7 @@ class FakeStore:
     async def put_object(
         self,
         key: str,
-        body: bytes | memoryview,
+        body: PutBody,
         md5_hex: str,
         content_type: str,
         *,
@@ -93,6 +94,9 @@ class FakeStore:
     ) -> Put | None:
         self.calls.append("PUT-if-absent" if if_absent else "PUT")
         self.checksums_sent.append(crc32)
+        if isinstance(body, LocalFile):  # streamed from the file
+            self.streamed.append(key)
+            body = body.pread(0, body.size)
         body = bytes(body)  # the uploader reuses its buffers
         if self.deny_puts:
             raise AccessDenied(f"S3 denied s3:PutObject on {key}")
@@ -380,6 +384,45 @@ async def test_rows_sharing_a_key_cause_one_upload(rig: Rig) -> None:
         [Outcome.UPLOADED, Outcome.SKIPPED_EXISTING, Outcome.SKIPPED_EXISTING]
     )
     assert rig.store.calls.count("PUT-if-absent") + rig.store.calls.count("PUT") == 1
+
+
+# -- one PUT streamed from the file -------------------------------------------------------
+
+STREAMED = {"multipart_threshold": 20 * MIB, "part_size": 5 * MIB}
+
+
+def medium(i: int) -> bytes:
+    return body(i, 6 * MIB)  # over a buffer (a part), under the multipart threshold
+
+
+async def test_a_file_over_a_buffer_goes_as_one_put_streamed_from_the_file(rig: Rig) -> None:
+    data = medium(1)
+    up = rig.uploader(**STREAMED)
+    result = await up.handle(rig.row(data))
+    assert result.outcome is Outcome.UPLOADED and result.key
+    assert rig.store.streamed == [result.key]  # the body was the file, not a buffer
+    assert rig.store.objects[result.key].body == data and result.bytes_sent == len(data)
+    assert "CREATE" not in rig.store.calls  # no multipart upload
+
+
+async def test_a_streamed_file_whose_bytes_differ_from_md5_sum_is_never_sent(rig: Rig) -> None:
+    result = await rig.uploader(**STREAMED).handle(rig.row(medium(2), md5_sum="0" * 32))
+    assert result.outcome is Outcome.CORRUPT
+    assert not any(c.startswith("PUT") for c in rig.store.calls) and rig.store.objects == {}
+
+
+async def test_a_streamed_put_damaged_in_transit_is_streamed_again(rig: Rig) -> None:
+    rig.store.damage_next_puts = 1
+    result = await rig.uploader(**STREAMED).handle(rig.row(medium(3)))
+    assert result.outcome is Outcome.UPLOADED and result.key
+    assert len(rig.store.streamed) == 2 and rig.store.objects[result.key].body == medium(3)
+
+
+async def test_a_streamed_put_into_an_sse_kms_bucket_carries_the_files_crc32(rig: Rig) -> None:
+    rig.store = FakeStore(kms=True, encryption="aws:kms")
+    result = await rig.uploader(**STREAMED).handle(rig.row(medium(4)))
+    assert result.outcome is Outcome.UPLOADED
+    assert rig.store.checksums_sent == [crc32_b64(medium(4))]
 
 
 # -- multipart -----------------------------------------------------------------------------
