@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from archiver.settings import DEFAULT_MULTIPART_THRESHOLD_BYTES
+
 POST_MEDIA_DDL = """
 CREATE TABLE IF NOT EXISTS post_media (
     media_id TEXT PRIMARY KEY,
@@ -296,7 +298,7 @@ def make_sample_set(
     seed: int = 7,
     awkward: bool = True,
     small: bool = True,
-    large_bytes: int = 12 * 1024 * 1024,
+    large_bytes: int = DEFAULT_MULTIPART_THRESHOLD_BYTES + 4 * 1024 * 1024,
 ) -> SampleSet:
     """`n` rows under `cache_root` (paths stored relative to `workdir`): mostly images, some
     videos and documents of realistic sizes, plus one of each DEMO_CASES when `awkward`."""
