@@ -236,7 +236,10 @@ class DataPlane:
             result = await put_async(
                 self._store,
                 key,
-                body,
+                # A view of a reused buffer is copied: a PUT abandoned (its deadline, a
+                # second Ctrl-C) may still be read by obstore's threads after the buffer
+                # went back to the pool.
+                bytes(body) if isinstance(body, memoryview) else body,
                 attributes=attributes,
                 mode="create" if if_none_match else "overwrite",
                 use_multipart=False,
