@@ -51,6 +51,7 @@ CREDENTIALS_REASKED_S = 60.0
 FIRST_BACKOFF_S = 0.1  # botocore's standard mode: up to 1 s (jittered), capped at 20 s
 MAX_BACKOFF_S = 20.0
 RETRY_WINDOW_S = 180.0
+WHOLE_REQUEST_S = 600.0  # obstore's limit on one request (its default, 30 s, is too short)
 
 _STATUS_RE = re.compile(r"status code: (\d{3})")
 _CODE_RE = re.compile(r"<Code>([^<]*)</Code>")
@@ -190,7 +191,10 @@ class DataPlane:
         client: dict[str, Any] = {
             "allow_http": not https,
             "connect_timeout": timedelta(seconds=connect_timeout_s),
-            "timeout": timedelta(seconds=read_timeout_s),
+            # As botocore's read timeout: a stall between reads, not a whole PUT's length
+            # (the uploader gives each upload its own deadline, after the file's size).
+            "read_timeout": timedelta(seconds=read_timeout_s),
+            "timeout": timedelta(seconds=WHOLE_REQUEST_S),
             "pool_max_idle_per_host": str(max_connections),
         }
         if ca_bundle:

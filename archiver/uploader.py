@@ -320,12 +320,14 @@ class Uploader(MultipartUploads):
         as one PUT streamed from the file, with that MD5 as Content-MD5 (S3 refuses bytes
         that do not match it). It is never held whole in memory."""
         assert self.store is not None
+        encrypted = self.store.encryption is not None
         f = await asyncio.to_thread(self.cache.open_file, prep.path)
         try:
-            body_md5, _ = await asyncio.to_thread(f.digests, crc32=False)
+            body_md5, crc = await asyncio.to_thread(f.digests, crc32=encrypted)
             if body_md5 != prep.md5:
                 return self._corrupt(prep, body_md5)
-            return await self._store_single(prep, f, body_md5, sent)
+            body_crc32 = crc32_b64_of(crc) if crc is not None else None
+            return await self._store_single(prep, f, body_md5, sent, body_crc32=body_crc32)
         finally:
             f.close()
 
@@ -413,13 +415,19 @@ class Uploader(MultipartUploads):
         return conditional and self.existence.conditional_writes
 
     async def _store_single(
-        self, prep: Prepared, body: PutBody, body_md5: str, sent: Sent
+        self,
+        prep: Prepared,
+        body: PutBody,
+        body_md5: str,
+        sent: Sent,
+        *,
+        body_crc32: str | None = None,
     ) -> RowResult:
         assert self.store is not None
         conditional = await self._conditional(prep)
         if conditional is None:
             return self._result(prep, Outcome.SKIPPED_EXISTING)
-        crc32 = await crc32_of(body) if self.store.encryption else None
+        crc32 = (body_crc32 or await crc32_of(body)) if self.store.encryption else None
         try:
             put = await self._put(prep, body, sent, if_absent=conditional, crc32=crc32)
         except ConditionalWritesUnsupported:

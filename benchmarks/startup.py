@@ -36,8 +36,7 @@ NOT_FOR_UPLOAD = (
     "archiver.commands.restore",
     "archiver.commands.prune_local",
     "archiver.commands.check",
-    "archiver.iam",
-)
+)  # (archiver.iam is loaded: the command line's iam-policy argument names its choices)
 
 
 def imports(stderr: str) -> dict[str, int]:
