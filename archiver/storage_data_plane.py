@@ -108,6 +108,21 @@ def retry_config(options: ClientOptions) -> dict[str, Any]:
     }
 
 
+def client_options(
+    *, https: bool, max_connections: int, connect_timeout_s: float, read_timeout_s: float
+) -> dict[str, Any]:
+    """obstore's HTTP client options, as botocore's client is configured."""
+    return {
+        "allow_http": not https,
+        "connect_timeout": timedelta(seconds=connect_timeout_s),
+        # As botocore's read timeout: a stall between reads, not a whole PUT's length (the
+        # uploader gives each upload its own deadline, after the file's size).
+        "read_timeout": timedelta(seconds=read_timeout_s),
+        "timeout": timedelta(seconds=WHOLE_REQUEST_S),
+        "pool_max_idle_per_host": str(max_connections),
+    }
+
+
 def endpoint_for(url_prefix: str, bucket: str) -> tuple[str, bool] | None:
     """(endpoint, virtual hosted) for obstore from the URL botocore puts keys under, or
     None for a shape obstore does not build (an endpoint with a path of its own)."""
@@ -188,15 +203,12 @@ class DataPlane:
             "virtual_hosted_style_request": virtual_hosted,
             "unsigned_payload": https,
         }
-        client: dict[str, Any] = {
-            "allow_http": not https,
-            "connect_timeout": timedelta(seconds=connect_timeout_s),
-            # As botocore's read timeout: a stall between reads, not a whole PUT's length
-            # (the uploader gives each upload its own deadline, after the file's size).
-            "read_timeout": timedelta(seconds=read_timeout_s),
-            "timeout": timedelta(seconds=WHOLE_REQUEST_S),
-            "pool_max_idle_per_host": str(max_connections),
-        }
+        client = client_options(
+            https=https,
+            max_connections=max_connections,
+            connect_timeout_s=connect_timeout_s,
+            read_timeout_s=read_timeout_s,
+        )
         if ca_bundle:
             try:
                 client["root_certificate"] = await asyncio.to_thread(Path(ca_bundle).read_bytes)
