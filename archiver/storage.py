@@ -255,10 +255,10 @@ class Storage(BucketCalls):
             and not isinstance(body, LocalFile)
             and usable_key(key)
         ):
-            response = await self._plane_put(plane, key, body, md5_hex, params, if_absent)
+            response, stored = await self._plane_put(plane, key, body, md5_hex, params, if_absent)
             if response is not None:
                 return response
-            if_absent = False if self._plane_wrote else if_absent
+            if_absent = if_absent and not stored
         if template is not None:
             return await template.put(
                 key,
@@ -282,11 +282,10 @@ class Storage(BucketCalls):
         md5_hex: str,
         params: dict[str, Any],
         if_absent: bool,
-    ) -> dict[str, Any] | None:
-        """The PUT through obstore: S3's answer, or None when botocore is to send it (the
-        data plane is then off for the run; `_plane_wrote` says whether the object was
-        stored meanwhile, so that botocore's PUT is then unconditional)."""
-        self._plane_wrote = False
+    ) -> tuple[dict[str, Any] | None, bool]:
+        """The PUT through obstore: (S3's answer, True), or (None, whether the object was
+        stored) when botocore is to send it (the data plane is then off for the run; where
+        the object was stored, botocore's PUT is unconditional)."""
         try:
             response = await plane.put(
                 key,
@@ -299,23 +298,22 @@ class Storage(BucketCalls):
             if not is_redirect(exc):
                 raise
             self._plane_off(f"S3 sent a PUT elsewhere ({error_code(exc)})")
-            return None
+            return None, False
         except DataPlaneUnusable as exc:
             log.info("obstore cannot reach S3 (%s): botocore sends the PUTs", exc)
             self._plane_off(str(exc))
-            return None
+            return None, False
         if str(response["ETag"]).strip('"') == md5_hex:
-            return response
+            return response, True
         # An ETag that is no MD5: the bucket may encrypt with SSE-KMS or SSE-C by default,
         # which only the answer's headers name, and obstore's answer has none. A HEAD's
         # answer has them; where HEADs are refused, botocore sends the body again and its
         # answer tells.
         revealed = await self._encryption_headers(key)
         if revealed is not None:
-            return {**response, **revealed}
+            return {**response, **revealed}, True
         self._plane_off("a PUT's ETag was not the MD5 of its bytes")
-        self._plane_wrote = True
-        return None
+        return None, True
 
     async def _encryption_headers(self, key: str) -> dict[str, Any] | None:
         """The encryption a HEAD of `key` names (botocore's answer fields), or None when the

@@ -68,7 +68,6 @@ class StorageBase:
         # from the template once; None when it cannot carry them, or after S3 redirected one.
         self._plane: DataPlane | None = None
         self._plane_tried = False
-        self._plane_wrote = False  # the last PUT obstore gave back to botocore was stored
         self.client_options = ClientOptions()
         self.max_connections = 1
         self._session: Any = None  # the session (`storage.AwsSession`) the client came from
