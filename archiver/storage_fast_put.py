@@ -36,31 +36,27 @@ def no_continue_if_small(request: Any, **_: Any) -> None:
 BODY_CHUNK_BYTES = 1024 * 1024  # a large body goes to the socket a slice at a time
 
 
-class Body(Payload):
-    """A request body sent from the bytes it was read into, without copies.
+class _Rewindable(Payload):
+    """An aiohttp payload that botocore also takes for a file: a length, `read`, and a
+    position it rewinds (`seek(0)`) before a retry; each write starts at the beginning."""
 
-    Given bytes, botocore wraps them in a BytesIO that aiohttp copies whole (getbuffer) and
-    then sends 64 KiB at a time with a pass of the event loop after each: about 8 ms of
-    client CPU per 8 MiB part. This is an aiohttp payload that writes slices of the same
-    bytes. It is only used where no SHA-256 of the body is computed for the signature (a
-    part or PUT carrying a checksum header: see `_unsigned_payload_when_checksummed`):
-    botocore takes its length, and rewinds it before a retry (each write starts at the
-    beginning anyway)."""
-
-    def __init__(self, data: bytes | memoryview) -> None:
-        super().__init__(data)
-        self._size = self._length = len(data)
-        self._position = 0  # of read(), which archiver's requests never need
+    def __init__(self, value: object, length: int) -> None:
+        super().__init__(value)
+        self._size = self._length = length
+        self._position = 0  # of read()
 
     def __len__(self) -> int:
         return self._length
 
     def read(self, amt: int | None = None) -> bytes:
         """What makes botocore take it for a file-like object."""
-        end = self._length if amt is None or amt < 0 else self._position + amt
-        data = bytes(memoryview(self._value)[self._position : end])
+        end = self._length if amt is None or amt < 0 else min(self._length, self._position + amt)
+        data = self._read(self._position, end)
         self._position += len(data)
         return data
+
+    def _read(self, start: int, end: int) -> bytes:
+        raise NotImplementedError
 
     def seek(self, offset: int, whence: int = 0) -> int:
         base = {0: 0, 1: self._position, 2: self._length}[whence]
@@ -70,11 +66,27 @@ class Body(Payload):
     def tell(self) -> int:
         return self._position
 
-    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
-        return bytes(self._value).decode(encoding, errors)
-
     async def write(self, writer: AbstractStreamWriter) -> None:
         await self.write_with_length(writer, None)
+
+
+class Body(_Rewindable):
+    """A request body sent from the bytes it was read into, without copies.
+
+    Given bytes, botocore wraps them in a BytesIO that aiohttp copies whole (getbuffer) and
+    then sends 64 KiB at a time with a pass of the event loop after each: about 8 ms of
+    client CPU per 8 MiB part. This is an aiohttp payload that writes slices of the same
+    bytes. It is only used where no SHA-256 of the body is computed for the signature (a
+    part or PUT carrying a checksum header: see `_unsigned_payload_when_checksummed`)."""
+
+    def __init__(self, data: bytes | memoryview) -> None:
+        super().__init__(data, len(data))
+
+    def _read(self, start: int, end: int) -> bytes:
+        return bytes(memoryview(self._value)[start:end])
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return bytes(self._value).decode(encoding, errors)
 
     async def write_with_length(
         self, writer: AbstractStreamWriter, content_length: int | None
@@ -86,42 +98,22 @@ class Body(Payload):
             await writer.write(view[start : start + BODY_CHUNK_BYTES])
 
 
-class FileBody(Payload):
+class FileBody(_Rewindable):
     """A request body streamed from an open file, `size` bytes from its start, a chunk at a
     time (each read in a worker thread): a single PUT of a file of tens of megabytes never
     holds more than a chunk of it. It is hashed before (Content-MD5 goes with it, and S3
-    refuses a body that does not match it), not while it is sent. botocore takes its length,
-    and rewinds it (`seek(0)`) before a retry: each write starts at the beginning. On
-    botocore's ordinary path (no template) botocore may `read` it, in chunks."""
+    refuses a body that does not match it), not while it is sent. On botocore's ordinary
+    path (no template) botocore may `read` it, in chunks."""
 
     def __init__(self, f: LocalFile, size: int) -> None:
-        super().__init__(f)
+        super().__init__(f, size)
         self._file = f
-        self._size = self._length = size
-        self._position = 0
 
-    def __len__(self) -> int:
-        return self._length
-
-    def read(self, amt: int | None = None) -> bytes:
-        end = self._length if amt is None or amt < 0 else min(self._length, self._position + amt)
-        data = self._file.pread(self._position, end - self._position)
-        self._position += len(data)
-        return data
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        base = {0: 0, 1: self._position, 2: self._length}[whence]
-        self._position = min(max(base + offset, 0), self._length)
-        return self._position
-
-    def tell(self) -> int:
-        return self._position
+    def _read(self, start: int, end: int) -> bytes:
+        return self._file.pread(start, end - start)
 
     def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
         raise TypeError("a file body is not decoded")
-
-    async def write(self, writer: AbstractStreamWriter) -> None:
-        await self.write_with_length(writer, None)
 
     async def write_with_length(
         self, writer: AbstractStreamWriter, content_length: int | None
