@@ -2,9 +2,10 @@
 
 The S3 adapter is this module and its `storage_*` siblings: `storage_base` (the client, the
 request wrapper, the HEAD), `storage_bucket` (bucket set-up, credentials, probes,
-presigning), `storage_fast_put` (the PutObject fast path) and `storage_answers` (what S3
-answered, classified once). They are the only modules that import aiobotocore /
-botocore, besides `cloudfront.py` for CloudFront's API.
+presigning), `storage_fast_put` (the PutObject fast path), `storage_data_plane` (single
+PUTs through obstore) and `storage_answers` (what S3 answered, classified once). They are
+the only modules that import aiobotocore, botocore or obstore, besides `cloudfront.py` for
+CloudFront's API.
 
 One client per run, its connection pool sized from the concurrency. botocore errors are
 translated here: per-object failures become `StorageError` (the row fails, the run goes
@@ -102,8 +103,7 @@ def client_config(options: ClientOptions, *, max_connections: int) -> AioConfig:
 class AwsSession:
     """One botocore session (aiobotocore's) for the configured profile and region: every AWS
     client of a run comes from one, and so does the credential chain the AWS CLI reads.
-    (aioboto3's Session adds boto3's resource layer, which archiver does not use and which
-    costs a sixth of a second to import.)"""
+    (aioboto3's Session adds boto3's resource layer, which archiver does not use.)"""
 
     def __init__(self, profile: str | None, region: str | None) -> None:
         self._session = AioSession(profile=profile)

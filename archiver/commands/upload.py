@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from archiver.claims import Claims
+from archiver.claims import Claims, Settle
 from archiver.db import Database
 from archiver.errors import (
     ArchiverError,
@@ -234,8 +234,7 @@ def _row_source(
 
 
 async def _settled(
-    pages: AsyncIterator[list[MediaRow]],
-    settle: Callable[[list[MediaRow]], Awaitable[list[MediaRow | RowResult]]],
+    pages: AsyncIterator[list[MediaRow]], settle: Settle
 ) -> AsyncIterator[MediaRow | RowResult]:
     async for page in pages:
         for item in await settle(page):
