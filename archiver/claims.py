@@ -190,9 +190,9 @@ class Claims:
             after=None,
             limit=len(ids),
         )
-        page = await self.db.retrying(self.retry, call)
-        self.held.update(row.media_id for row in page.rows)
-        return page.rows
+        claimed = await self.db.retrying(self.retry, call)
+        self.held.update(row.media_id for row in claimed)
+        return claimed
 
     def finished(self, media_id: str) -> None:
         """The row's outcome is known: its lease need not be renewed any more."""

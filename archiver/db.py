@@ -50,13 +50,6 @@ CONNECT_TIMEOUT_S = 15.0
 COMMAND_TIMEOUT_S = 60.0
 
 
-@dataclass(frozen=True)
-class ClaimedPage:
-    rows: list[MediaRow]
-    last_seen: str | None  # the last candidate, claimed by us or not
-    candidates: int
-
-
 def _updated_count(status: str) -> int:
     # asyncpg returns the command tag, e.g. "UPDATE 50".
     try:
@@ -379,17 +372,10 @@ class Database:
         lease_s: float,
         after: str | None,
         limit: int,
-    ) -> ClaimedPage:
-        """Claim the next rows for `owner` (see `claim_query`)."""
+    ) -> list[MediaRow]:
+        """Claim the next rows for `owner`; the rows claimed (see `claim_query`)."""
         query = claim_query(row_filter, limit=limit, owner=owner, lease_s=lease_s, after=after)
-        records = await self._fetch("claiming rows", query.sql, *query.args)
-        rows = [_row(r) for r in records if r["media_id"] is not None]
-        first = records[0] if records else None
-        return ClaimedPage(
-            rows=rows,
-            last_seen=first["last_seen"] if first else None,
-            candidates=int(first["candidates"]) if first else 0,
-        )
+        return [_row(r) for r in await self._fetch("claiming rows", query.sql, *query.args)]
 
     async def candidates(
         self, row_filter: RowFilter, *, owner: str, after: str | None, limit: int

@@ -195,6 +195,15 @@ class LocalFile(_Closing):
                 os.close(fd)
 
 
+# A single PUT's body: bytes read, a view of a reused buffer, or a file streamed from disk.
+PutBody = bytes | memoryview | LocalFile
+
+
+def body_size(body: PutBody) -> int:
+    """How many bytes a PUT of `body` sends."""
+    return body.size if isinstance(body, LocalFile) else len(body)
+
+
 class NewFile:
     """A file being written into a cache directory: unnamed until `publish` links it (or,
     where the file system has no O_TMPFILE, under a temporary name removed by `close`)."""

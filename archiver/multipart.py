@@ -30,7 +30,7 @@ from archiver.errors import (
     StorageUnavailable,
 )
 from archiver.integrity import METADATA_MD5, mismatch, object_intact
-from archiver.localfs import READ_CHUNK_BYTES, CacheRoot, LocalFile
+from archiver.localfs import READ_CHUNK_BYTES, CacheRoot, LocalFile, PutBody
 from archiver.models import (
     DENIED,
     Completed,
@@ -49,10 +49,6 @@ from archiver.settings import MAX_PARTS, MIB, Settings, UploadOptions
 log = logging.getLogger(__name__)
 
 INTEGRITY_ATTEMPTS = 3  # sends of one body whose stored ETag (or checksum) came back wrong
-
-
-# A single PUT's body: bytes read, a view of a reused buffer, or a file streamed from disk.
-PutBody = bytes | memoryview | LocalFile
 
 
 class ObjectStore(Protocol):

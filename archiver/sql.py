@@ -88,6 +88,13 @@ def page_query(row_filter: RowFilter, *, limit: int, after: str | None) -> Query
     return Query(sql, (*lead, *args))
 
 
+# Row `m` holds no live claim of an owner other than `$2`.
+HELD_BY_NO_OTHER = (
+    "NOT EXISTS (SELECT 1 FROM archiver_claims c WHERE c.media_id = m.media_id"
+    " AND c.expires_at > now() AND c.owner <> $2)"
+)
+
+
 def candidates_query(row_filter: RowFilter, *, limit: int, owner: str, after: str | None) -> Query:
     """The next `$1` rows `row_filter` selects after media_id `$3` (when `after`) that no
     other owner than `$2` holds a live claim on: what a run looks at before it claims (it
@@ -96,10 +103,7 @@ def candidates_query(row_filter: RowFilter, *, limit: int, owner: str, after: st
     conditions, args = row_filter.where(len(lead) + 1, "m")
     if after is not None:
         conditions.insert(0, "m.media_id > $3")
-    conditions.append(
-        "NOT EXISTS (SELECT 1 FROM archiver_claims c WHERE c.media_id = m.media_id"
-        " AND c.expires_at > now() AND c.owner <> $2)"
-    )
+    conditions.append(HELD_BY_NO_OTHER)
     sql = (
         f"SELECT {row_columns('m')} FROM post_media m WHERE {' AND '.join(conditions)} "
         "ORDER BY m.media_id LIMIT $1"
@@ -171,9 +175,7 @@ def claim_query(
 
     Candidates are locked FOR UPDATE SKIP LOCKED, so processes claiming at once take
     different rows; ON CONFLICT decides races with claims committed meanwhile (a claim is
-    taken over only when it expired or is already ours). Returns the claimed rows, plus on
-    every row (and on a lone row of NULLs when nothing was claimed) the last candidate id
-    and the candidate count, so that paging goes on past rows lost to other processes."""
+    taken over only when it expired or is already ours). Returns the claimed rows."""
     lead: list[Any] = [limit, owner, float(lease_s), *([after] if after is not None else [])]
     conditions, args = row_filter.where(len(lead) + 1, "m")
     if after is not None:
@@ -183,10 +185,7 @@ def claim_query(
     sql = f"""
 WITH candidates AS (
     SELECT m.media_id FROM post_media m
-     WHERE {where}
-       AND NOT EXISTS (SELECT 1 FROM archiver_claims c
-                        WHERE c.media_id = m.media_id AND c.expires_at > now()
-                          AND c.owner <> $2)
+     WHERE {where} AND {HELD_BY_NO_OTHER}
      ORDER BY m.media_id
      LIMIT $1
        FOR UPDATE OF m SKIP LOCKED
@@ -196,11 +195,8 @@ WITH candidates AS (
     ON CONFLICT (media_id) DO UPDATE SET owner = EXCLUDED.owner, expires_at = EXCLUDED.expires_at
      WHERE c.expires_at <= now() OR c.owner = EXCLUDED.owner
     RETURNING c.media_id
-), seen AS (
-    SELECT max(media_id) AS last_seen, count(*) AS candidates FROM candidates
 )
-SELECT {columns}, seen.last_seen, seen.candidates
-  FROM seen LEFT JOIN post_media p ON p.media_id IN (SELECT media_id FROM claimed)
+SELECT {columns} FROM post_media p WHERE p.media_id IN (SELECT media_id FROM claimed)
  ORDER BY p.media_id
 """
     return Query(sql, (*lead, *args))

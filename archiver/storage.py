@@ -38,7 +38,7 @@ from archiver.checksums import (
     kms_default,
 )
 from archiver.errors import ConditionalWritesUnsupported, StorageError, StorageUnavailable
-from archiver.localfs import LocalFile
+from archiver.localfs import LocalFile, PutBody
 from archiver.models import Completed, Put, StoredPart
 from archiver.settings import ClientOptions, Settings
 from archiver.storage_answers import (
@@ -192,7 +192,7 @@ class Storage(BucketCalls):
     async def put_object(
         self,
         key: str,
-        body: bytes | memoryview | LocalFile,
+        body: PutBody,
         md5_hex: str,
         content_type: str,
         *,
@@ -238,7 +238,7 @@ class Storage(BucketCalls):
     async def _send_put(
         self,
         key: str,
-        body: bytes | memoryview | LocalFile,
+        body: PutBody,
         md5_hex: str,
         params: dict[str, Any],
         *,

@@ -18,7 +18,7 @@ from botocore.utils import determine_content_length, percent_encode
 
 from archiver.checksums import content_md5
 from archiver.integrity import METADATA_MD5
-from archiver.localfs import LocalFile
+from archiver.localfs import LocalFile, PutBody, body_size
 
 EXPECT_CONTINUE_MIN_BYTES = 1024 * 1024
 
@@ -130,7 +130,7 @@ class FileBody(_Rewindable):
             offset += len(chunk)
 
 
-def request_body(body: bytes | memoryview | LocalFile) -> Any:
+def request_body(body: PutBody) -> Any:
     """What a PUT hands to the HTTP client: bytes, a payload of a buffer's bytes (1 MiB or
     more), or a payload streamed from a file."""
     if isinstance(body, LocalFile):
@@ -138,14 +138,10 @@ def request_body(body: bytes | memoryview | LocalFile) -> Any:
     return Body(body) if len(body) >= EXPECT_CONTINUE_MIN_BYTES else body
 
 
-def botocore_body(body: bytes | memoryview | LocalFile) -> Any:
+def botocore_body(body: PutBody) -> Any:
     """A PUT's body for botocore's ordinary path: bytes (botocore does not take a view of a
     reused buffer), or a file it reads a chunk at a time."""
     return FileBody(body, body.size) if isinstance(body, LocalFile) else bytes(body)
-
-
-def body_size(body: bytes | memoryview | LocalFile) -> int:
-    return body.size if isinstance(body, LocalFile) else len(body)
 
 
 class PutTemplate:
@@ -260,7 +256,7 @@ class PutTemplate:
     async def put(
         self,
         key: str,
-        body: bytes | memoryview | LocalFile,
+        body: PutBody,
         content_md5_b64: str,
         content_type: str,
         *,

@@ -33,7 +33,7 @@ from archiver.errors import (
 from archiver.integrity import object_intact
 from archiver.keys import archive_url, as_utc, normalize_md5, object_key
 from archiver.ledger import FileState, Ledger, note_for, set_aside
-from archiver.localfs import CacheRoot, LocalFile, why
+from archiver.localfs import CacheRoot, LocalFile, PutBody, body_size, why
 from archiver.models import (
     DENIED,
     MediaRow,
@@ -43,7 +43,7 @@ from archiver.models import (
     RowResult,
     Sent,
 )
-from archiver.multipart import INTEGRITY_ATTEMPTS, MultipartUploads, ObjectStore, PutBody
+from archiver.multipart import INTEGRITY_ATTEMPTS, MultipartUploads, ObjectStore
 from archiver.policies import ExistencePolicy
 from archiver.resolve import Found, NotFound, Resolution, resolver_for
 from archiver.settings import MIB, Settings, UploadOptions
@@ -55,10 +55,6 @@ INLINE_READ_MAX_BYTES = 1 * MIB  # read with the lookup, in the same thread hop
 DEADLINE_BASE_S = 120.0
 DEADLINE_SLOWEST_BYTES_PER_S = 256 * 1024
 DONE_KEYS_REMEMBERED = 100_000  # keys stored this run, to skip later rows sharing them
-
-
-def body_size(body: PutBody) -> int:
-    return body.size if isinstance(body, LocalFile) else len(body)
 
 
 async def crc32_of(body: PutBody) -> str:

@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 
 from archiver.claims import Claims
-from archiver.db import ClaimedPage
 from archiver.ledger import Ledger, row_fingerprint
 from archiver.models import KnownProblem, MediaRow, Outcome, RowResult
 from archiver.pipeline import Pipeline
@@ -167,12 +166,12 @@ class FakeClaimDb:
         later = [r for r in self.rows if after is None or r.media_id > after]
         return later[:limit]
 
-    async def claim_page(self, row_filter: RowFilter, **kw: Any) -> ClaimedPage:
+    async def claim_page(self, row_filter: RowFilter, **kw: Any) -> list[MediaRow]:
         self.calls.append(("claim", len(row_filter.media_ids)))
         assert kw["limit"] == len(row_filter.media_ids) and kw["after"] is None
         granted = [r for r in self.rows if r.media_id in row_filter.media_ids]
         granted = [r for r in granted if r.media_id not in self.taken]
-        return ClaimedPage(granted, None, len(row_filter.media_ids))
+        return granted
 
 
 async def settle_odd_missing(rows: list[MediaRow]) -> list[MediaRow | RowResult]:

@@ -26,9 +26,9 @@ from archiver.errors import (
     StorageUnavailable,
 )
 from archiver.integrity import METADATA_MD5
-from archiver.localfs import CacheRoot, LocalFile
+from archiver.localfs import CacheRoot, LocalFile, PutBody
 from archiver.models import Completed, MediaRow, ObjectInfo, Outcome, Put, StoredPart
-from archiver.multipart import ObjectStore, PutBody, multipart_etag
+from archiver.multipart import ObjectStore, multipart_etag
 from archiver.resolve import open_cache_root
 from archiver.settings import MIB, Settings, UploadOptions
 from archiver.uploader import Uploader
