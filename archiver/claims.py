@@ -14,10 +14,10 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 
-from archiver.db import Database, Page, pages
+from archiver.db import Database
 from archiver.errors import DatabaseError
 from archiver.models import Holder, MediaRow, RowResult
 from archiver.policies import RetryPolicy
@@ -27,9 +27,27 @@ from archiver.sql import RowFilter
 log = logging.getLogger(__name__)
 
 
-# Decides what it can of a page of rows before any is claimed: a RowResult for a row settled
-# (its file is missing, a known problem set aside), the row itself for one to work on.
+# Decides what it can of a page of rows before any is claimed: one item per row, in order: a
+# RowResult for a row settled (its file is missing, a known problem set aside), the row
+# itself for one to work on.
 Settle = Callable[[list[MediaRow]], Awaitable[list[MediaRow | RowResult]]]
+
+
+def within_limit(settled: Sequence[MediaRow | RowResult], room: int | None) -> int:
+    """How many items of a settled page a run takes with `room` rows left to work on (None:
+    no limit): up to the `room`-th row to work on, and the settled results before the next
+    one. A settled result (a missing file, a known problem set aside) takes no room, so runs
+    with `--limit` move on past them instead of stopping at the same rows every time."""
+    if room is None:
+        return len(settled)
+    rows = 0
+    for taken, item in enumerate(settled):
+        if not isinstance(item, RowResult):
+            if rows == room:
+                return taken
+            rows += 1
+    return len(settled)
+
 
 RENEWALS_PER_LEASE = 3  # renew a third of the way through, so two renewals may fail
 
@@ -154,30 +172,38 @@ class Claims:
         claim_rows: int,
         settle: Settle,
     ) -> AsyncIterator[MediaRow | RowResult]:
-        """Rows in media_id order, at most `limit` looked at: a page of `page_rows`
-        candidates is read (rows other processes hold are left out), `settle` decides at
-        once what it can (a row whose file is missing needs no claim: its result is yielded
-        as it is), and the rest are claimed `claim_rows` at a time, each batch only when the
-        previous one has been taken (claims run a little ahead of the work), and yielded."""
+        """Rows in media_id order, at most `limit` of them to work on: a page of
+        `page_rows` candidates is read (rows other processes hold are left out), `settle`
+        decides at once what it can (a row whose file is missing needs no claim: its result
+        is yielded as it is, and takes none of the limit), and the rest are claimed
+        `claim_rows` at a time, each batch only when the previous one has been taken
+        (claims run a little ahead of the work), and yielded."""
         await self.take_over_the_dead()
-
-        async def fetch(after: str | None, size: int) -> Page:
+        worked = 0
+        after: str | None = None
+        while limit is None or worked < limit:
             call = functools.partial(
-                self.db.candidates, self.row_filter, owner=self.owner, after=after, limit=size
+                self.db.candidates, self.row_filter, owner=self.owner, after=after, limit=page_rows
             )
-            rows = await self.db.retrying(self.retry, call)
-            return Page(rows, rows[-1].media_id if len(rows) == size else None)
-
-        async for page in pages(fetch, limit=limit, page_rows=page_rows):
+            page = await self.db.retrying(self.retry, call)
+            if not page:
+                return
+            settled = await settle(page)
+            taken = within_limit(settled, None if limit is None else limit - worked)
             work: list[MediaRow] = []
-            for item in await settle(page):
+            for item in settled[:taken]:
                 if isinstance(item, RowResult):
                     yield item
                 else:
                     work.append(item)
             for start in range(0, len(work), claim_rows):
-                for row in await self._claim(work[start : start + claim_rows]):
+                claimed = await self._claim(work[start : start + claim_rows])
+                worked += len(claimed)
+                for row in claimed:
                     yield row
+            if len(page) < page_rows:
+                return
+            after = page[taken - 1].media_id
 
     async def _claim(self, rows: list[MediaRow]) -> list[MediaRow]:
         """Claim these rows, those still free and still selected (as they are now)."""

@@ -356,7 +356,11 @@ def verify(
     help="Only rows whose created_at is older than DAYS.",
 )
 @media_type_option(MEDIA_TYPES)
-@click.option("--limit", type=click.IntRange(1), help="Check at most N archived rows.")
+@click.option(
+    "--limit",
+    type=click.IntRange(1),
+    help="Prove at most N local files (rows without one take none).",
+)
 @click.option("--dry-run", is_flag=True, help="Delete nothing; list what would go.")
 @concurrency_option("Checks")
 @run_options

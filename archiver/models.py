@@ -196,6 +196,12 @@ class Summary:
         return sum(self.counts.values()) - self.counts[Outcome.KNOWN_PROBLEM]
 
     @property
+    def worked(self) -> int:
+        """Rows this run worked on, which `--limit` counts: the rows it tried but those whose
+        file was missing (found missing, nothing else was done for them)."""
+        return self.selected - self.counts[Outcome.MISSING_LOCAL]
+
+    @property
     def claimed_elsewhere(self) -> int:
         """Selected rows this run could not take: other processes held them."""
         return sum(int(h.rows) for h in self.holders)

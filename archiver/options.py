@@ -326,7 +326,11 @@ UPLOAD_OPTIONS: list[Callable[[Any], Any]] = [
         show_default=True,
         help="Most rows written by one grouped UPDATE.",
     ),
-    click.option("--limit", type=click.IntRange(1), help="Archive at most N rows."),
+    click.option(
+        "--limit",
+        type=click.IntRange(1),
+        help="Work on at most N rows (missing files and known problems take none).",
+    ),
     click.option("--dry-run", is_flag=True, help="Write nothing; list what would be uploaded."),
     click.option(
         "--force",

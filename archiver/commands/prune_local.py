@@ -16,7 +16,7 @@ The database is not changed.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -133,10 +133,21 @@ class _Pruner:
     resolver: Resolver
     needed: set[bytes]  # MD5s of rows not yet archived
     report: PruneReport
+    room: int | None = None  # files left to prove under --limit (None: no limit)
+
+    @property
+    def full(self) -> bool:
+        """--limit files have been taken to be proved: no more rows are needed."""
+        return self.room == 0
 
     async def prune(self, row: MediaRow) -> int:
-        """Check one row and delete its file when everything is proved; bytes freed."""
+        """Check one row and delete its file when everything is proved; bytes freed. Only
+        a file taken to be proved counts towards --limit: a row without a local file (pruned
+        already), an invalid row, a file kept as a symlink or for a row not yet archived
+        does not, so that pruning in batches moves on."""
         report = self.report
+        if self.full:
+            return 0  # in flight when the limit was reached: left for the next run
         report.checked += 1
         ours = row_key(row, bucket=self.settings.bucket, prefix=self.settings.key_prefix)
         if isinstance(ours, NotOurs):
@@ -151,6 +162,14 @@ class _Pruner:
         if found.through_link:
             reason = f"{found.path} is reached through a symlink below the cache root: not deleted"
             return report.keep(row, reason, kind=ProblemKind.KEPT_SYMLINK)
+        if bytes.fromhex(md5) in self.needed:
+            reason = "a row not yet archived has the same file"
+            return report.keep(row, reason, kind=ProblemKind.KEPT_NEEDED)
+        if self.room is not None:
+            if self.room == 0:
+                report.checked -= 1  # not looked at after all: left for the next run
+                return 0
+            self.room -= 1
         try:
             f = await asyncio.to_thread(self.cache.open_file, found.path)
         except OSError as exc:
@@ -162,9 +181,6 @@ class _Pruner:
 
     async def _prove_and_delete(self, row: MediaRow, md5: str, key: str, f: LocalFile) -> int:
         report = self.report
-        if bytes.fromhex(md5) in self.needed:
-            reason = "a row not yet archived has the same file"
-            return report.keep(row, reason, kind=ProblemKind.KEPT_NEEDED)
         try:
             actual = await asyncio.to_thread(f.md5)
         except OSError as exc:
@@ -227,7 +243,14 @@ async def run_prune(
                 resolver_for(settings, cache.path, cwd),
                 needed=await db.unarchived_md5s(),
                 report=report,
+                room=options.limit,
             )
+
+            async def rows() -> AsyncIterator[MediaRow]:
+                async for row in db.rows(row_filter):
+                    if pruner.full:
+                        return
+                    yield row
 
             async def prune(row: MediaRow) -> None:
                 progress.step(await pruner.prune(row))
@@ -238,7 +261,7 @@ async def run_prune(
 
             with progress.running(total):
                 await for_each(
-                    db.rows(row_filter, limit=options.limit),
+                    rows(),
                     prune,
                     concurrency=options.concurrency,
                     interrupt=interrupt,

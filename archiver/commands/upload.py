@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from archiver.claims import Claims, Settle
+from archiver.claims import Claims, Settle, within_limit
 from archiver.db import Database
 from archiver.errors import (
     ArchiverError,
@@ -229,16 +229,23 @@ def _row_source(
             limit=options.limit, page_rows=PAGE_ROWS, claim_rows=claim_rows, settle=uploader.settle
         )
         return rows, claims
-    pages = db.row_pages(row_filter, limit=options.limit, page_rows=PAGE_ROWS, retry=retry)
-    return _settled(pages, uploader.settle), None
+    pages = db.row_pages(row_filter, page_rows=PAGE_ROWS, retry=retry)
+    return _settled(pages, uploader.settle, options.limit), None
 
 
 async def _settled(
-    pages: AsyncIterator[list[MediaRow]], settle: Settle
+    pages: AsyncIterator[list[MediaRow]], settle: Settle, limit: int | None
 ) -> AsyncIterator[MediaRow | RowResult]:
+    """Settled pages, at most `limit` rows to work on (as `Claims.rows`)."""
+    room = limit
     async for page in pages:
-        for item in await settle(page):
+        settled = await settle(page)
+        for item in settled[: within_limit(settled, room)]:
+            if room is not None and not isinstance(item, RowResult):
+                room -= 1
             yield item
+        if room == 0:
+            return
 
 
 async def _not_selected(db: Database, media_ids: Sequence[str], owner: str | None) -> list[Problem]:

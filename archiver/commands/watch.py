@@ -112,7 +112,7 @@ async def run_watch(
 ) -> WatchReport:
     """Upload passes (`one_pass`, an ordinary upload) until `interrupt`; `on_pass(n,
     summary)` for each pass that did work, `on_error(n, message, wait_s)` for each that
-    failed. A pass that selected `limit` rows is followed by the next at once."""
+    failed. A pass that worked on `limit` rows is followed by the next at once."""
     report = WatchReport()
     failures = 0
     missing = 0
@@ -137,14 +137,20 @@ async def run_watch(
             if did_work(summary, missing):
                 on_pass(report.passes, summary)
             missing = summary.counts[Outcome.MISSING_LOCAL]
-            if limit is not None and summary.selected >= limit:
-                wait = 0  # a full pass: more rows are waiting
+            if full_pass(summary, limit):
+                wait = 0  # more rows are waiting
         if summary.interrupted:
             break
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(interrupt.stop.wait(), wait)
     report.interrupted = interrupt.triggered
     return report
+
+
+def full_pass(summary: Summary, limit: int | None) -> bool:
+    """Whether a pass stopped at `--limit` (so more rows may be waiting): it worked on
+    `limit` rows. Missing files and known problems take none of the limit."""
+    return limit is not None and summary.worked >= limit
 
 
 def pass_line(number: int, summary: Summary) -> str:

@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from archiver.claims import Claims
+from archiver.claims import Claims, within_limit
+from archiver.commands import upload as upload_command
 from archiver.ledger import Ledger, row_fingerprint
 from archiver.models import KnownProblem, MediaRow, Outcome, RowResult
 from archiver.pipeline import Pipeline
@@ -199,13 +200,64 @@ async def test_claims_are_taken_only_for_rows_settle_left_and_a_batch_at_a_time(
     assert [c for c in db.calls if c[0] == "candidates"] == [("candidates", 10)] * 3
 
 
-async def test_the_limit_counts_the_rows_looked_at() -> None:
+def kinds(text: str) -> list[MediaRow | RowResult]:
+    """ "w" a row to work on, "m" a settled result (a missing file), in order."""
+    return [
+        row(i) if c == "w" else RowResult(f"m{i:05d}", Outcome.MISSING_LOCAL)
+        for i, c in enumerate(text)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("settled", "room", "taken"),
+    [
+        ("wwww", None, 4),
+        ("wwww", 2, 2),
+        ("mmmm", 1, 4),  # settled results take no room
+        ("mwmmwm", 1, 4),  # up to the next row to work on
+        ("mwmmwm", 2, 6),
+        ("mwmmwm", 5, 6),
+        ("", 3, 0),
+    ],
+)
+def test_within_limit_takes_rows_to_work_on_up_to_the_room_and_every_settled_result(
+    settled: str, room: int | None, taken: int
+) -> None:
+    assert within_limit(kinds(settled), room) == taken
+
+
+async def test_the_limit_counts_rows_worked_on_not_missing_files_or_known_problems() -> None:
     db = FakeClaimDb([row(i) for i in range(25)])
     claims = Claims(db, RowFilter())  # type: ignore[arg-type]
     items = [
         i async for i in claims.rows(limit=7, page_rows=10, claim_rows=3, settle=settle_odd_missing)
     ]
-    assert len(items) == 7 and db.calls[0] == ("candidates", 7)
+    work = [i.media_id for i in items if isinstance(i, MediaRow)]
+    assert work == [f"m{i:05d}" for i in range(0, 14, 2)]  # 7 rows, behind 7 missing files
+    missing = [i.media_id for i in items if isinstance(i, RowResult)]
+    assert missing == [f"m{i:05d}" for i in range(1, 14, 2)]
+    assert [c for c in db.calls if c[0] == "candidates"] == [("candidates", 10)] * 2
+
+
+async def test_a_limited_run_goes_on_past_rows_claimed_elsewhere() -> None:
+    db = FakeClaimDb([row(i) for i in range(12)], taken={"m00000", "m00002"})
+    claims = Claims(db, RowFilter())  # type: ignore[arg-type]
+    items = [
+        i async for i in claims.rows(limit=3, page_rows=2, claim_rows=3, settle=settle_odd_missing)
+    ]
+    work = [i.media_id for i in items if isinstance(i, MediaRow)]
+    assert work == ["m00004", "m00006", "m00008"]  # the 3 it could take
+
+
+async def test_the_unclaimed_source_keeps_the_same_limit() -> None:
+    async def pages() -> AsyncIterator[list[MediaRow]]:
+        for start in range(0, 25, 10):
+            yield [row(i) for i in range(start, min(start + 10, 25))]
+
+    items = [i async for i in upload_command._settled(pages(), settle_odd_missing, 7)]
+    work = [i.media_id for i in items if isinstance(i, MediaRow)]
+    assert work == [f"m{i:05d}" for i in range(0, 14, 2)]
+    assert len(items) == 14
 
 
 async def source(items: list[MediaRow | RowResult]) -> AsyncIterator[MediaRow | RowResult]:

@@ -3,7 +3,7 @@ is retried."""
 
 from __future__ import annotations
 
-from archiver.commands.watch import BACKOFF_MAX_S, backoff_s, did_work, retryable
+from archiver.commands.watch import BACKOFF_MAX_S, backoff_s, did_work, full_pass, retryable
 from archiver.errors import (
     BucketMissing,
     ConfigError,
@@ -43,6 +43,16 @@ def test_a_pass_gets_a_line_when_it_did_something() -> None:
     recorded = summary_of()
     recorded.db_updated = 4  # uploads an earlier pass could not record
     assert did_work(recorded, 0)
+
+
+def test_a_pass_is_full_when_it_worked_on_limit_rows_whatever_it_found_missing() -> None:
+    assert not full_pass(summary_of(uploaded=7), None)
+    assert full_pass(summary_of(uploaded=7), 7)
+    assert full_pass(summary_of(uploaded=5, corrupt=1, failed=1), 7)
+    assert not full_pass(summary_of(uploaded=6), 7)
+    # Missing files and known problems take none of the limit: the pass did not stop at it.
+    assert not full_pass(summary_of(uploaded=1, missing_local=6), 7)
+    assert not full_pass(summary_of(uploaded=1, known_problem=6), 7)
 
 
 def test_outages_are_retried_configuration_errors_are_not() -> None:
