@@ -131,7 +131,7 @@ def upload(
             )
         )
         text = functools.partial(format_summary, bucket=settings.bucket)
-        return end(summary, as_json=display.as_json, text=text)
+        return end(summary, as_json=display.as_json, text=text, quiet=display.quiet)
 
 
 def _refuse_with_watch(*, dry_run: bool, force: bool, media_ids: tuple[str, ...]) -> None:

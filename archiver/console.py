@@ -52,10 +52,12 @@ def end(
     interrupted: bool = False,
     stderr_lines: Iterable[str] = (),
     indent: int | None = None,
+    quiet: bool = False,
 ) -> int:
     """End a command: its report on stdout (one JSON object, or `text`), the lines meant for
     stderr (text mode only), its error line, the run log's last record; its exit code
-    (INTERRUPTED_EXIT_CODE when a signal stopped it: what it had done is in the report)."""
+    (INTERRUPTED_EXIT_CODE when a signal stopped it: what it had done is in the report).
+    `quiet` (-q): no text at all when the exit code is 0 (nothing needs a person)."""
     data = report.as_json()
     if interrupted:
         data["interrupted"] = True
@@ -63,6 +65,8 @@ def end(
     event("end", f"finished, exit code {code}", exit_code=code, report=data)
     if as_json:
         click.echo(json.dumps(data, indent=indent))
+    elif quiet and code == 0:
+        pass
     else:
         shown = text(report)
         if shown:
@@ -83,6 +87,7 @@ class Display:
     as_json: bool = False
     no_progress: bool = False
     verbose: bool = False
+    quiet: bool = False  # -q: nothing printed unless something needs a person
     progress_interval: float = LOG_INTERVAL_S
     log_file: Path | None = None
     log_format: str = "text"
@@ -94,7 +99,7 @@ class Display:
 
     @property
     def mode(self) -> str:
-        return progress_mode(self.no_progress)
+        return progress_mode(self.no_progress or self.quiet)
 
     def progress(self, desc: str) -> Progress:
         return Progress(
@@ -112,6 +117,7 @@ class Display:
             dry_run=dry_run,
             out=self.out,
             interval=self.progress_interval,
+            warn_missing=not self.quiet,
         )
 
 
@@ -126,7 +132,9 @@ def long_job(
     with run_log(display, command):
         progress = display.progress(command)
         report, interrupted = run_job(lambda interrupt: job(progress, interrupt))
-        return end(report, as_json=display.as_json, text=text, interrupted=interrupted)
+        return end(
+            report, as_json=display.as_json, text=text, interrupted=interrupted, quiet=display.quiet
+        )
 
 
 def progress_mode(no_progress: bool) -> str:
@@ -179,6 +187,14 @@ class OneLineFormatter(logging.Formatter):
         return f"archiver: {record.levelname.lower()}: {message}"
 
 
+def quieten_stderr() -> None:
+    """-q: library warnings (a database reconnect the run survived) stay out of stderr; they
+    still go to --log-file. Errors still print."""
+    for handler in logging.getLogger().handlers:
+        if getattr(handler, "stream", None) is sys.stderr:
+            handler.setLevel(logging.ERROR)
+
+
 def configure_logging() -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(OneLineFormatter())
@@ -200,19 +216,20 @@ def watch_upload(
     from archiver.commands.watch import format_watch, pass_line, run_watch
     from archiver.progress import utc_stamp
 
-    click.echo(
-        f"archiver: watch: archiving new rows every {interval:g} s into "
-        f"s3://{settings.bucket}/{settings.key_prefix}/ (Ctrl-C or SIGTERM stops it)",
-        err=True,
-    )
+    if not display.quiet:
+        click.echo(
+            f"archiver: watch: archiving new rows every {interval:g} s into "
+            f"s3://{settings.bucket}/{settings.key_prefix}/ (Ctrl-C or SIGTERM stops it)",
+            err=True,
+        )
 
-    def on_pass(number: int, summary: Summary) -> None:
-        line = pass_line(number, summary)
+    def on_pass(number: int, summary: Summary, missing_before: int) -> None:
+        line = pass_line(number, summary, missing_before)
         event("pass", line, number=number, report=summary.as_json())
         now = utc_stamp(time.time())
         if display.as_json:
             click.echo(json.dumps({"pass": number, "at": now, **summary.as_json()}))
-        else:
+        elif not display.quiet or summary.exit_code != 0:
             click.echo(f"{now} archiver: watch: {line}")
 
     def on_error(number: int, message: str, wait_s: float) -> None:
@@ -240,4 +257,4 @@ def watch_upload(
             on_error=on_error,
         )
     )
-    return end(report, as_json=display.as_json, text=format_watch)
+    return end(report, as_json=display.as_json, text=format_watch, quiet=display.quiet)

@@ -19,7 +19,7 @@ from typing import Any, TypeVar, cast
 import click
 
 from archiver import envfile
-from archiver.console import Display
+from archiver.console import Display, quieten_stderr
 from archiver.progress import LOG_INTERVAL_S
 from archiver.settings import (
     DATABASE_VARIABLES,
@@ -154,6 +154,8 @@ def config_options(
     def decorate(func: F) -> F:
         @functools.wraps(func)
         def command(**params: Any) -> Any:
+            if params.get("quiet") and params.get("verbose"):
+                raise click.UsageError("-q/--quiet and -v/--verbose cannot be combined")
             settings = build_settings(params, verbose=bool(params.get("verbose")))
             return func(settings, **params)
 
@@ -175,9 +177,13 @@ def run_options(func: F) -> F:
 
     @functools.wraps(func)
     def command(*args: Any, **params: Any) -> Any:
+        quiet = params.pop("quiet")
+        if quiet:
+            quieten_stderr()
         display = Display(
             as_json=params.pop("as_json"),
             no_progress=params.pop("no_progress"),
+            quiet=quiet,
             verbose=params.pop("verbose"),
             progress_interval=params.pop("progress_interval"),
             log_file=params.pop("log_file"),
@@ -191,6 +197,13 @@ def run_options(func: F) -> F:
             json_option(),
             click.option("--no-progress", is_flag=True, help="No progress bar or progress lines."),
             click.option("-v", "--verbose", is_flag=True, help="One line per row."),
+            click.option(
+                "-q",
+                "--quiet",
+                is_flag=True,
+                help="For cron: print nothing unless something needs a person (a new problem, "
+                "an error); missing files are counted, not listed. Implies --no-progress.",
+            ),
             click.option(
                 "--progress-interval",
                 envvar=env("progress_interval"),

@@ -107,12 +107,13 @@ async def run_watch(
     interval_s: float,
     limit: int | None,
     interrupt: Interrupt,
-    on_pass: Callable[[int, Summary], None],
+    on_pass: Callable[[int, Summary, int], None],
     on_error: Callable[[int, str, float], None],
 ) -> WatchReport:
     """Upload passes (`one_pass`, an ordinary upload) until `interrupt`; `on_pass(n,
-    summary)` for each pass that did work, `on_error(n, message, wait_s)` for each that
-    failed. A pass that worked on `limit` rows is followed by the next at once."""
+    summary, missing files of the pass before)` for each pass that did work, `on_error(n,
+    message, wait_s)` for each that failed. A pass that worked on `limit` rows is followed
+    by the next at once."""
     report = WatchReport()
     failures = 0
     missing = 0
@@ -135,7 +136,7 @@ async def run_watch(
             failures = 0
             wait = interval_s
             if did_work(summary, missing):
-                on_pass(report.passes, summary)
+                on_pass(report.passes, summary, missing)
             missing = summary.counts[Outcome.MISSING_LOCAL]
             if full_pass(summary, limit):
                 wait = 0  # more rows are waiting
@@ -153,8 +154,10 @@ def full_pass(summary: Summary, limit: int | None) -> bool:
     return limit is not None and summary.worked >= limit
 
 
-def pass_line(number: int, summary: Summary) -> str:
-    """One pass that did work, in a line."""
+def pass_line(number: int, summary: Summary, missing_before: int = 0) -> str:
+    """One pass that did work, in a line. The rows whose file is not there yet are named
+    only when their number changed since the pass before: a file gone for good is not
+    repeated in every line."""
     c = summary.counts
     parts = [f"{c[Outcome.UPLOADED]:,} uploaded"]
     for outcome, label in (
@@ -164,7 +167,7 @@ def pass_line(number: int, summary: Summary) -> str:
         (Outcome.CORRUPT, "corrupt"),
         (Outcome.FAILED, "failed"),
     ):
-        if c[outcome]:
+        if c[outcome] and not (outcome is Outcome.MISSING_LOCAL and c[outcome] == missing_before):
             parts.append(f"{c[outcome]:,} {label}")
     line = (
         f"pass {number}: {', '.join(parts)}; {summary.db_updated:,} recorded; "

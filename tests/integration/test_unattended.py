@@ -4,6 +4,7 @@ log that says how each run ended. Real PostgreSQL and moto, the real command."""
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 
 from archiver.demo.sample import SampleRow, insert_rows
@@ -55,3 +56,27 @@ async def test_prune_local_in_batches_moves_on_past_files_already_deleted(env, d
         deleted.append(json.loads(out.stdout)["deleted"])
     assert deleted == [3, 3, 2]
     assert not list((env.cache_root / "images").iterdir())
+
+
+async def test_a_cron_run_with_a_missing_file_and_nothing_else_wrong_prints_nothing_with_q(env, db):
+    await corrupt_and_missing_rows(env, db, corrupt=0, missing=1)
+    await make_rows(env, db, 3)
+    for _ in range(2):  # the backlog run, then the hourly one with only the missing file
+        out = run_cli(env, "upload", "-q")
+        assert (out.returncode, out.stdout, out.stderr) == (0, "", "")
+    assert await db.fetchval("SELECT count(*) FROM post_media WHERE archive_url IS NULL") == 1
+    loud = run_cli(env, "upload", "--no-progress")  # without -q the missing file is named
+    assert loud.returncode == 0 and "b000" in loud.stderr
+    out = run_cli(env, "prune-local", "-q")
+    assert (out.returncode, out.stdout, out.stderr) == (0, "", "")
+
+
+async def test_q_still_prints_what_needs_a_person(env, db):
+    await corrupt_and_missing_rows(env, db, corrupt=1, missing=1)
+    await make_rows(env, db, 2)
+    out = run_cli(env, "upload", "-q")
+    assert out.returncode == 1
+    assert "a000" in out.stderr and "corrupt" in out.stderr and "b000" not in out.stderr
+    assert re.search(r"Uploaded:\s+2\n", out.stdout) and re.search(r"Corrupt:\s+1\n", out.stdout)
+    clash = run_cli(env, "upload", "-q", "-v")
+    assert clash.returncode == 2 and clash.stderr.count("\n") == 1 and "-q" in clash.stderr

@@ -3,7 +3,14 @@ is retried."""
 
 from __future__ import annotations
 
-from archiver.commands.watch import BACKOFF_MAX_S, backoff_s, did_work, full_pass, retryable
+from archiver.commands.watch import (
+    BACKOFF_MAX_S,
+    backoff_s,
+    did_work,
+    full_pass,
+    pass_line,
+    retryable,
+)
 from archiver.errors import (
     BucketMissing,
     ConfigError,
@@ -53,6 +60,14 @@ def test_a_pass_is_full_when_it_worked_on_limit_rows_whatever_it_found_missing()
     # Missing files and known problems take none of the limit: the pass did not stop at it.
     assert not full_pass(summary_of(uploaded=1, missing_local=6), 7)
     assert not full_pass(summary_of(uploaded=1, known_problem=6), 7)
+
+
+def test_a_file_gone_for_good_is_not_repeated_in_every_pass_line() -> None:
+    first = pass_line(1, summary_of(uploaded=2, missing_local=1), 0)
+    assert "1 file not there yet" in first
+    again = pass_line(2, summary_of(uploaded=3, missing_local=1), 1)
+    assert "not there yet" not in again and "3 uploaded" in again
+    assert "2 file not there yet" in pass_line(3, summary_of(uploaded=1, missing_local=2), 1)
 
 
 def test_outages_are_retried_configuration_errors_are_not() -> None:
