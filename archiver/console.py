@@ -20,7 +20,7 @@ from typing import Any, Protocol, TextIO, TypeVar
 import click
 
 from archiver import __version__
-from archiver.errors import INTERRUPTED_EXIT_CODE
+from archiver.errors import INTERRUPTED_EXIT_CODE, ArchiverError
 from archiver.models import RowResult, Summary
 from archiver.pipeline import Interrupt
 from archiver.progress import LOG_INTERVAL_S, RUN_LOG, Progress, Reporter, event, open_log_file
@@ -62,7 +62,7 @@ def end(
     if interrupted:
         data["interrupted"] = True
     code = INTERRUPTED_EXIT_CODE if interrupted else int(report.exit_code)
-    event("end", f"finished, exit code {code}", exit_code=code, report=data)
+    log_outcome(code, report.error, data)
     if as_json:
         click.echo(json.dumps(data, indent=indent))
     elif quiet and code == 0:
@@ -78,6 +78,55 @@ def end(
     if report.error:
         click.echo(f"archiver: error: {report.error}", err=True)
     return code
+
+
+def log_outcome(code: int, error: str | None, report: dict[str, Any] | None = None) -> None:
+    """The run log's last record: how the run ended (done, interrupted, failed and why),
+    its exit code and, in text too, its counts: `done, exit code 0: uploaded 12, ...`."""
+    outcome = "interrupted" if code == INTERRUPTED_EXIT_CODE else ("failed" if error else "done")
+    message = f"{outcome}, exit code {code}"
+    if error:
+        message += f": {error}"
+    counts = counts_text(report or {})
+    if counts:
+        message += f" ({counts})" if error else f": {counts}"
+    level = logging.INFO if code == 0 else (logging.ERROR if error else logging.WARNING)
+    fields: dict[str, Any] = {"outcome": outcome, "exit_code": code, "error": error}
+    if report is not None:
+        fields["report"] = report
+    event("end", message, level=level, **fields)
+
+
+def counts_text(report: dict[str, Any]) -> str:
+    """A report's counts that are not 0, in its own order: `selected 9, uploaded 7, ...`."""
+    return ", ".join(
+        f"{name} {value:,}"
+        for name, value in report.items()
+        if isinstance(value, int) and not isinstance(value, bool) and value
+    )
+
+
+def failure(exc: BaseException) -> tuple[int, str]:
+    """(exit code, message) of what stopped a command before it could end (`main` turns
+    the same exceptions into the same exit codes)."""
+    if isinstance(exc, ArchiverError):
+        return exc.exit_code, str(exc)
+    if isinstance(exc, click.ClickException):
+        return exc.exit_code, exc.format_message()
+    if isinstance(exc, KeyboardInterrupt | click.exceptions.Abort):
+        return INTERRUPTED_EXIT_CODE, "interrupted"
+    return 1, f"unexpected {exc.__class__.__name__}: {exc}"
+
+
+class _Ended(logging.Filter):
+    """Sees whether the run's `end` record has been written."""
+
+    seen = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "event", None) == "end":
+            self.seen = True
+        return True
 
 
 @dataclass(frozen=True)
@@ -131,7 +180,12 @@ def long_job(
     log, Ctrl-C and SIGTERM turned into its `Interrupt`, and end it."""
     with run_log(display, command):
         progress = display.progress(command)
-        report, interrupted = run_job(lambda interrupt: job(progress, interrupt))
+
+        def started(interrupt: Interrupt) -> Coroutine[Any, Any, R]:
+            progress.interrupt = interrupt
+            return job(progress, interrupt)
+
+        report, interrupted = run_job(started)
         return end(
             report, as_json=display.as_json, text=text, interrupted=interrupted, quiet=display.quiet
         )
@@ -143,17 +197,24 @@ def progress_mode(no_progress: bool) -> str:
 
 @contextlib.contextmanager
 def run_log(display: Display, command: str) -> Iterator[None]:
-    """`--log-file`: the run's events (start, progress, warnings, summary) appended to it."""
+    """`--log-file`: the run's events (start, progress, warnings, summary) appended to it,
+    the last of them its outcome (`end`) whatever ended it."""
     if display.log_file is None:
         yield
         return
     handler = open_log_file(display.log_file, display.log_format)
+    ended = _Ended()
+    handler.addFilter(ended)
     root = logging.getLogger()
     root.addHandler(handler)
     RUN_LOG.setLevel(logging.INFO)
     event("start", f"archiver {__version__} {command}", command=command, pid=os.getpid())
     try:
         yield
+    except BaseException as exc:
+        if not ended.seen:  # stopped before it could end: a start-up error, a signal
+            log_outcome(*failure(exc))
+        raise
     finally:
         root.removeHandler(handler)
         handler.close()

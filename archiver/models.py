@@ -112,6 +112,9 @@ class RowResult:
     # an object already stored that could not be read back (no s3:GetObject) was sent
     # again, unconditionally, and is recorded on the ETag S3 returned
     resent: bool = False
+    # for a stored object (uploaded, skipped_existing): whether the statement writing its
+    # archive_url committed; None until then, and for every other outcome
+    recorded: bool | None = None
 
 
 class ProblemKind(StrEnum):

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TextIO
+from typing import Protocol, TextIO
 
 from tqdm import tqdm
 
@@ -116,6 +116,13 @@ def open_log_file(path: Path, fmt: str) -> logging.Handler:
     return handler
 
 
+class Interruptible(Protocol):
+    """What a progress display asks of the job's `Interrupt`."""
+
+    @property
+    def triggered(self) -> bool: ...
+
+
 class Progress:
     """The one progress display of every long job (upload, verify --verify-s3,
     prune-local, restore): items, bytes, rates and ETA, as a tqdm bar when `mode` is "bar",
@@ -146,6 +153,7 @@ class Progress:
         self.total = 0
         self.done = 0
         self.bytes = 0
+        self.interrupt: Interruptible | None = None  # a job stopped by a signal is not done
         self._bar: tqdm | None = None
         self._started = self._last_log = self._last_postfix = clock()
 
@@ -235,29 +243,33 @@ class Progress:
             f"{self._bytes_text(now)}, {f['files_per_s']:,.1f} files/s{eta}"
         )
 
-    def _log(self, now: float, *, final: bool = False) -> None:
+    def _log(self, now: float, *, final: bool = False, stopped: bool = False) -> None:
         if final:
+            how = "stopped at" if stopped else "done in"
             line = (
-                f"{self.desc}: {self.done:,}/{self.total:,} files done in "
+                f"{self.desc}: {self.done:,}/{self.total:,} files {how} "
                 f"{now - self._started:,.1f} s, {self._bytes_text(now)}"
             )
         else:
             line = self.progress_line(now)
         fields = {"job": self.desc, **self.figures(now)}
-        emit("done" if final else "progress", line, logging.INFO, fields)
+        name = ("stopped" if stopped else "done") if final else "progress"
+        emit(name, line, logging.INFO, fields)
         if self.mode == "log":
             print(f"{utc_stamp(self.wall())} archiver: {line}", file=self.err, flush=True)
 
     def close(self, *, completed: bool = True) -> None:
-        """The final figures: the bar's byte count brought up to date, and a last log line
-        when the job `completed` (a job stopped by an error ends with that error's line)."""
+        """The final figures: the bar's byte count brought up to date, and a last log line,
+        `done` when the job `completed` and was not interrupted, else `stopped` (a job
+        stopped by an error ends with that error's line after it)."""
         now = self.clock()
         if self._bar is not None:
             self._bar.set_postfix_str(self._bytes_text(now), refresh=True)
             self._bar.close()
             self._bar = None
-        if completed and self.wants_total:
-            self._log(now, final=True)
+        stopped = not completed or (self.interrupt is not None and self.interrupt.triggered)
+        if self.wants_total:
+            self._log(now, final=True, stopped=stopped)
 
 
 class Reporter:
@@ -448,7 +460,8 @@ def holder_lines(holders: Sequence[Holder]) -> list[str]:
 
 class RowLog:
     """`upload --report FILE`: one JSON line per row handled, written as it goes (line
-    buffered, so a crash loses no line of a row already handled)."""
+    buffered, so a crash loses no line of a row already handled); a stored object's line
+    once its archive_url is recorded, or at the end as not recorded."""
 
     def __init__(self, path: Path) -> None:
         try:
@@ -464,6 +477,7 @@ class RowLog:
             "bytes": result.bytes_sent,
             "size": result.size if result.path is not None else None,
             "detail": result.reason or None,
+            "recorded": result.recorded,
         }
         self._file.write(json.dumps(line) + "\n")
 

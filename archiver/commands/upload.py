@@ -7,7 +7,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -81,6 +81,7 @@ async def run_upload(
         claims = run.claims
         owner = claims.owner if claims else None
         handled: set[str] = set()
+        told = _Told(on_result)
 
         def collect(result: RowResult) -> None:
             summary.add(result)
@@ -89,13 +90,14 @@ async def run_upload(
                 claims.finished(result.media_id)
             if options.media_ids:
                 handled.add(result.media_id)
-            if on_result is not None:
-                on_result(result)
+            told.result(result)
 
         async def record(results: Sequence[RowResult]) -> int:
             pairs = [(r.media_id, r.url) for r in results if r.outcome.recordable and r.url]
             noted = [r.note for r in results if r.note is not None]
-            return await run.db.record(pairs, force=options.force, owner=owner, problems=noted)
+            updated = await run.db.record(pairs, force=options.force, owner=owner, problems=noted)
+            told.recorded(results)
+            return updated
 
         pipeline = Pipeline(
             handle=run.uploader.handle,
@@ -107,10 +109,44 @@ async def run_upload(
             background=[claims.keep] if claims else [],
             db_retry=run.retry,
         )
-        await _pipe(run, pipeline, summary, reporter, interrupt)
+        try:
+            await _pipe(run, pipeline, summary, reporter, interrupt)
+        finally:
+            told.unrecorded()
         summary.elapsed_s = time.monotonic() - started
         await _summarise(run, summary, options, sorted(set(options.media_ids) - handled), owner)
     return summary
+
+
+class _Told:
+    """What `on_result` (`--report`) is told of each row: a stored object only once the
+    statement writing its archive_url committed (`recorded=True`), or at the end of the run,
+    `recorded=False`, when none did (the database gave up); every other row at once."""
+
+    def __init__(self, on_result: Callable[[RowResult], None] | None) -> None:
+        self._on_result = on_result
+        self._waiting: dict[str, RowResult] = {}
+
+    def result(self, result: RowResult) -> None:
+        if self._on_result is None:
+            return
+        if result.outcome.recordable and result.url:
+            self._waiting[result.media_id] = result
+        else:
+            self._on_result(result)
+
+    def recorded(self, results: Sequence[RowResult]) -> None:
+        for r in results:
+            waiting = self._waiting.pop(r.media_id, None)
+            if waiting is not None and self._on_result is not None:
+                self._on_result(replace(waiting, recorded=True))
+
+    def unrecorded(self) -> None:
+        waiting, self._waiting = self._waiting, {}
+        for r in waiting.values():
+            if self._on_result is not None:
+                why = "stored, not recorded: the database did not take its archive_url"
+                self._on_result(replace(r, recorded=False, reason=r.reason or why))
 
 
 async def _open(
@@ -172,7 +208,7 @@ async def _pipe(
         summary.error_exit_code = exc.exit_code
     finally:
         interrupt.forget(pipeline.abandon)
-        reporter.close(completed=completed)
+        reporter.close(completed=completed and not interrupt.triggered)
         if run.claims is not None:
             await asyncio.shield(run.claims.release())
         summary.db_updated = pipeline.stats.db_updated

@@ -347,7 +347,7 @@ async def test_log_file_keeps_a_timestamped_record_of_the_run_as_text_or_json(en
     lines = text_log.read_text().splitlines()
     assert re.match(rf"^{STAMP[:-1]}\.\d{{3}}Z info archiver 0\.1\.0 verify$", lines[0])
     assert re.match(r"^\S+ info verify --verify-s3: 6/6 files done in", lines[-2])
-    assert re.match(r"^\S+ info finished, exit code 0$", lines[-1])
+    assert re.match(r"^\S+ info done, exit code 0: \w+ \d", lines[-1]), lines[-1]
     out = run_cli(env, "verify", "--log-file", str(env.workdir / "no" / "dir.log"))
     assert out.returncode == 2 and out.stderr.startswith("archiver: error: cannot write the log")
 

@@ -3,12 +3,23 @@ log that says how each run ended. Real PostgreSQL and moto, the real command."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import os
 import re
+import signal
 from datetime import datetime
 
+import pytest
+
+from archiver.commands.upload import run_upload
+from archiver.console import Display, end, run_log
 from archiver.demo.sample import SampleRow, insert_rows
-from tests.helpers import make_rows, md5, media_file, run_cli
+from archiver.policies import RetryPolicy
+from archiver.progress import RowLog
+from archiver.settings import UploadOptions
+from tests.helpers import make_rows, md5, media_file, quiet_reporter, run_cli, start_cli, wait_for
 
 
 async def corrupt_and_missing_rows(env, db, corrupt: int, missing: int) -> None:
@@ -80,3 +91,100 @@ async def test_q_still_prints_what_needs_a_person(env, db):
     assert re.search(r"Uploaded:\s+2\n", out.stdout) and re.search(r"Corrupt:\s+1\n", out.stdout)
     clash = run_cli(env, "upload", "-q", "-v")
     assert clash.returncode == 2 and clash.stderr.count("\n") == 1 and "-q" in clash.stderr
+
+
+# -- a run log that says how the run ended ----------------------------------------------------
+
+
+def log_records(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+async def test_the_log_file_ends_with_a_start_up_error(env, db):
+    text_log, json_log = env.workdir / "up.log", env.workdir / "up.jsonl"
+    out = run_cli(env, "upload", "--log-file", str(text_log), ARCHIVER_BUCKET="no-such-bucket-x")
+    assert out.returncode == 2
+    last = text_log.read_text().splitlines()[-1]
+    assert re.match(r"^\S+ error failed, exit code 2: .*no-such-bucket-x", last), last
+    out = run_cli(
+        env, "upload", "--log-file", str(json_log), "--log-format", "json",
+        ARCHIVER_BUCKET="no-such-bucket-x",
+    )  # fmt: skip
+    end = log_records(json_log)[-1]
+    assert (end["event"], end["outcome"], end["exit_code"]) == ("end", "failed", 2)
+    assert "no-such-bucket-x" in end["error"] and end["error"] in out.stderr
+
+
+async def test_the_log_file_ends_with_the_counts_of_a_run_that_completed(env, db):
+    await corrupt_and_missing_rows(env, db, corrupt=1, missing=1)
+    await make_rows(env, db, 3)
+    log = env.workdir / "up.log"
+    out = run_cli(env, "upload", "-q", "--log-file", str(log))
+    assert out.returncode == 1
+    lines = log.read_text().splitlines()
+    assert re.match(r"^\S+ info upload: 5/5 files done in", lines[-2]), lines[-2]
+    assert re.search(
+        r" warning done, exit code 1: selected 5, uploaded 3, missing_local 1, corrupt 1,",
+        lines[-1],
+    ), lines[-1]
+
+
+async def test_the_log_file_of_an_interrupted_run_says_so(penv, db, proxy):
+    await make_rows(penv, db, 150)
+    proxy.delay_s = 0.1
+    log = penv.workdir / "up.jsonl"
+    run = start_cli(
+        penv, "upload", "-q", "--concurrency", "8", "--log-file", str(log), "--log-format", "json"
+    )
+    wait_for(lambda: proxy.count(lambda r: r.is_object_put) >= 20)
+    run.send_signal(signal.SIGTERM)
+    _, stderr = run.communicate(timeout=60)
+    assert run.returncode == 130, stderr
+    records = log_records(log)
+    stopped, end = records[-2], records[-1]
+    assert stopped["event"] == "stopped" and 20 <= stopped["done"] < 150
+    assert (end["event"], end["outcome"], end["exit_code"]) == ("end", "interrupted", 130)
+    assert end["report"]["interrupted"] is True and end["report"]["uploaded"] >= 20
+
+
+@pytest.mark.skipif(
+    bool(os.environ.get("ARCHIVER_TEST_DATABASE_URL")),
+    reason="stops the suite's own PostgreSQL cluster",
+)
+async def test_database_loss_ends_the_log_and_the_report_marks_what_was_not_recorded(
+    penv, db, s3, proxy, pg_server
+):
+    await make_rows(penv, db, 200)
+    await db.close()
+    proxy.delay_s = 0.05
+    log, report = penv.workdir / "up.jsonl", penv.workdir / "report.jsonl"
+
+    async def stop_postgres_mid_run() -> None:
+        await asyncio.to_thread(wait_for, lambda: proxy.count(lambda r: r.is_object_put) >= 30)
+        await asyncio.to_thread(pg_server.stop_server, "fast")
+
+    display = Display(log_file=log, log_format="json", quiet=True)
+    stopper = asyncio.create_task(stop_postgres_mid_run())
+    try:
+        with run_log(display, "upload"), contextlib.closing(RowLog(report)) as rows:
+            summary = await run_upload(
+                penv.settings(),
+                UploadOptions(concurrency=8, batch_size=10),
+                quiet_reporter(),
+                cwd=penv.workdir,
+                db_retry=RetryPolicy(0.1, 0.5, 2.0),
+                on_result=rows.write,
+            )
+            code = end(summary, as_json=False, text=lambda _s: "", quiet=True)
+        await stopper
+    finally:
+        await asyncio.to_thread(pg_server.start)
+    assert code == 1 and summary.unrecorded > 0
+    last = log_records(log)[-1]
+    assert (last["event"], last["outcome"], last["exit_code"]) == ("end", "failed", 1)
+    assert "database" in last["error"]
+    lines = log_records(report)
+    stored = [r for r in lines if r["outcome"] == "uploaded"]
+    assert sum(1 for r in stored if r["recorded"] is False) == summary.unrecorded
+    assert sum(1 for r in stored if r["recorded"] is True) == summary.db_updated
+    assert all(r["recorded"] is None for r in lines if r["outcome"] != "uploaded")
