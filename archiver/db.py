@@ -34,11 +34,13 @@ from archiver.sql import (
     RELEASE_SQL,
     RENEW_SQL,
     STATS_SQL,
+    TABLE_PRIVILEGES,
     UNARCHIVED_MD5S_SQL,
     RowFilter,
     candidates_query,
     claim_query,
     count_query,
+    grant_statement,
     held_elsewhere_query,
     page_query,
     row_columns,
@@ -324,10 +326,31 @@ class Database:
         found["tables"] = {t: None if grants is None else list(grants) for t, grants in tables}
         return found
 
+    async def require_privileges(self, tables: Sequence[str], privileges: Sequence[str]) -> None:
+        """ConfigError naming the GRANT to run when one of `tables` exists but this role lacks
+        one of `privileges` on it (an absent table is created, or done without)."""
+        rows = await self._fetch(
+            "checking privileges on archiver's tables",
+            "SELECT current_user, t, ARRAY(SELECT p FROM unnest($2::text[]) AS p "
+            "  WHERE NOT has_table_privilege(t, p)) "
+            "FROM unnest($1::text[]) AS t WHERE to_regclass(t) IS NOT NULL",
+            list(tables),
+            list(privileges),
+        )
+        for user, table, lacking in rows:
+            if lacking:
+                raise ConfigError(
+                    f"the database role {user} lacks {', '.join(lacking)} on {table}: as the "
+                    f"table's owner, run `{grant_statement(table, user)}`"
+                )
+
     async def ensure_tables(self) -> bool:
         """Create archiver_claims and archiver_problems when absent; False when one is
-        missing and we may not create it (then upload runs unclaimed and unrecorded)."""
-        existing = await self._existing(*(name for name, _ in ARCHIVER_TABLES))
+        missing and we may not create it (then upload runs unclaimed and unrecorded);
+        ConfigError naming the GRANT when one exists but this role may not use it."""
+        names = [name for name, _ in ARCHIVER_TABLES]
+        await self.require_privileges(names, TABLE_PRIVILEGES)
+        existing = await self._existing(*names)
         for name, ddl in ARCHIVER_TABLES:
             if name in existing:
                 continue

@@ -85,6 +85,7 @@ class Ledger:
 
     @classmethod
     async def open(cls, db: Database, retry: RetryPolicy) -> Ledger:
+        await db.require_privileges(("archiver_problems",), ("SELECT",))
         return cls(db, await db.has_problems(), retry)
 
     async def load(self, rows: list[MediaRow]) -> None:

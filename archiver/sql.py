@@ -162,6 +162,26 @@ CREATE TABLE IF NOT EXISTS archiver_problems (
 )
 """
 ARCHIVER_TABLES = (("archiver_claims", CLAIMS_DDL), ("archiver_problems", PROBLEMS_DDL))
+TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")  # what upload needs on each
+
+
+def quote_ident(name: str) -> str:
+    """`name` as a PostgreSQL identifier: double-quoted unless plainly lower-case."""
+    if (
+        name.isascii()
+        and name.replace("_", "a").isalnum()
+        and name == name.lower()
+        and not name[0].isdigit()
+    ):
+        return name
+    return '"' + name.replace('"', '""') + '"'
+
+
+def grant_statement(table: str, role: str) -> str:
+    """The statement a table's owner runs so that `role` may do what upload does on it."""
+    return f"GRANT {', '.join(TABLE_PRIVILEGES)} ON {table} TO {quote_ident(role)};"
+
+
 PROBLEM_COLUMNS = (
     "p.media_id, p.kind, p.detail, p.first_seen, p.last_seen, p.attempts, p.file_size, "
     "p.file_mtime, p.row_fingerprint AS fingerprint"

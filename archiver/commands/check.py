@@ -23,7 +23,7 @@ from archiver.progress import printable
 from archiver.resolve import Found, NotFound, resolve_cache_root, resolver_for
 from archiver.services import database
 from archiver.settings import DEFAULT_CHECK_SAMPLE, Settings, redact_dsn
-from archiver.sql import RowFilter
+from archiver.sql import TABLE_PRIVILEGES, RowFilter, grant_statement
 from archiver.storage import Storage
 from archiver.storage_answers import NO_CREDENTIALS
 
@@ -165,15 +165,18 @@ def _privileges(found: dict[str, Any]) -> tuple[CheckState, str]:
             if found["can_create"]:
                 notes.append(f"{name} absent (upload creates it)")
             else:
-                state = WARN
+                state = FAIL if state is FAIL else WARN
                 notes.append(
                     f"{name} absent and no CREATE on the schema: upload runs without it "
                     "(`archiver db init` as the owner creates it)"
                 )
-        elif set(grants) != {"SELECT", "INSERT", "UPDATE", "DELETE"}:
-            state = WARN
-            lacking = sorted({"SELECT", "INSERT", "UPDATE", "DELETE"} - set(grants))
-            notes.append(f"{name}: missing {', '.join(lacking)}")
+        elif lacking := [p for p in TABLE_PRIVILEGES if p not in grants]:
+            # upload stops on it: `check` must not say it is ready
+            state = FAIL
+            notes.append(
+                f"{name}: missing {', '.join(lacking)} (as the table's owner, run "
+                f"`{grant_statement(name, found['user'])}`)"
+            )
         else:
             notes.append(f"{name} ok")
     return state, "; ".join(notes)

@@ -30,6 +30,7 @@ async def run_problems(
 ) -> ProblemsReport:
     """The recorded problems of rows not yet archived."""
     async with database(settings) as db:
+        await db.require_privileges(("archiver_problems",), ("SELECT",))
         return ProblemsReport(await db.problems(kinds, limit))
 
 

@@ -9,7 +9,9 @@ import json
 import os
 import re
 import signal
+import uuid
 from datetime import datetime
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -188,3 +190,36 @@ async def test_database_loss_ends_the_log_and_the_report_marks_what_was_not_reco
     assert sum(1 for r in stored if r["recorded"] is False) == summary.unrecorded
     assert sum(1 for r in stored if r["recorded"] is True) == summary.db_updated
     assert all(r["recorded"] is None for r in lines if r["outcome"] != "uploaded")
+
+
+# -- check and upload agree on the database's grants -----------------------------------------
+
+
+async def test_check_fails_where_upload_would_stop_and_both_name_the_grant(env, db):
+    await make_rows(env, db, 3)
+    assert run_cli(env, "db", "init").returncode == 0  # the owner made archiver's tables
+    role = f"archiver_app_{uuid.uuid4().hex[:8]}"
+    await db.execute(f"CREATE ROLE {role} LOGIN")
+    await db.execute(f"GRANT SELECT, UPDATE ON post_media TO {role}")
+    parts = urlsplit(env.database_url)
+    app = urlunsplit((parts.scheme, f"{role}@{parts.hostname}:{parts.port}", parts.path, "", ""))
+    grant = f"GRANT SELECT, INSERT, UPDATE, DELETE ON archiver_claims TO {role};"
+    try:
+        check = run_cli(env, "check", "--json", DATABASE_URL=app)
+        assert check.returncode == 1, check.stdout
+        database = json.loads(check.stdout)["checks"]["database"]
+        assert database["state"] == "fail" and grant in database["detail"]
+        upload = run_cli(env, "upload", DATABASE_URL=app)
+        assert upload.returncode == 2 and grant in upload.stderr, upload.stderr
+        assert upload.stderr.count("\n") <= 2  # the database line (none here) and the error
+        problems = run_cli(env, "problems", DATABASE_URL=app)
+        grant_problems = f"GRANT SELECT, INSERT, UPDATE, DELETE ON archiver_problems TO {role};"
+        assert problems.returncode == 2 and grant_problems in problems.stderr, problems.stderr
+        await db.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON archiver_claims TO {role}")
+        await db.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON archiver_problems TO {role}")
+        assert run_cli(env, "check", DATABASE_URL=app).returncode in (0, 1)
+        upload = run_cli(env, "upload", "--json", DATABASE_URL=app)
+        assert upload.returncode == 0 and json.loads(upload.stdout)["uploaded"] == 3, upload.stderr
+    finally:
+        await db.execute(f"DROP OWNED BY {role}")
+        await db.execute(f"DROP ROLE {role}")

@@ -84,10 +84,22 @@ ALL = ["SELECT", "INSERT", "UPDATE", "DELETE"]
             WARN,
             "db init",
         ),
-        (
-            {"can_select": True, "can_update": True, "tables": {"t": ["SELECT"]}},
-            WARN,
-            "t: missing DELETE, INSERT, UPDATE",
+        (  # upload would stop on it: check fails too, naming the GRANT
+            {"can_select": True, "can_update": True, "user": "app", "tables": {"t": ["SELECT"]}},
+            FAIL,
+            "t: missing INSERT, UPDATE, DELETE (as the table's owner, run "
+            "`GRANT SELECT, INSERT, UPDATE, DELETE ON t TO app;`)",
+        ),
+        (  # a missing table (WARN) does not hide one that fails
+            {
+                "can_select": True,
+                "can_update": True,
+                "can_create": False,
+                "user": "App Role",
+                "tables": {"t": ["SELECT"], "u": None},
+            },
+            FAIL,
+            'TO "App Role";',
         ),
         ({"can_select": True, "can_update": True, "tables": {"t": ALL}}, OK, "t ok"),
     ],
