@@ -29,14 +29,18 @@ from archiver.errors import INTERRUPTED_EXIT_CODE, ArchiverError, ConfigError
 from archiver.models import Outcome
 from archiver.options import (
     PRIVATE_KEY_OPTION,
+    Number,
+    Whole,
     concurrency_option,
     config_options,
     env,
     json_option,
     media_type_option,
+    overrides,
     parsed,
     run_options,
     setup_bucket_options,
+    source_of,
     upload_options,
 )
 from archiver.pipeline import Interrupt
@@ -312,7 +316,7 @@ def url(
     "so that the next upload sends them again.",
 )
 @click.option("--dry-run", is_flag=True, help="With --repair: list what would be cleared.")
-@click.option("--limit", type=click.IntRange(1), help="Check at most N rows.")
+@click.option("--limit", type=Whole(1), help="Check at most N rows.")
 @concurrency_option("Checks")
 @run_options
 def verify(
@@ -351,14 +355,14 @@ def verify(
 @config_options()
 @click.option(
     "--older-than",
-    type=click.FloatRange(0),
+    type=Number(0),
     metavar="DAYS",
     help="Only rows whose created_at is older than DAYS.",
 )
 @media_type_option(MEDIA_TYPES)
 @click.option(
     "--limit",
-    type=click.IntRange(1),
+    type=Whole(1),
     help="Prove at most N local files (rows without one take none).",
 )
 @click.option("--dry-run", is_flag=True, help="Delete nothing; list what would go.")
@@ -434,7 +438,7 @@ def restore(
 @config_options()
 @click.option(
     "--sample",
-    type=click.IntRange(1, 100_000),
+    type=Whole(1, 100_000),
     default=DEFAULT_CHECK_SAMPLE,
     show_default=True,
     help="Rows whose local file is looked for.",
@@ -448,6 +452,7 @@ def check(settings: Settings, *, sample: int, as_json: bool) -> int:
     options = CheckOptions(
         sample=sample,
         env_file=click.get_current_context().find_root().meta.get("archiver.env_loaded"),
+        overrides=tuple(overrides(click.get_current_context())),
         # STS where the AWS SDK would look for it (botocore reads these for its STS client).
         sts_endpoint_url=first_set(os.environ, "sts_endpoint_url"),
     )
@@ -501,7 +506,7 @@ def iam_policy(
     multiple=True,
     help="Only problems of this kind (repeatable).",
 )
-@click.option("--limit", type=click.IntRange(1), help="List at most N problems.")
+@click.option("--limit", type=Whole(1), help="List at most N problems.")
 @json_option()
 def problems(
     settings: Settings, *, kinds: tuple[str, ...], limit: int | None, as_json: bool
@@ -531,7 +536,7 @@ def db_init(settings: Settings) -> int:
 @cli.command()
 @click.option(
     "--files",
-    type=click.IntRange(1, 100_000),
+    type=Whole(1, 100_000),
     default=300,
     show_default=True,
     help="Rows (and files) to make.",
@@ -580,6 +585,11 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         code = INTERRUPTED_EXIT_CODE
     except click.UsageError as exc:
+        if isinstance(exc, click.BadParameter) and exc.ctx and exc.param and exc.param.name:
+            # A value from a variable (or the .env) is named by it, not by the flag.
+            from_env = click.core.ParameterSource.ENVIRONMENT
+            if exc.ctx.get_parameter_source(exc.param.name) is from_env:
+                exc.param_hint = source_of(exc.ctx, exc.param.name)
         hint = f" (see 'archiver {exc.ctx.info_name} --help')" if exc.ctx else ""
         hint = hint.replace("archiver archiver", "archiver")
         click.echo(f"archiver: error: {exc.format_message()}{hint}", err=True)

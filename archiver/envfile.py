@@ -12,11 +12,12 @@ from dotenv import dotenv_values, load_dotenv
 
 from archiver.settings import ENVIRONMENT
 
-# What archiver reads itself (flags' env vars), and the test suite's database.
+# What archiver reads itself (flags' env vars, the data-plane switch), and the test suite's
+# database.
 ARCHIVER_KEYS = frozenset(
     {name for names in ENVIRONMENT.values() for name in names if not name.startswith("AWS_")}
     - {"SUPABASE_DB_URL"}
-    | {"ARCHIVER_TEST_DATABASE_URL"}
+    | {"ARCHIVER_TEST_DATABASE_URL", "ARCHIVER_PUT_CLIENT"}
 )
 # The AWS SDK's environment variables (botocore and the AWS CLI read these).
 AWS_KEYS = frozenset(
@@ -40,7 +41,6 @@ AWS_KEYS = frozenset(
         "AWS_RETRY_MODE",
         "AWS_MAX_ATTEMPTS",
         "AWS_REQUEST_CHECKSUM_CALCULATION",
-        "ARCHIVER_PUT_CLIENT",
         "AWS_RESPONSE_CHECKSUM_VALIDATION",
         "AWS_USE_FIPS_ENDPOINT",
         "AWS_USE_DUALSTACK_ENDPOINT",
@@ -71,11 +71,23 @@ APP_KEYS = frozenset({"SUPABASE_DB_URL"})
 OURS = ARCHIVER_KEYS | AWS_KEYS
 KNOWN_KEYS = OURS | APP_KEYS
 SIMILAR = 0.85  # difflib ratio from which an unknown key is taken for a typo of a known one
+RELATED = 0.6  # ... from which a key of archiver's or AWS's prefix is offered one at all
+
+
+def _app_key_typo(key: str) -> str | None:
+    """The app's key `key` misspells: as close as a typo and as long (SUPABASE_DB_ULR is
+    SUPABASE_DB_URL; SUPABASE_URL, shorter, is another setting of the app's)."""
+    for known in APP_KEYS:
+        close = difflib.SequenceMatcher(None, key, known).ratio() >= SIMILAR
+        if close and abs(len(key) - len(known)) <= 1:
+            return known
+    return None
 
 
 def unknown_key_warnings(keys: list[str], where: str) -> list[str]:
     """One line per key that looks like archiver's or AWS's (its prefix, or a spelling close
-    to a known key) but is not known, naming the closest known key."""
+    to a known key) or the app's database URL, but is not known, naming the closest known
+    key when one is close enough to be meant."""
     lines = []
     for key in keys:
         if key in KNOWN_KEYS:
@@ -85,20 +97,38 @@ def unknown_key_warnings(keys: list[str], where: str) -> list[str]:
             close = [upper]
         else:
             close = difflib.get_close_matches(upper, OURS, n=1, cutoff=SIMILAR)
+            typo = None if close else _app_key_typo(upper)
+            close = [typo] if typo else close
         if not close and not upper.startswith(("ARCHIVER_", "AWS_")):
             continue  # the app's own settings (SUPABASE_URL, ...)
         if not close:
-            pool = ARCHIVER_KEYS if upper.startswith("ARCHIVER_") else AWS_KEYS
-            close = difflib.get_close_matches(upper, pool, n=1, cutoff=0.0)
+            # Compared after the prefix, which every key of the pool shares.
+            prefix = "ARCHIVER_" if upper.startswith("ARCHIVER_") else "AWS_"
+            pool = {
+                k.removeprefix(prefix): k for k in ARCHIVER_KEYS | AWS_KEYS if k.startswith(prefix)
+            }
+            near = difflib.get_close_matches(upper.removeprefix(prefix), pool, n=1, cutoff=RELATED)
+            close = [pool[near[0]]] if near else []
         hint = f" (did you mean {close[0]}?)" if close else ""
         lines.append(f"{where}: unknown key {key}{hint}; it is ignored")
     return lines
 
 
-def load(path: Path) -> tuple[list[str], set[str]]:
+def environment_warnings(environ: dict[str, str]) -> list[str]:
+    """The same check for the variables of the environment that carry archiver's prefix (an
+    exported `ARCHIVER_BUKET` would fall back to the default as silently)."""
+    return unknown_key_warnings(
+        sorted(k for k in environ if k.upper().startswith("ARCHIVER_")), "environment"
+    )
+
+
+def load(path: Path) -> tuple[list[str], set[str], set[str]]:
     """Load `path` into the environment (never over a variable already set); the warnings
-    about its unknown keys, and the keys it set."""
-    keys = list(dotenv_values(path))
+    about its unknown keys, the keys it set, and the keys it has that the environment set
+    already to another value (the environment's is used)."""
+    values = dotenv_values(path)
+    keys = list(values)
     unset = {k for k in keys if k not in os.environ}
+    shadowed = {k for k in keys if k in os.environ and os.environ[k] != (values[k] or "")}
     load_dotenv(path, override=False)
-    return unknown_key_warnings(keys, str(path)), {k for k in unset if k in os.environ}
+    return unknown_key_warnings(keys, str(path)), {k for k in unset if k in os.environ}, shadowed

@@ -20,6 +20,7 @@ import click
 
 from archiver import envfile
 from archiver.console import Display, quieten_stderr
+from archiver.errors import ConfigError
 from archiver.progress import LOG_INTERVAL_S
 from archiver.settings import (
     DATABASE_VARIABLES,
@@ -41,7 +42,6 @@ from archiver.settings import (
     STORAGE_CLASSES,
     ClientOptions,
     Settings,
-    database_variable,
     parse_bandwidth,
     redact_dsn,
 )
@@ -62,12 +62,34 @@ def _load_env_file(ctx: click.Context, _param: click.Parameter, value: str | Non
             raise click.BadParameter(f"{path} is not a file", param_hint="--env-file")
     elif Path(".env").is_file():
         path = ".env"
+    warnings = envfile.environment_warnings(dict(os.environ))
     if path:
-        warnings, keys = envfile.load(Path(path))
-        for warning in warnings:
-            click.echo(f"archiver: warning: {warning}", err=True)
+        in_file, keys, shadowed = envfile.load(Path(path))
+        warnings += in_file
         ctx.meta["archiver.env_loaded"] = str(Path(path).resolve())
         ctx.meta["archiver.env_keys"] = keys
+        ctx.meta["archiver.env_shadowed"] = shadowed
+    for warning in warnings:
+        click.echo(f"archiver: warning: {warning}", err=True)
+
+
+def overrides(ctx: click.Context) -> list[str]:
+    """What of the .env the environment overrides, one sentence each (for -v and check):
+    a key the environment sets too, and the app's SUPABASE_DB_URL when DATABASE_URL, from
+    the environment, comes first."""
+    meta = ctx.find_root().meta
+    where = meta.get("archiver.env_loaded")
+    if where is None:
+        return []
+    said = [
+        f"{key} in {where} is not used: the environment sets it"
+        for key in sorted(meta.get("archiver.env_shadowed", ()))
+    ]
+    first, app = DATABASE_VARIABLES
+    keys = meta.get("archiver.env_keys", ())
+    if os.environ.get(first) and first not in keys and app in keys:
+        said.append(f"{app} in {where} is not used: {first}, from the environment, comes first")
+    return said
 
 
 def _env_file_option(func: F) -> F:
@@ -156,6 +178,7 @@ def config_options(
         def command(**params: Any) -> Any:
             if params.get("quiet") and params.get("verbose"):
                 raise click.UsageError("-q/--quiet and -v/--verbose cannot be combined")
+            empty_variables(click.get_current_context())
             settings = build_settings(params, verbose=bool(params.get("verbose")))
             return func(settings, **params)
 
@@ -207,7 +230,7 @@ def run_options(func: F) -> F:
             click.option(
                 "--progress-interval",
                 envvar=env("progress_interval"),
-                type=click.FloatRange(0),
+                type=Number(0),
                 default=LOG_INTERVAL_S,
                 show_default=True,
                 metavar="SECONDS",
@@ -238,19 +261,78 @@ def json_option(help: str = "Print one JSON object on stdout.") -> Callable[[F],
     return click.option("--json", "as_json", is_flag=True, help=help)
 
 
+class Number(click.FloatRange):
+    """A number of seconds, days, MiB: `'abc' is not a valid number.` when it is none."""
+
+    name = "number"
+
+
+class Whole(click.IntRange):
+    """A count: `'abc' is not a valid whole number.` when it is none."""
+
+    name = "whole number"
+
+
+def source_of(ctx: click.Context, name: str) -> str | None:
+    """Where the value of option `name` came from, as an error should name it: its flag
+    (`--storage-class`), its variable (`ARCHIVER_STORAGE_CLASS`), or the variable and the
+    .env file that set it; None for its default."""
+    param = next((p for p in ctx.command.params if p.name == name), None)
+    source = ctx.get_parameter_source(name)
+    if param is None or source is None:
+        return None
+    if source is click.core.ParameterSource.ENVIRONMENT:
+        names = [param.envvar] if isinstance(param.envvar, str) else list(param.envvar or ())
+        variable = next((n for n in names if os.environ.get(n)), names[0] if names else None)
+        meta = ctx.find_root().meta
+        if variable in meta.get("archiver.env_keys", ()):
+            return f"{variable} in {meta['archiver.env_loaded']}"
+        return variable
+    if source is click.core.ParameterSource.COMMANDLINE:
+        opts: list[str] = list(getattr(param, "opts", None) or [name])
+        return max(opts, key=len)
+    return None
+
+
+def empty_variables(ctx: click.Context) -> None:
+    """ConfigError for a variable of one of the command's options that is set but empty
+    (`ARCHIVER_BUCKET=`): left alone it would mean the default without a word."""
+    meta = ctx.find_root().meta
+    for param in ctx.command.params:
+        if ctx.get_parameter_source(param.name or "") is click.core.ParameterSource.COMMANDLINE:
+            continue
+        names = [param.envvar] if isinstance(param.envvar, str) else list(param.envvar or ())
+        for variable in names:
+            if variable in os.environ and not os.environ[variable].strip():
+                where = (
+                    f" in {meta['archiver.env_loaded']}"
+                    if variable in meta.get("archiver.env_keys", ())
+                    else ""
+                )
+                raise ConfigError(
+                    f"{variable} is set but empty{where}: give it a value, or remove it for "
+                    "the default"
+                )
+
+
+def _source(name: str) -> str | None:
+    ctx = click.get_current_context(silent=True)
+    return source_of(ctx, name) if ctx is not None else None
+
+
+def _env_file() -> str | None:
+    """The .env read, or "" when there was none to read."""
+    ctx = click.get_current_context(silent=True)
+    return ctx.find_root().meta.get("archiver.env_loaded", "") if ctx is not None else None
+
+
 def _database_from(database_url: str | None) -> str | None:
     """Where the command line's database URL came from: the flag, or which variable (and
     the .env that set it)."""
     ctx = click.get_current_context(silent=True)
     if not database_url or ctx is None:
         return None
-    if ctx.get_parameter_source("database_url") is not click.core.ParameterSource.ENVIRONMENT:
-        return "--database-url"
-    name = database_variable(os.environ) or DATABASE_VARIABLES[0]
-    meta = ctx.find_root().meta
-    if name in meta.get("archiver.env_keys", ()):
-        return f"{name} in {meta['archiver.env_loaded']}"
-    return name
+    return source_of(ctx, "database_url")
 
 
 def build_settings(params: dict[str, Any], *, verbose: bool = False) -> Settings:
@@ -264,7 +346,10 @@ def build_settings(params: dict[str, Any], *, verbose: bool = False) -> Settings
         bucket=params.pop("bucket", DEFAULT_BUCKET),
         key_prefix=params.pop("key_prefix", DEFAULT_KEY_PREFIX),
         cache_root=params.pop("cache_root", Path(DEFAULT_CACHE_ROOT)),
+        cache_root_from=_source("cache_root"),
+        env_file=_env_file(),
         profile=params.pop("profile", None) or None,
+        profile_from=_source("profile"),
         region=params.pop("region", None) or DEFAULT_REGION,
         endpoint_url=params.pop("endpoint_url", None) or None,
         # AWS_RETRY_MODE, AWS_MAX_ATTEMPTS, AWS_REQUEST_CHECKSUM_CALCULATION: read here, for
@@ -277,6 +362,10 @@ def build_settings(params: dict[str, Any], *, verbose: bool = False) -> Settings
             f"(from {settings.database_from})",
             err=True,
         )
+    ctx = click.get_current_context(silent=True)
+    if verbose and ctx is not None:
+        for line in overrides(ctx):
+            click.echo(f"archiver: {line}", err=True)
     return settings
 
 
@@ -303,10 +392,11 @@ def parsed(parse: Callable[[str], int]) -> Callable[..., int | None]:
 def concurrency_option(what: str) -> Callable[[F], F]:
     return click.option(
         "--concurrency",
-        type=click.IntRange(1, MAX_CONCURRENCY),
+        envvar=env("concurrency"),
+        type=Whole(1, MAX_CONCURRENCY),
         default=DEFAULT_CONCURRENCY,
         show_default=True,
-        help=f"{what} in flight at once.",
+        help=f"{what} in flight at once (env ARCHIVER_CONCURRENCY).",
     )
 
 
@@ -334,14 +424,14 @@ UPLOAD_OPTIONS: list[Callable[[Any], Any]] = [
     concurrency_option("Uploads"),
     click.option(
         "--batch-size",
-        type=click.IntRange(1, 10_000),
+        type=Whole(1, 10_000),
         default=DEFAULT_BATCH_SIZE,
         show_default=True,
         help="Most rows written by one grouped UPDATE.",
     ),
     click.option(
         "--limit",
-        type=click.IntRange(1),
+        type=Whole(1),
         help="Work on at most N rows (missing files and known problems take none).",
     ),
     click.option("--dry-run", is_flag=True, help="Write nothing; list what would be uploaded."),
@@ -385,7 +475,7 @@ UPLOAD_OPTIONS: list[Callable[[Any], Any]] = [
     ),
     click.option(
         "--multipart-threshold",
-        type=click.FloatRange(5),
+        type=Number(5),
         callback=mib,
         default=DEFAULT_MULTIPART_THRESHOLD_BYTES / MIB,
         show_default=True,
@@ -394,7 +484,7 @@ UPLOAD_OPTIONS: list[Callable[[Any], Any]] = [
     ),
     click.option(
         "--part-size",
-        type=click.FloatRange(5, 5120),
+        type=Number(5, 5120),
         callback=mib,
         default=DEFAULT_PART_SIZE_BYTES / MIB,
         show_default=True,
@@ -404,7 +494,7 @@ UPLOAD_OPTIONS: list[Callable[[Any], Any]] = [
     click.option(
         "--lease",
         "lease_s",
-        type=click.FloatRange(1),
+        type=Number(1),
         default=DEFAULT_LEASE_S,
         show_default=True,
         metavar="SECONDS",
@@ -438,7 +528,7 @@ UPLOAD_OPTIONS: list[Callable[[Any], Any]] = [
     click.option(
         "--interval",
         envvar=env("interval"),
-        type=click.FloatRange(0.1),
+        type=Number(0.1),
         default=DEFAULT_WATCH_INTERVAL_S,
         show_default=True,
         metavar="SECONDS",
@@ -462,7 +552,7 @@ SETUP_BUCKET_OPTIONS: list[Callable[[Any], Any]] = [
     click.option("--skip-lifecycle", is_flag=True, help="Leave lifecycle rules alone."),
     click.option(
         "--glacier-days",
-        type=click.IntRange(1, 36_500),
+        type=Whole(1, 36_500),
         default=DEFAULT_GLACIER_DAYS,
         show_default=True,
         help="Days before objects over 128 KiB move to GLACIER_IR.",

@@ -259,16 +259,16 @@ class Progress:
             print(f"{utc_stamp(self.wall())} archiver: {line}", file=self.err, flush=True)
 
     def close(self, *, completed: bool = True) -> None:
-        """The final figures: the bar's byte count brought up to date, and a last log line,
-        `done` when the job `completed` and was not interrupted, else `stopped` (a job
-        stopped by an error ends with that error's line after it)."""
+        """The final figures: the bar's byte count brought up to date, and a last log line
+        when the job `completed`: `done`, or `stopped` when a signal interrupted it (a job
+        stopped by an error ends with that error's line)."""
         now = self.clock()
         if self._bar is not None:
             self._bar.set_postfix_str(self._bytes_text(now), refresh=True)
             self._bar.close()
             self._bar = None
-        stopped = not completed or (self.interrupt is not None and self.interrupt.triggered)
-        if self.wants_total:
+        stopped = self.interrupt is not None and self.interrupt.triggered
+        if completed and self.wants_total:
             self._log(now, final=True, stopped=stopped)
 
 

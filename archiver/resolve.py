@@ -261,9 +261,16 @@ def resolve_cache_root(settings: Settings) -> Path:
     """The cache root as a real path, or ConfigError when it is not a directory."""
     root = settings.cache_root.resolve()
     if not root.is_dir():
+        if settings.cache_root_from is None and settings.env_file == "":
+            # The default, and no .env: most likely run from another directory than the app's.
+            raise ConfigError(
+                f"cache root {str(settings.cache_root)!r} is not a directory"
+                f"{settings.no_env_file_here()}; or set ARCHIVER_CACHE_ROOT or --cache-root"
+            )
+        named = f" (from {settings.cache_root_from})" if settings.cache_root_from else ""
         raise ConfigError(
-            f"cache root {str(settings.cache_root)!r} is not a directory "
-            "(set ARCHIVER_CACHE_ROOT or --cache-root)"
+            f"cache root {str(settings.cache_root)!r}{named} is not a directory in "
+            f"{os.getcwd()} (set ARCHIVER_CACHE_ROOT or --cache-root)"
         )
     return root
 

@@ -5,6 +5,7 @@ Nothing below `cli.py` and this module reads `os.environ`.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -145,7 +146,8 @@ def scrub(text: str, dsn: str | None) -> str:
 
 def check_dsn(dsn: str, variable: str = "DATABASE_URL") -> str:
     """The DSN when a PostgreSQL driver can read it as meant, else a ConfigError whose
-    message names `variable` and what is wrong, and never holds any of the password."""
+    message names `variable` (where the DSN came from: `SUPABASE_DB_URL in /app/.env`) and
+    what is wrong, and never holds any of the password."""
     parts = _url_parts(dsn)
     if parts is None:
         if _keyword_dsn(dsn):
@@ -168,7 +170,7 @@ def check_dsn(dsn: str, variable: str = "DATABASE_URL") -> str:
     stray_at = "@" in after and ("=" not in after or after.index("@") < after.index("="))
     if "@" in netloc.rpartition("@")[0] or stray_at:
         raise ConfigError(
-            f"{variable}'s user name or password holds an unescaped '@', '/', '?' or '#': "
+            f"{variable}: the user name or password holds an unescaped '@', '/', '?' or '#': "
             "percent-encode it (for example '@' as %40, '/' as %2F, '?' as %3F, '#' as %23)"
         )
     hostlist = netloc.rpartition("@")[2]
@@ -267,6 +269,7 @@ ENVIRONMENT: dict[str, tuple[str, ...]] = {
     "profile": ("AWS_PROFILE",),
     "region": ("AWS_REGION", "AWS_DEFAULT_REGION"),
     "endpoint_url": ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
+    "concurrency": ("ARCHIVER_CONCURRENCY",),
     "storage_class": ("ARCHIVER_STORAGE_CLASS",),
     "max_bandwidth": ("ARCHIVER_MAX_BANDWIDTH",),
     "interval": ("ARCHIVER_WATCH_INTERVAL",),
@@ -307,6 +310,12 @@ class Settings:
     # Where database_url came from, for -v and check: `DATABASE_URL`, `SUPABASE_DB_URL`
     # (either with " in PATH" when a .env set it) or `--database-url`.
     database_from: str | None = None
+    # Where profile came from, for its errors: `AWS_PROFILE in /app/.env`, `--profile`
+    profile_from: str | None = None
+    cache_root_from: str | None = None  # ... and cache_root (None: the default)
+    # The .env the command line read; "" when it found none in the working directory (None:
+    # settings not made by the command line)
+    env_file: str | None = None
 
     def __post_init__(self) -> None:
         validate_bucket(self.bucket)
@@ -333,6 +342,7 @@ class Settings:
         values: dict[str, object] = {
             "database_url": first_set(environ, "database_url"),
             "database_from": database_variable(environ),
+            "profile_from": "AWS_PROFILE" if first_set(environ, "profile") else None,
             "bucket": first_set(environ, "bucket") or DEFAULT_BUCKET,
             "key_prefix": first_set(environ, "key_prefix") or DEFAULT_KEY_PREFIX,
             "cache_root": Path(first_set(environ, "cache_root") or DEFAULT_CACHE_ROOT),
@@ -344,15 +354,25 @@ class Settings:
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]
 
+    def no_env_file_here(self) -> str:
+        """For errors of a run that read no .env: there is none in the working directory,
+        which is the likely cause (cron, or a unit, started elsewhere than the app's)."""
+        if self.env_file != "":
+            return ""
+        return (
+            f" (there is no .env in {os.getcwd()}: run archiver from the app's directory, "
+            "e.g. `cd /srv/app && archiver ...` in cron, or pass --env-file)"
+        )
+
     def require_database(self) -> str:
         """The DSN, or a ConfigError saying how to give one."""
         if not self.database_url:
             raise ConfigError(
                 "no database configured: set DATABASE_URL (or the app's SUPABASE_DB_URL), in the "
-                "environment or ./.env, or pass --database-url"
+                "environment or ./.env, or pass --database-url" + self.no_env_file_here()
             )
-        variable = (self.database_from or "DATABASE_URL").split()[0]
-        return check_dsn(self.database_url, variable)
+        # Named as it was given: `SUPABASE_DB_URL in /app/.env`, `DATABASE_URL`, the flag.
+        return check_dsn(self.database_url, self.database_from or "DATABASE_URL")
 
 
 def parse_bandwidth(text: str) -> int:

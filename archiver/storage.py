@@ -128,7 +128,20 @@ def aws_session(settings: Settings) -> AwsSession:
     try:
         return AwsSession(settings.profile, settings.region)
     except ProfileNotFound as exc:
-        raise StorageUnavailable(f"AWS profile {settings.profile!r} not found") from exc
+        raise StorageUnavailable(
+            profile_not_found(settings.profile, settings.profile_from)
+        ) from exc
+
+
+def profile_not_found(profile: str | None, source: str | None) -> str:
+    """Which profile is missing, where its name came from, where botocore looked, and the
+    ways out."""
+    named = f" (named by {source})" if source else ""
+    return (
+        f"AWS profile {profile!r}{named} is in neither ~/.aws/config nor ~/.aws/credentials "
+        "(or the files AWS_CONFIG_FILE and AWS_SHARED_CREDENTIALS_FILE name): create it with "
+        f"`aws configure --profile {profile}`, or name a profile that is there"
+    )
 
 
 class Storage(BucketCalls):

@@ -44,6 +44,7 @@ OK, WARN, FAIL, SKIPPED = CheckState.OK, CheckState.WARN, CheckState.FAIL, Check
 class CheckOptions:
     sample: int = DEFAULT_CHECK_SAMPLE
     env_file: str | None = None  # the .env that was read (None: none)
+    overrides: tuple[str, ...] = ()  # what of the .env the environment overrides
     sts_endpoint_url: str | None = None  # where STS answers, other than AWS's
 
 
@@ -84,12 +85,14 @@ async def run_check(settings: Settings, options: CheckOptions) -> CheckReport:
     report = CheckReport()
     report.add(
         "configuration",
-        OK,
+        WARN if options.overrides else OK,
         f"archiver {__version__}; .env: {options.env_file or 'none'}; working directory "
         f"{os.getcwd()}; database from {settings.database_from or 'nowhere'}; "
         f"s3://{settings.bucket}/{settings.key_prefix}/; "
-        f"endpoint {settings.endpoint_url or 'AWS'}",
+        f"endpoint {settings.endpoint_url or 'AWS'}"
+        + "".join(f"; {line}" for line in options.overrides),
         env_file=options.env_file,
+        overrides=list(options.overrides),
         database_from=settings.database_from,
         cwd=os.getcwd(),
         bucket=settings.bucket,

@@ -208,7 +208,8 @@ async def _pipe(
         summary.error_exit_code = exc.exit_code
     finally:
         interrupt.forget(pipeline.abandon)
-        reporter.close(completed=completed and not interrupt.triggered)
+        reporter.progress.interrupt = interrupt
+        reporter.close(completed=completed)
         if run.claims is not None:
             await asyncio.shield(run.claims.release())
         summary.db_updated = pipeline.stats.db_updated

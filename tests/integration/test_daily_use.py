@@ -231,7 +231,7 @@ async def test_check_names_each_thing_that_is_not_ready(env, db, s3) -> None:
     # No database; a cache whose rows' files are not there.
     for f in (env.cache_root / "images").iterdir():
         f.unlink()
-    out = run_cli(env, "check", DATABASE_URL="")
+    out = run_cli(env, "check", environ=without(env.environ(), "DATABASE_URL"))
     assert out.returncode == 1
     assert re.search(r"^FAIL +database +no database configured", out.stdout, re.M)
     out = run_cli(env, "check", "--json")
@@ -242,6 +242,10 @@ async def test_check_names_each_thing_that_is_not_ready(env, db, s3) -> None:
     assert (
         out.returncode == 2 and out.stderr.count("\n") == 1 and "invalid bucket name" in out.stderr
     )
+
+
+def without(environ: dict[str, str], *names: str) -> dict[str, str]:
+    return {k: v for k, v in environ.items() if k not in names}
 
 
 # -- .env ----------------------------------------------------------------------------------

@@ -9,6 +9,8 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import uuid
 from datetime import datetime
 from urllib.parse import urlsplit, urlunsplit
@@ -223,3 +225,102 @@ async def test_check_fails_where_upload_would_stop_and_both_name_the_grant(env, 
     finally:
         await db.execute(f"DROP OWNED BY {role}")
         await db.execute(f"DROP ROLE {role}")
+
+
+# -- configuration errors name their source ---------------------------------------------------
+
+
+def without(environ: dict[str, str], *names: str) -> dict[str, str]:
+    return {k: v for k, v in environ.items() if k not in names}
+
+
+@pytest.mark.parametrize(
+    ("dotenv", "args", "says", "not_says"),
+    [
+        (
+            "ARCHIVER_STORAGE_CLASS=FAST\n",
+            ["upload"],
+            "ARCHIVER_STORAGE_CLASS in ",
+            "--storage-class",
+        ),
+        (
+            "ARCHIVER_WATCH_INTERVAL=abc\n",
+            ["upload", "--watch"],
+            "'abc' is not a valid number",
+            "float range",
+        ),
+        (
+            "ARCHIVER_WATCH_INTERVAL=abc\n",
+            ["upload", "--watch"],
+            "ARCHIVER_WATCH_INTERVAL in ",
+            "--interval",
+        ),
+        ("ARCHIVER_BUCKET=\n", ["upload"], "ARCHIVER_BUCKET is set but empty in ", "social-tui"),
+        ("ARCHIVER_CONCURRENCY=0\n", ["upload"], "ARCHIVER_CONCURRENCY in ", "--concurrency"),
+        ("AWS_PROFILE=nowhere\n", ["upload"], "'nowhere' (named by AWS_PROFILE in ", "not found"),
+        ("AWS_PROFILE=nowhere\n", ["upload"], "aws configure --profile nowhere", "Traceback"),
+    ],
+)
+def test_a_bad_value_in_the_env_file_is_named_with_the_file(env, dotenv, args, says, not_says):
+    (env.workdir / ".env").write_text(dotenv)
+    out = run_cli(env, *args, environ=without(env.environ(), dotenv.partition("=")[0]))
+    assert out.returncode == 2, out.stderr
+    error = out.stderr.strip().splitlines()[-1]
+    assert says in error and str(env.workdir / ".env") in error and not_says not in error, error
+
+
+def test_a_database_url_with_a_stray_at_is_named_by_its_variable_and_file(env):
+    (env.workdir / ".env").write_text("SUPABASE_DB_URL=postgresql://app:p@ss@127.0.0.1:9/db\n")
+    out = run_cli(env, "upload", environ=without(env.environ(), "DATABASE_URL"))
+    assert out.returncode == 2
+    assert f"SUPABASE_DB_URL in {env.workdir / '.env'}: the user name or password" in out.stderr
+    assert "DATABASE_URL:" not in out.stderr.replace("SUPABASE_DB_URL", "")
+
+
+def test_typos_of_every_key_archiver_reads_are_named_and_far_ones_get_no_guess(env, db):
+    (env.workdir / ".env").write_text(
+        "SUPABASE_DB_ULR=postgresql://x@h/db\nARCHIVER_CONCURRENCY=4\nSUPABASE_URL=https://x\n"
+    )
+    out = run_cli(env, "verify", ARCHIVER_BUKET="b", ARCHIVER_ZZYZX_QUUX="1")
+    assert out.returncode == 0, out.stderr
+    warnings = [line for line in out.stderr.splitlines() if "unknown key" in line]
+    assert any("SUPABASE_DB_ULR (did you mean SUPABASE_DB_URL?)" in w for w in warnings)
+    assert any(
+        "environment: unknown key ARCHIVER_BUKET (did you mean ARCHIVER_BUCKET?)" in w
+        for w in warnings
+    )
+    assert any(w.endswith("unknown key ARCHIVER_ZZYZX_QUUX; it is ignored") for w in warnings)
+    assert not any("CONCURRENCY" in w or "SUPABASE_URL" in w for w in warnings), warnings
+
+
+def test_an_exported_database_url_over_the_env_files_is_reported_by_v_and_check(env, db):
+    (env.workdir / ".env").write_text(
+        "SUPABASE_DB_URL=postgresql://app@127.0.0.1:9/app\nARCHIVER_KEY_PREFIX=other\n"
+    )
+    said = (
+        f"SUPABASE_DB_URL in {env.workdir / '.env'} is not used: DATABASE_URL, from the "
+        "environment, comes first"
+    )
+    out = run_cli(env, "verify", "-v", ARCHIVER_KEY_PREFIX="cache")
+    assert out.returncode == 0, out.stderr
+    assert said in out.stderr
+    assert (
+        f"ARCHIVER_KEY_PREFIX in {env.workdir / '.env'} is not used: the environment sets it"
+        in out.stderr
+    )
+    check = run_cli(env, "check", "--json", ARCHIVER_KEY_PREFIX="cache")
+    configuration = json.loads(check.stdout)["checks"]["configuration"]
+    assert configuration["state"] == "warn" and said in configuration["overrides"]
+
+
+def test_run_from_another_directory_the_error_says_there_is_no_env_file_there(
+    env, tmp_path_factory
+):
+    elsewhere = tmp_path_factory.mktemp("not-the-app")
+    environ = without(env.environ(), "ARCHIVER_CACHE_ROOT")
+    out = subprocess.run(
+        [sys.executable, "-m", "archiver", "upload"], cwd=elsewhere, env=environ,
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert f"there is no .env in {elsewhere}: run archiver from the app's directory" in out.stderr

@@ -17,7 +17,7 @@ from archiver.commands.check import FAIL, OK, WARN, _privileges, _verdict
 from archiver.commands.restore import Target, plan
 from archiver.commands.watch import retryable
 from archiver.db import Page, pages
-from archiver.envfile import unknown_key_warnings
+from archiver.envfile import environment_warnings, unknown_key_warnings
 from archiver.models import MediaRow
 from archiver.multipart import part_size_for
 from archiver.policies import RetryPolicy, retrying
@@ -161,6 +161,31 @@ def test_env_file_typos_name_the_known_key(key: str, hint: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("key", "hint"),
+    [
+        ("SUPABASE_DB_ULR", "SUPABASE_DB_URL"),  # the app's database URL, misspelt
+        ("ARCHIVER_CONCURENCY", "ARCHIVER_CONCURRENCY"),
+        ("ARCHIVER_LOGFILE", "ARCHIVER_LOG_FILE"),
+        ("ARCHIVER_PUT_CLIENTS", "ARCHIVER_PUT_CLIENT"),
+        ("ARCHIVER_ZZYZX_QUUX", None),  # close to none: no guess (once: ARCHIVER_CDN_KEY_ID)
+        ("AWS_FROBNICATE", None),
+    ],
+)
+def test_typo_hints_cover_every_key_and_guess_only_when_close(key: str, hint: str | None) -> None:
+    (line,) = unknown_key_warnings([key], ".env")
+    assert line.endswith(
+        f"(did you mean {hint}?); it is ignored" if hint else f"{key}; it is ignored"
+    )
+
+
+def test_exported_variables_of_archivers_prefix_are_checked_too() -> None:
+    environ = {"ARCHIVER_BUKET": "x", "ARCHIVER_BUCKET": "y", "SUPABASE_DB_ULR": "z", "HOME": "/"}
+    assert environment_warnings(environ) == [
+        "environment: unknown key ARCHIVER_BUKET (did you mean ARCHIVER_BUCKET?); it is ignored"
+    ]
+
+
+@pytest.mark.parametrize(
     "key", ["DATABASE_URL", "SUPABASE_DB_URL", "ARCHIVER_CDN_DOMAIN", "SUPABASE_URL", "PORT"]
 )
 def test_env_file_known_and_foreign_keys_pass_silently(key: str) -> None:
@@ -206,7 +231,7 @@ def test_watch_retries_outages_not_configuration(exc: errors.ArchiverError, agai
     ],
 )
 def test_bad_flags_exit_2_in_one_line(args: list[str], says: str, tmp_path: Path) -> None:
-    env = {"DATABASE_URL": "postgresql://u:s3cret@127.0.0.1:9/db", "ARCHIVER_CDN_PRIVATE_KEY": ""}
+    env = {"DATABASE_URL": "postgresql://u:s3cret@127.0.0.1:9/db", "ARCHIVER_CDN_PRIVATE_KEY": None}
     result = CliRunner().invoke(cli, args, env=env, catch_exceptions=True)
     message = result.output + (str(result.exception) if result.exception else "")
     assert result.exit_code != 0

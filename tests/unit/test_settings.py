@@ -185,7 +185,7 @@ def test_strings_of_no_known_shape_are_never_printed(dsn: str) -> None:
     assert "S3cret" not in scrub(message, dsn)
     settings = Settings(database_url=dsn, database_from="SUPABASE_DB_URL in /app/.env")
     assert "S3cret" not in repr(settings)
-    with pytest.raises(ConfigError, match=r"^SUPABASE_DB_URL is not a database URL"):
+    with pytest.raises(ConfigError, match=r"^SUPABASE_DB_URL in /app/.env is not a database URL"):
         settings.require_database()
 
 
