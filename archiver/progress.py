@@ -258,7 +258,7 @@ class Progress:
         if self.mode == "log":
             print(f"{utc_stamp(self.wall())} archiver: {line}", file=self.err, flush=True)
 
-    def close(self, *, completed: bool = True) -> None:
+    def close(self, *, completed: bool = True, interrupted: bool = False) -> None:
         """The final figures: the bar's byte count brought up to date, and a last log line
         when the job `completed`: `done`, or `stopped` when a signal interrupted it (a job
         stopped by an error ends with that error's line)."""
@@ -267,7 +267,7 @@ class Progress:
             self._bar.set_postfix_str(self._bytes_text(now), refresh=True)
             self._bar.close()
             self._bar = None
-        stopped = self.interrupt is not None and self.interrupt.triggered
+        stopped = interrupted or (self.interrupt is not None and self.interrupt.triggered)
         if completed and self.wants_total:
             self._log(now, final=True, stopped=stopped)
 
@@ -354,8 +354,8 @@ class Reporter:
             )
         self.progress.step(result.bytes_sent)
 
-    def close(self, *, completed: bool = True) -> None:
-        self.progress.close(completed=completed)
+    def close(self, *, completed: bool = True, interrupted: bool = False) -> None:
+        self.progress.close(completed=completed, interrupted=interrupted)
         if self.warn_missing and self.missing > MAX_WARNINGS:
             event(
                 "missing",

@@ -47,7 +47,7 @@ class Reporter(Protocol):
 
     def result(self, result: RowResult) -> None: ...
 
-    def close(self, *, completed: bool = True) -> None: ...
+    def close(self, *, completed: bool = True, interrupted: bool = False) -> None: ...
 
 
 @dataclass
@@ -208,8 +208,7 @@ async def _pipe(
         summary.error_exit_code = exc.exit_code
     finally:
         interrupt.forget(pipeline.abandon)
-        reporter.progress.interrupt = interrupt
-        reporter.close(completed=completed)
+        reporter.close(completed=completed, interrupted=interrupt.triggered)
         if run.claims is not None:
             await asyncio.shield(run.claims.release())
         summary.db_updated = pipeline.stats.db_updated
