@@ -36,11 +36,11 @@ from archiver.options import (
     env,
     json_option,
     media_type_option,
+    name_its_source,
     overrides,
     parsed,
     run_options,
     setup_bucket_options,
-    source_of,
     upload_options,
 )
 from archiver.pipeline import Interrupt
@@ -140,9 +140,8 @@ def upload(
 
 def _refuse_with_watch(*, dry_run: bool, force: bool, media_ids: tuple[str, ...]) -> None:
     """--watch archives what appears, unattended: no dry run, no forced or named rows."""
-    clash = [flag for flag, on in (("--dry-run", dry_run), ("--force", force)) if on]
-    if media_ids:
-        clash.append("--media-id")
+    given = (("--dry-run", dry_run), ("--force", force), ("--media-id", bool(media_ids)))
+    clash = [flag for flag, on in given if on]
     if clash:
         raise ConfigError(f"--watch cannot be combined with {clash[0]}")
 
@@ -451,7 +450,7 @@ def check(settings: Settings, *, sample: int, as_json: bool) -> int:
 
     options = CheckOptions(
         sample=sample,
-        env_file=click.get_current_context().find_root().meta.get("archiver.env_loaded"),
+        env_file=settings.env_file or None,
         overrides=tuple(overrides(click.get_current_context())),
         # STS where the AWS SDK would look for it (botocore reads these for its STS client).
         sts_endpoint_url=first_set(os.environ, "sts_endpoint_url"),
@@ -585,11 +584,7 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         code = INTERRUPTED_EXIT_CODE
     except click.UsageError as exc:
-        if isinstance(exc, click.BadParameter) and exc.ctx and exc.param and exc.param.name:
-            # A value from a variable (or the .env) is named by it, not by the flag.
-            from_env = click.core.ParameterSource.ENVIRONMENT
-            if exc.ctx.get_parameter_source(exc.param.name) is from_env:
-                exc.param_hint = source_of(exc.ctx, exc.param.name)
+        name_its_source(exc)
         hint = f" (see 'archiver {exc.ctx.info_name} --help')" if exc.ctx else ""
         hint = hint.replace("archiver archiver", "archiver")
         click.echo(f"archiver: error: {exc.format_message()}{hint}", err=True)

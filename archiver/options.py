@@ -194,6 +194,12 @@ def config_options(
     return decorate
 
 
+QUIET_HELP = (
+    "For cron: print nothing unless something needs a person (a new problem, an error); "
+    "missing files are counted, not listed. Implies --no-progress."
+)
+
+
 def run_options(func: F) -> F:
     """What every long job (upload, verify, prune-local, restore) shows and logs; the
     command is called with one `display` built from them."""
@@ -220,13 +226,7 @@ def run_options(func: F) -> F:
             json_option(),
             click.option("--no-progress", is_flag=True, help="No progress bar or progress lines."),
             click.option("-v", "--verbose", is_flag=True, help="One line per row."),
-            click.option(
-                "-q",
-                "--quiet",
-                is_flag=True,
-                help="For cron: print nothing unless something needs a person (a new problem, "
-                "an error); missing files are counted, not listed. Implies --no-progress.",
-            ),
+            click.option("-q", "--quiet", is_flag=True, help=QUIET_HELP),
             click.option(
                 "--progress-interval",
                 envvar=env("progress_interval"),
@@ -292,6 +292,14 @@ def source_of(ctx: click.Context, name: str) -> str | None:
         opts: list[str] = list(getattr(param, "opts", None) or [name])
         return max(opts, key=len)
     return None
+
+
+def name_its_source(exc: click.UsageError) -> None:
+    """A bad value from a variable (or the .env) is named by it, not by its flag."""
+    if isinstance(exc, click.BadParameter) and exc.ctx and exc.param and exc.param.name:
+        from_env = click.core.ParameterSource.ENVIRONMENT
+        if exc.ctx.get_parameter_source(exc.param.name) is from_env:
+            exc.param_hint = source_of(exc.ctx, exc.param.name)
 
 
 def empty_variables(ctx: click.Context) -> None:
