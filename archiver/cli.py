@@ -163,7 +163,7 @@ def setup_bucket(
     check_only: bool,
     enable_versioning: bool,
     skip_lifecycle: bool,
-    glacier_days: int,
+    glacier_days: int | None,
     block_public_acls: bool,
     http_endpoint_url: str | None,
     as_json: bool,

@@ -79,12 +79,14 @@ async def converge(
     """Read the setting; if it differs from what is wanted, write it (given what was read)
     and read it back. A server that accepted the write but stores something else is
     reported as refusing it. `what` describes the change (or is made from what was read),
-    `in_place` a setting found as wanted."""
+    followed by how the setting differed; `in_place` describes a setting found as wanted."""
     current = await read()
-    if difference(current) is None:
+    found = difference(current)
+    if found is None:
         return Setting(State.IN_PLACE, in_place(current))
     if callable(what):
         what = what(current)
+    what = f"{what} (it was: {found})"  # what a change changes, and why
     if check_only:
         return Setting(State.WOULD_CHANGE, what)
     await write(current)

@@ -561,9 +561,8 @@ SETUP_BUCKET_OPTIONS: list[Callable[[Any], Any]] = [
     click.option(
         "--glacier-days",
         type=Whole(1, 36_500),
-        default=DEFAULT_GLACIER_DAYS,
-        show_default=True,
-        help="Days before objects over 128 KiB move to GLACIER_IR.",
+        help=f"Days before objects over 128 KiB move to GLACIER_IR (default: the days of the "
+        f"rule in place, {DEFAULT_GLACIER_DAYS} for a new one).",
     ),
     click.option(
         "--no-block-public-acls",

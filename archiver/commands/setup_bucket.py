@@ -50,7 +50,9 @@ class SetupOptions:
     check_only: bool = False
     enable_versioning: bool = False
     skip_lifecycle: bool = False
-    glacier_days: int = DEFAULT_GLACIER_DAYS
+    # None: the days of archiver's rule already in place (DEFAULT_GLACIER_DAYS without one),
+    # so that a re-run without the flag does not undo an earlier --glacier-days
+    glacier_days: int | None = None
     block_public_acls: bool = True
     http_endpoint_url: str | None = None  # the server over plain HTTP (TLS policy check)
 
@@ -172,6 +174,18 @@ def _fields(rule: dict[str, Any]) -> tuple[Any, ...]:
     )
 
 
+def glacier_days_in_place(rules: list[dict[str, Any]], prefix: str) -> int | None:
+    """The days of archiver's GLACIER_IR transition for `prefix` among `rules` (as a
+    server reads them back), None when there is no such rule."""
+    rule_id = lifecycle_rules(prefix, DEFAULT_GLACIER_DAYS)[0]["ID"]
+    for rule in rules:
+        if rule.get("ID") == rule_id:
+            for transition in rule.get("Transitions") or []:
+                if isinstance(transition.get("Days"), int):
+                    return int(transition["Days"])
+    return None
+
+
 def merge_lifecycle(
     existing: list[dict[str, Any]], wanted: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
@@ -249,7 +263,7 @@ async def _public_access_block(store: Storage, _s: Settings, options: SetupOptio
 
     def difference(config: dict[str, Any]) -> str | None:
         off = [k for k, v in wanted.items() if config.get(k, False) is not v]
-        return f"{', '.join(off)} read back as {[config.get(k) for k in off]}" if off else None
+        return ", ".join(f"{k} {'on' if config.get(k) else 'off'}" for k in off) or None
 
     async def write(_current: object) -> None:
         await store.put_setting("put_public_access_block", PublicAccessBlockConfiguration=wanted)
@@ -382,13 +396,14 @@ async def _versioning(store: Storage, _s: Settings, options: SetupOptions) -> Se
     )
 
 
+Rules = tuple[list[dict[str, Any]], str | None]  # lifecycle rules, bucket-wide minimum size
+
+
 async def _lifecycle(store: Storage, settings: Settings, options: SetupOptions) -> Setting:
     if options.skip_lifecycle:
         return Setting(State.LEFT_ALONE, "--skip-lifecycle")
-    wanted = lifecycle_rules(settings.key_prefix, options.glacier_days)
-    transition, abort = wanted
 
-    async def read() -> tuple[list[dict[str, Any]], str | None]:
+    async def read() -> Rules:
         current = (
             await store.get_setting(
                 "get_bucket_lifecycle_configuration", ("NoSuchLifecycleConfiguration",)
@@ -397,7 +412,7 @@ async def _lifecycle(store: Storage, settings: Settings, options: SetupOptions) 
         )
         return list(current.get("Rules") or []), current.get("TransitionDefaultMinimumObjectSize")
 
-    async def put(rules: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str | None]:
+    async def put(rules: list[dict[str, Any]]) -> Rules:
         await store.put_setting(
             "put_bucket_lifecycle_configuration",
             LifecycleConfiguration={"Rules": rules},
@@ -405,27 +420,45 @@ async def _lifecycle(store: Storage, settings: Settings, options: SetupOptions) 
         )
         return await read()
 
-    what = (
-        f"{settings.key_prefix}/ to GLACIER_IR after {options.glacier_days} days (objects over "
-        f"128 KiB); incomplete uploads aborted after {ABORT_INCOMPLETE_DAYS} days"
-    )
     existing, minimum = await read()
-    if lifecycle_difference(existing, minimum, wanted) is None:
-        return Setting(State.IN_PLACE, what)
+    days = options.glacier_days or glacier_days_in_place(existing, settings.key_prefix)
+    wanted = lifecycle_rules(settings.key_prefix, days or DEFAULT_GLACIER_DAYS)
+    what = (
+        f"{settings.key_prefix}/ to GLACIER_IR after {days or DEFAULT_GLACIER_DAYS} days "
+        f"(objects over 128 KiB); incomplete uploads aborted after {ABORT_INCOMPLETE_DAYS} days"
+    )
+    found = lifecycle_difference(existing, minimum, wanted)
+    if found is None:
+        keep = options.glacier_days is None and days
+        return Setting(
+            State.IN_PLACE, what + (" (kept: --glacier-days N changes it)" if keep else "")
+        )
+    what = f"{what} (it was: {found})"
     if options.check_only:
         return Setting(State.WOULD_CHANGE, what)
-    # The transition goes in disabled first: a server that drops its size filter would
-    # otherwise move every small object until archiver noticed.
+    return await _put_lifecycle(put, existing, wanted, what)
+
+
+async def _put_lifecycle(
+    put: Callable[[list[dict[str, Any]]], Awaitable[Rules]],
+    existing: list[dict[str, Any]],
+    wanted: list[dict[str, Any]],
+    what: str,
+) -> Setting:
+    """Put archiver's rules beside the others'. The transition goes in disabled first: a
+    server that drops its size filter would otherwise move every small object until
+    archiver noticed."""
+    transition, abort = wanted
     trial = dict(transition, Status="Disabled")
     echoed, minimum = await put(merge_lifecycle(existing, [trial, abort]))
     size_problem = lifecycle_difference(echoed, minimum, [trial])
     if size_problem is not None:
         echoed, minimum = await put(merge_lifecycle(existing, [abort]))
-        kept = lifecycle_difference(echoed, minimum, [abort])
+        wrong = lifecycle_difference(echoed, minimum, [abort])
         aborts = (
             f"incomplete uploads are aborted after {ABORT_INCOMPLETE_DAYS} days"
-            if kept is None
-            else f"the abort rule read back wrong too ({kept})"
+            if wrong is None
+            else f"the abort rule read back wrong too ({wrong})"
         )
         log.info("lifecycle read back without the size filter: %s", size_problem)
         return Setting(

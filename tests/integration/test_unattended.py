@@ -324,3 +324,35 @@ def test_run_from_another_directory_the_error_says_there_is_no_env_file_there(
     )  # fmt: skip
     assert out.returncode == 2
     assert f"there is no .env in {elsewhere}: run archiver from the app's directory" in out.stderr
+
+
+# -- setup-bucket is declarative and says so --------------------------------------------------
+
+
+def setup_json(env, *args: str, bucket: str) -> dict:
+    out = run_cli(env, "setup-bucket", "--json", *args, ARCHIVER_BUCKET=bucket)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_setup_bucket_rerun_keeps_the_glacier_days_chosen_before_and_says_what_would_change(
+    env, s3
+):
+    bucket = f"setup-{uuid.uuid4().hex[:12]}"
+    first = setup_json(env, "--glacier-days", "30", bucket=bucket)
+    assert first["settings"]["lifecycle"]["state"] == "changed"
+    again = setup_json(env, bucket=bucket)  # no flags: nothing changes
+    assert not again["changed"]
+    lifecycle = again["settings"]["lifecycle"]
+    assert lifecycle["state"] == "in_place" and "after 30 days" in lifecycle["detail"]
+    rules = s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+    assert [t["Days"] for r in rules for t in r.get("Transitions", [])] == [30]
+    would = setup_json(env, "--check-only", "--glacier-days", "45", bucket=bucket)
+    detail = would["settings"]["lifecycle"]["detail"]
+    assert would["settings"]["lifecycle"]["state"] == "would_change"
+    assert "after 45 days" in detail and "it was:" in detail and "30" in detail, detail
+    # A safety setting turned off by a flag is turned back on by a run without it: reported
+    # as a change, with what it was.
+    setup_json(env, "--no-block-public-acls", bucket=bucket)
+    back = setup_json(env, bucket=bucket)["settings"]["public_access_block"]
+    assert back["state"] == "changed" and "it was: BlockPublicAcls off" in back["detail"]

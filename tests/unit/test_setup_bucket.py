@@ -12,6 +12,7 @@ from archiver.commands.setup_bucket import (
     SMALL_OBJECTS_STAY,
     SetupOptions,
     SetupReport,
+    glacier_days_in_place,
     lifecycle_difference,
     lifecycle_rules,
     merge_lifecycle,
@@ -59,6 +60,14 @@ def test_lifecycle_difference_reads_back_field_by_field() -> None:
     disabled = [dict(wanted[0], Status="Disabled"), wanted[1]]
     assert "Status is 'Disabled'" in (lifecycle_difference(disabled, None, wanted) or "")
     assert lifecycle_difference([wanted[1]], None, wanted) == f"rule {GLACIER_ID} is missing"
+
+
+def test_the_glacier_days_in_place_are_read_from_archivers_own_rule() -> None:
+    ours = lifecycle_rules("cache", 30)
+    assert glacier_days_in_place([OTHER_RULE, *ours], "cache") == 30
+    assert glacier_days_in_place(lifecycle_rules("other", 45), "cache") is None  # not ours
+    assert glacier_days_in_place([OTHER_RULE], "cache") is None
+    assert glacier_days_in_place([], "cache") is None
 
 
 def test_lifecycle_rules_only_move_objects_over_128_kib() -> None:
