@@ -196,10 +196,15 @@ class Database:
 
     async def count_rows(self, row_filter: RowFilter, *, limit: int | None = None) -> int:
         """How many rows match, at most `limit`."""
+        return min((await self.totals(row_filter))[0], limit or 2**63)
+
+    async def totals(self, row_filter: RowFilter) -> tuple[int, int | None]:
+        """How many rows match, and the sum of their file_size when every one has it (what
+        a progress display's ETA goes by; None when some row has none)."""
         query = count_query(row_filter)
         rows = await self._fetch("counting rows", query.sql, *query.args)
-        total = int(rows[0][0])
-        return total if limit is None else min(total, limit)
+        count, sized, total_bytes = rows[0]
+        return int(count), int(total_bytes) if count and sized == count else None
 
     async def fetch_page(
         self, row_filter: RowFilter, *, after: str | None, limit: int

@@ -184,6 +184,7 @@ class Summary:
     holders: list[Holder] = field(default_factory=list)
     not_selected: list[Problem] = field(default_factory=list)  # --media-id rows not handled
     resent: int = 0  # objects already stored, sent again because they could not be read back
+    bytes_would_upload: int = 0  # a dry run: the size of the files it would send
     notes: list[str] = field(default_factory=list)  # what the credentials did not allow
 
     def add(self, result: RowResult) -> None:
@@ -191,6 +192,8 @@ class Summary:
         self.counts[result.outcome] += 1
         self.bytes_uploaded += result.bytes_sent
         self.resent += result.resent
+        if result.outcome is Outcome.WOULD_UPLOAD:
+            self.bytes_would_upload += result.size
 
     @property
     def selected(self) -> int:
@@ -253,6 +256,7 @@ class Summary:
             data["not_selected"] = [p.as_json() for p in self.not_selected]
         if self.dry_run:
             data["would_upload"] = self.counts[Outcome.WOULD_UPLOAD]
+            data["bytes_would_upload"] = self.bytes_would_upload
         if self.unrecorded:
             data["unrecorded"] = self.unrecorded
         if self.interrupted:

@@ -150,9 +150,12 @@ class Progress:
         self.verbose = verbose
         self.clock = clock
         self.wall = wall
-        self.total = 0
+        self.total: int | None = 0  # None: not known ahead (restore --all-missing)
+        self.total_bytes: int | None = None  # when known: the ETA goes by bytes
         self.done = 0
         self.bytes = 0
+        self.moves_bytes = True  # False: no MB or MB/s (verify's HEADs move no data)
+        self.unit = "file"
         self.interrupt: Interruptible | None = None  # a job stopped by a signal is not done
         self._bar: tqdm | None = None
         self._started = self._last_log = self._last_postfix = clock()
@@ -163,7 +166,7 @@ class Progress:
         return self.mode != "off" or RUN_LOG.isEnabledFor(logging.INFO)
 
     @contextlib.contextmanager
-    def running(self, total: int) -> Iterator[Progress]:
+    def running(self, total: int | None) -> Iterator[Progress]:
         """`start(total)`, then `close`: with the final figures when the block completes,
         without them when an error stops it (the error's line is the last word)."""
         self.start(total)
@@ -174,15 +177,18 @@ class Progress:
             raise
         self.close()
 
-    def start(self, total: int) -> None:
-        """A new count of `total` items (verify counts each of its checks anew)."""
+    def start(self, total: int | None, *, total_bytes: int | None = None) -> None:
+        """A new count of `total` items (None: not known ahead; verify counts each of its
+        checks anew), of `total_bytes` bytes when known (the ETA then goes by bytes, which
+        is right under --max-bandwidth)."""
         self.total = total
+        self.total_bytes = total_bytes if total_bytes and self.moves_bytes else None
         self.done = self.bytes = 0
         self._started = self._last_log = self.clock()
         if self.mode == "bar":
             self._bar = tqdm(
                 total=total,
-                unit="file",
+                unit=self.unit,
                 file=self.err,
                 dynamic_ncols=True,
                 smoothing=0.1,
@@ -208,7 +214,7 @@ class Progress:
         now = self.clock()
         if self._bar is not None:
             self._bar.update(1)
-            if now - self._last_postfix >= POSTFIX_INTERVAL_S:
+            if self.moves_bytes and now - self._last_postfix >= POSTFIX_INTERVAL_S:
                 self._last_postfix = now
                 self._bar.set_postfix_str(self._bytes_text(now), refresh=False)
         if now - self._last_log >= self.interval:
@@ -222,34 +228,47 @@ class Progress:
     def figures(self, now: float) -> dict[str, float | int | None]:
         elapsed = now - self._started
         rate = _rate(self.done, elapsed)
-        eta = (self.total - self.done) / rate if rate and self.total > self.done else None
-        return {
+        byte_rate = _rate(self.bytes, elapsed)
+        eta: float | None = None
+        if self.total_bytes is not None and byte_rate and self.total_bytes > self.bytes:
+            eta = (self.total_bytes - self.bytes) / byte_rate
+        elif self.total is not None and rate and self.total > self.done:
+            eta = (self.total - self.done) / rate
+        figures: dict[str, float | int | None] = {
             "done": self.done,
             "total": self.total,
             "bytes": self.bytes,
             "elapsed_s": round(elapsed, 1),
             "files_per_s": round(rate, 1),
-            "bytes_per_s": round(_rate(self.bytes, elapsed)),
+            "bytes_per_s": round(byte_rate),
             "eta_s": None if eta is None else int(eta),
         }
+        if not self.moves_bytes:
+            del figures["bytes"], figures["bytes_per_s"]
+        return figures
+
+    def _count(self) -> str:
+        """`120/1,000 files`, or `120 files` when the total is not known."""
+        total = f"/{self.total:,}" if self.total is not None else ""
+        return f"{self.done:,}{total} {self.unit}s"
 
     def progress_line(self, now: float) -> str:
-        """`upload: 120/1,000 files (12.0%), 45.1 MB, 30.2 files/s, 1.5 MB/s, ETA 29s`."""
+        """`upload: 120/1,000 files (12.0%), 45.1 MB, 1.5 MB/s, 30.2 files/s, ETA 29s`."""
         f = self.figures(now)
-        pct = 100.0 * self.done / self.total if self.total else 100.0
+        pct = ""
+        if self.total is not None:
+            pct = f" ({100.0 * self.done / self.total if self.total else 100.0:.1f}%)"
         eta = f", ETA {f['eta_s']}s" if f["eta_s"] is not None else ""
+        moved = f", {self._bytes_text(now)}" if self.moves_bytes else ""
         return (
-            f"{self.desc}: {self.done:,}/{self.total:,} files ({pct:.1f}%), "
-            f"{self._bytes_text(now)}, {f['files_per_s']:,.1f} files/s{eta}"
+            f"{self.desc}: {self._count()}{pct}{moved}, {f['files_per_s']:,.1f} {self.unit}s/s{eta}"
         )
 
     def _log(self, now: float, *, final: bool = False, stopped: bool = False) -> None:
         if final:
             how = "stopped at" if stopped else "done in"
-            line = (
-                f"{self.desc}: {self.done:,}/{self.total:,} files {how} "
-                f"{now - self._started:,.1f} s, {self._bytes_text(now)}"
-            )
+            moved = f", {self._bytes_text(now)}" if self.moves_bytes else ""
+            line = f"{self.desc}: {self._count()} {how} {now - self._started:,.1f} s{moved}"
         else:
             line = self.progress_line(now)
         fields = {"job": self.desc, **self.figures(now)}
@@ -264,7 +283,8 @@ class Progress:
         stopped by an error ends with that error's line)."""
         now = self.clock()
         if self._bar is not None:
-            self._bar.set_postfix_str(self._bytes_text(now), refresh=True)
+            if self.moves_bytes:
+                self._bar.set_postfix_str(self._bytes_text(now), refresh=True)
             self._bar.close()
             self._bar = None
         stopped = interrupted or (self.interrupt is not None and self.interrupt.triggered)
@@ -322,8 +342,8 @@ class Reporter:
     def bytes(self) -> int:
         return self.progress.bytes
 
-    def start(self, total: int) -> None:
-        self.progress.start(total)
+    def start(self, total: int | None, *, total_bytes: int | None = None) -> None:
+        self.progress.start(total, total_bytes=None if self.dry_run else total_bytes)
 
     def result(self, result: RowResult) -> None:
         flagged = result.outcome.is_problem or (
@@ -352,7 +372,9 @@ class Reporter:
                 outcome=result.outcome.value,
                 detail=result.reason,
             )
-        self.progress.step(result.bytes_sent)
+        # A dry run counts the bytes it would send, a run those S3 accepted.
+        would = result.size if result.outcome is Outcome.WOULD_UPLOAD else 0
+        self.progress.step(result.bytes_sent or would)
 
     def close(self, *, completed: bool = True, interrupted: bool = False) -> None:
         self.progress.close(completed=completed, interrupted=interrupted)
@@ -419,9 +441,10 @@ def format_summary(summary: Summary, *, bucket: str) -> str:
     title = "Upload Summary (dry run: nothing was written)" if summary.dry_run else "Upload Summary"
     lines = [RULE, title, RULE, f"Bucket:  s3://{bucket}"]
     lines += [f"  {label + ':':<19}{value:>8,}" for label, value in rows]
+    moved = summary.bytes_would_upload if summary.dry_run else summary.bytes_uploaded
     lines.append(
-        f"  {'Data:':<19}{summary.bytes_uploaded / 1e6:>8,.1f} MB in {summary.elapsed_s:,.1f} s "
-        f"({summary.files_per_s:,.1f} files/s)"
+        f"  {'Would send:' if summary.dry_run else 'Data:':<19}{moved / 1e6:>8,.1f} MB in "
+        f"{summary.elapsed_s:,.1f} s ({summary.files_per_s:,.1f} files/s)"
     )
     if summary.interrupted:
         lines.append("  Interrupted: completed uploads were recorded; run again to finish.")

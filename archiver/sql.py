@@ -114,7 +114,9 @@ def candidates_query(row_filter: RowFilter, *, limit: int, owner: str, after: st
 def count_query(row_filter: RowFilter) -> Query:
     conditions, args = row_filter.where(1)
     where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
-    return Query(f"SELECT count(*) FROM post_media{where}", tuple(args))
+    return Query(
+        f"SELECT count(*), count(file_size), sum(file_size) FROM post_media{where}", tuple(args)
+    )
 
 
 # One grouped UPDATE per batch. Without --force a row already holding another URL is left

@@ -196,9 +196,13 @@ class _Pruner:
         if verdict is not None:
             return report.keep(row, f"object {key}: {verdict}")
         if report.dry_run:
+            if str(f.path) in report.would_delete:
+                # A row sharing a file another row would delete: a real run finds it gone.
+                report.missing_local += 1
+                return 0
             report.would_delete[str(f.path)] = f.size  # rows sharing a file: listed once
             report.say(f"would delete {row.media_id}: {f.path} ({f.size:,} bytes)")
-            return 0
+            return f.size  # what the display counts: the bytes it would free
         # Once begun, a delete is seen to its end and counted, even when a second Ctrl-C
         # abandons the work in flight: the report must say what was deleted.
         return await to_the_end(self._delete(row, f))
@@ -235,7 +239,8 @@ async def run_prune(
     with open_cache_root(settings) as cache:
         async with connected(settings, concurrency=options.concurrency) as (db, store):
             assert store is not None
-            total = await db.count_rows(row_filter, limit=options.limit)
+            # With --limit the rows are not known ahead (rows without a file take none).
+            total = None if options.limit else await db.count_rows(row_filter)
             pruner = _Pruner(
                 settings,
                 store,

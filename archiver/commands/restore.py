@@ -155,8 +155,9 @@ class _Restorer:
     options: RestoreOptions
     report: RestoreReport
 
-    async def restore(self, row: MediaRow) -> int:
-        """Restore one row's file when it is missing (or named); bytes written."""
+    async def restore(self, row: MediaRow) -> int | None:
+        """Restore one row's file when it is missing (or named); bytes written, None when
+        the row is not selected (--all-missing: its file is there)."""
         report = self.report
         found = await self.resolver.locate(row)
         where = plan(row, self.settings, self.resolver)
@@ -164,7 +165,7 @@ class _Restorer:
             # Found elsewhere than where the app looks (its local_file_path): not present.
             found = found if found.via == "local_file_path" else NotFound("not at its path")
         if self.options.all_missing and isinstance(found, Found):
-            return 0  # present: not selected
+            return None  # present: not selected
         report.selected += 1
         if isinstance(where, str):
             return report.fail(row, where, kind=ProblemKind.INVALID)
@@ -257,12 +258,16 @@ async def run_restore(
             restorer = _Restorer(
                 settings, store, cache, resolver_for(settings, cache.path, cwd), options, report
             )
-            total = len(options.media_ids) or await db.count_rows(row_filter)
+            # --all-missing: how many files are missing is known only at the end; the
+            # display counts the rows selected (not every archived row looked at).
+            total = len(options.media_ids) or None
             seen: set[str] = set()
 
             async def restore(row: MediaRow) -> None:
                 seen.add(row.media_id)
-                progress.step(await restorer.restore(row))
+                nbytes = await restorer.restore(row)
+                if nbytes is not None:
+                    progress.step(nbytes)
 
             def failed(row: MediaRow, reason: str) -> None:
                 report.fail(row, reason)

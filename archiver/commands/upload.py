@@ -43,7 +43,7 @@ class Reporter(Protocol):
     @property
     def wants_total(self) -> bool: ...
 
-    def start(self, total: int) -> None: ...
+    def start(self, total: int | None, *, total_bytes: int | None = None) -> None: ...
 
     def result(self, result: RowResult) -> None: ...
 
@@ -59,7 +59,7 @@ class _Run:
     rows: AsyncIterator[MediaRow | RowResult]
     claims: Claims | None
     retry: RetryPolicy
-    total: int
+    total: tuple[int | None, int | None]  # rows and bytes ahead, when known
 
 
 async def run_upload(
@@ -196,7 +196,7 @@ async def _pipe(
     """Run the rows through the pipeline; what it did goes into `summary`, even when it
     stopped early."""
     interrupt.on_abandon(pipeline.abandon)
-    reporter.start(run.total)
+    reporter.start(run.total[0], total_bytes=run.total[1])
     completed = False
     try:
         await pipeline.run(run.rows)
@@ -240,9 +240,17 @@ async def _prepare_store(store: Storage, options: UploadOptions) -> None:
         await store.learn_versioning()
 
 
-async def _total(db: Database, row_filter: RowFilter, reporter: Reporter, limit: int | None) -> int:
-    """The rows a progress display counts towards; no display, no count(*) round trip."""
-    return await db.count_rows(row_filter, limit=limit) if reporter.wants_total else 0
+async def _total(
+    db: Database, row_filter: RowFilter, reporter: Reporter, limit: int | None
+) -> tuple[int | None, int | None]:
+    """The rows a progress display counts towards and their bytes (file_size, when every
+    row has one); no display, no count(*) round trip. With --limit the rows are not known
+    ahead (missing files and known problems take none of it)."""
+    if not reporter.wants_total:
+        return 0, None
+    if limit is not None:
+        return None, None
+    return await db.totals(row_filter)
 
 
 def _row_source(

@@ -170,6 +170,7 @@ async def run_verify(
             if options.repair:
                 report.repair = Repair(dry_run=options.dry_run)
             progress.desc = "verify --verify-s3"
+            progress.moves_bytes, progress.unit = False, "object"  # HEADs: no data moves
             with progress.running(await _total(db, ARCHIVED, options, progress)):
                 await _check_s3(db, store, settings, options, report, resolver, interrupt, progress)
             if report.repair is not None and report.repair.candidates and not options.dry_run:
@@ -178,6 +179,7 @@ async def run_verify(
             assert resolver is not None
             report.local = LocalCheck()
             progress.desc = "verify --check-local"
+            progress.moves_bytes, progress.unit = False, "row"
             with progress.running(await _total(db, EVERY_ROW, options, progress)):
                 await _check_local(db, options, report, resolver, interrupt, progress)
     return report
@@ -255,7 +257,7 @@ async def _check_s3(
         s3.checked += 1
         if judgement.verdict is Verdict.INTACT:
             s3.ok += 1
-            progress.step(info.size if info is not None else 0)
+            progress.step(0)
             progress.say(f"ok {row.media_id}: {key}")
             return None
         kind, reason = _counted(s3, judgement)

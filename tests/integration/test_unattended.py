@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import uuid
+from dataclasses import replace
 from datetime import datetime
 from urllib.parse import urlsplit, urlunsplit
 
@@ -356,3 +357,47 @@ def test_setup_bucket_rerun_keeps_the_glacier_days_chosen_before_and_says_what_w
     setup_json(env, "--no-block-public-acls", bucket=bucket)
     back = setup_json(env, bucket=bucket)["settings"]["public_access_block"]
     assert back["state"] == "changed" and "it was: BlockPublicAcls off" in back["detail"]
+
+
+# -- figures that add up ----------------------------------------------------------------------
+
+
+async def test_figures_count_what_each_command_does(env, db):
+    rows = await make_rows(env, db, 12)
+    sizes = [2000 + i for i in range(12)]  # make_rows' file sizes
+    dry = upload_json(env, "--dry-run")
+    assert dry["would_upload"] == 12 and dry["bytes_would_upload"] == sum(sizes)
+    assert upload_json(env)["uploaded"] == 12
+    # A second row naming the first one's file: a dry prune counts it once, as a real one.
+    await insert_rows(db, [replace(rows[0], media_id="r9999", archive_url=None)])
+    await db.execute(
+        "UPDATE post_media SET archive_url = (SELECT archive_url FROM post_media WHERE "
+        "media_id = 'r0000') WHERE media_id = 'r9999'"
+    )
+    out = run_cli(env, "prune-local", "--dry-run", "--json")
+    pruned = json.loads(out.stdout)
+    accounted = pruned["would_delete"] + pruned["missing_local"] + len(pruned["kept"])
+    assert pruned["checked"] == 13 == accounted, pruned
+    assert pruned["bytes_would_free"] == sum(sizes)
+    # verify's HEADs move no data: no MB, no MB/s; its count is of objects.
+    log = env.workdir / "verify.log"
+    out = run_cli(env, "verify", "--verify-s3", "--no-progress", "--log-file", str(log))
+    done = log.read_text().splitlines()[-2]
+    assert "13/13 objects done in" in done and "MB" not in done, done
+    # restore --all-missing counts the files it restores, not every archived row it looked at.
+    for row in rows[1:3]:
+        (env.cache_root / "images" / f"{row.md5_sum}.jpg").unlink()
+    log = env.workdir / "restore.jsonl"
+    out = run_cli(
+        env,
+        "restore",
+        "--all-missing",
+        "--no-progress",
+        "--log-file",
+        str(log),
+        "--log-format",
+        "json",
+    )
+    assert out.returncode == 0, out.stderr
+    final = next(r for r in log_records(log) if r["event"] == "done")
+    assert (final["done"], final["total"], final["bytes"]) == (2, None, sizes[1] + sizes[2])

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import io
+import re
 
 from archiver.models import Outcome, RowResult, Summary
-from archiver.progress import MAX_WARNINGS, Reporter, describe, format_summary
+from archiver.progress import MAX_WARNINGS, Progress, Reporter, describe, format_summary
 
 WALL = 1764504000.0  # 2025-11-30T12:00:00Z
 
@@ -67,6 +68,47 @@ def test_log_mode_prints_a_progress_line_every_interval() -> None:
         "2025-11-30T12:00:00Z archiver: upload: 10/100 files done in 15.0 s, 10.0 MB, 0.7 MB/s"
     )
     assert out.getvalue() == ""
+
+
+def test_the_eta_goes_by_bytes_when_they_are_known() -> None:
+    # 10 files of 1 MB done in 15 s, of 100 files totalling 500 MB: by files 135 s are
+    # left, by bytes (what --max-bandwidth paces) 490 MB at 0.67 MB/s, 735 s.
+    r, _out, _err, clock = reporter()
+    r.start(100, total_bytes=500_000_000)
+    for i in range(10):
+        clock.now += 1.5
+        r.result(ok(i))
+    assert r.progress.figures(clock.now)["eta_s"] == 735
+
+
+def test_a_job_that_moves_no_data_shows_no_bytes_and_an_unknown_total_no_percentage() -> None:
+    err, clock = io.StringIO(), Clock()
+    p = Progress(mode="log", desc="verify --verify-s3", err=err, clock=clock, wall=lambda: WALL)
+    p.moves_bytes, p.unit = False, "object"
+    p.start(4)
+    clock.now += 2
+    p.step(0)
+    p.step(0)
+    assert p.progress_line(clock.now) == (
+        "verify --verify-s3: 2/4 objects (50.0%), 1.0 objects/s, ETA 2s"
+    )
+    assert "bytes" not in p.figures(clock.now)
+    restore = Progress(mode="log", desc="restore", err=err, clock=clock, wall=lambda: WALL)
+    restore.start(None)
+    clock.now += 1
+    restore.step(2_000_000)
+    assert restore.progress_line(clock.now) == ("restore: 1 files, 2.0 MB, 2.0 MB/s, 1.0 files/s")
+
+
+def test_a_dry_run_counts_the_bytes_it_would_send() -> None:
+    r, _out, _err, _clock = reporter(dry_run=True)
+    r.start(2)
+    r.result(RowResult("m1", Outcome.WOULD_UPLOAD, size=3_000_000))
+    assert r.progress.bytes == 3_000_000
+    summary = Summary(dry_run=True)
+    summary.add(RowResult("m1", Outcome.WOULD_UPLOAD, size=3_000_000))
+    assert summary.as_json()["bytes_would_upload"] == 3_000_000
+    assert re.search(r"Would send: +3.0 MB in", format_summary(summary, bucket="b"))
 
 
 def test_off_mode_is_silent_but_warnings_are_capped_and_counted() -> None:

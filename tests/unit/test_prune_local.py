@@ -83,9 +83,13 @@ async def test_a_proved_file_is_deleted(rig: Rig) -> None:
 
 async def test_a_dry_run_lists_it_and_deletes_nothing(rig: Rig) -> None:
     pruner = rig.pruner(dry_run=True)
-    assert await pruner.prune(archived()) == 0
+    assert await pruner.prune(archived()) == len(BODY)  # the bytes it would free
     assert (rig.root / "images" / f"{MD5}.jpg").exists()
     assert list(pruner.report.would_delete.values()) == [len(BODY)]
+    # A second row of the same file: counted as a real run would find it (gone), once.
+    assert await pruner.prune(archived(media_id="m2")) == 0
+    report = pruner.report
+    assert (report.checked, len(report.would_delete), report.missing_local) == (2, 1, 1)
 
 
 def corrupt_the_file(rig: Rig) -> None:
