@@ -13,6 +13,7 @@ import functools
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from archiver.db import Database
 from archiver.errors import DatabaseError
 from archiver.models import Holder, MediaRow, RowResult
-from archiver.policies import RetryPolicy
+from archiver.policies import OUTAGE, RetryPolicy, plain_reason
 from archiver.settings import DEFAULT_LEASE_S
 from archiver.sql import RowFilter
 
@@ -237,7 +238,8 @@ class Claims:
                 try:
                     await self.db.renew(self.owner, sorted(self.held), self.lease_s)
                 except DatabaseError as exc:
-                    log.warning("could not renew claims (will try again): %s", exc)
+                    # The outage is said once, in plain words; the next renewal tries again.
+                    OUTAGE.began(exc, time.monotonic(), interval)
 
     async def elsewhere(self) -> list[Holder]:
         """The other processes that still hold rows this run selected, and how many: rows
@@ -245,7 +247,7 @@ class Claims:
         try:
             held = await self.db.held_elsewhere(self.row_filter, self.owner)
         except DatabaseError as exc:
-            log.warning("could not count the rows other processes hold: %s", exc)
+            log.warning("could not count the rows other processes hold: %s", plain_reason(exc))
             return []
         return [Holder(o, n, until, not dead_here(o)) for o, n, until in held]
 
@@ -254,4 +256,5 @@ class Claims:
         try:
             await self.db.release(self.owner)
         except DatabaseError as exc:
-            log.warning("could not release claims (they expire by themselves): %s", exc)
+            why = plain_reason(exc)
+            log.warning("could not release claims (they expire by themselves): %s", why)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol, TextIO, TypeVar
 
 import click
+from tqdm import tqdm
 
 from archiver import __version__
 from archiver.errors import INTERRUPTED_EXIT_CODE, ArchiverError
@@ -256,11 +257,27 @@ def quieten_stderr() -> None:
             handler.setLevel(logging.ERROR)
 
 
+class BarSafeHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """stderr lines written through tqdm, so that a warning never breaks a progress bar
+    (tqdm clears the bar, prints the line, draws the bar again)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:
+            self.handleError(record)
+
+
+def for_stderr(record: logging.LogRecord) -> bool:
+    """The run's own events go to --log-file only (stderr has its progress lines), and so
+    do the database driver's: archiver says what they mean in plain words (`Outage`)."""
+    return not record.name.startswith((RUN_LOG.name, "asyncpg"))
+
+
 def configure_logging() -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = BarSafeHandler(sys.stderr)
     handler.setFormatter(OneLineFormatter())
-    # The run's own events go to --log-file only; stderr has its progress lines already.
-    handler.addFilter(lambda record: not record.name.startswith(RUN_LOG.name))
+    handler.addFilter(for_stderr)
     logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
 
 

@@ -4,6 +4,7 @@ The pipeline and the adapters only apply them."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from typing import TypeVar
 from archiver.errors import DatabaseError
 
 T = TypeVar("T")
+log = logging.getLogger("archiver.database")
 
 
 @dataclass(frozen=True)
@@ -57,13 +59,64 @@ async def retrying(
     attempt = 0
     while True:
         try:
-            return await call()
-        except DatabaseError:
+            value = await call()
+        except DatabaseError as exc:
             attempt += 1
             wait = policy.delay(attempt, started, clock())
             if wait is None:
                 raise
+            OUTAGE.began(exc, clock(), policy.deadline_s)
             await sleep(wait)
+        else:
+            if OUTAGE.since is not None:  # this call (or another caller's) met the outage
+                OUTAGE.ended(clock())
+            return value
+
+
+class Outage:
+    """The database's state as the run's users read it: one plain line when it stops
+    answering, one when it answers again, however many callers retry meanwhile (the
+    driver's own words, "Failed to restore the pool connection floor", stay out of stderr)."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None  # when the current outage began (None: answering)
+        self.outages = 0
+
+    def began(self, exc: BaseException, now: float, deadline_s: float) -> None:
+        if self.since is None:
+            self.since = now
+            self.outages += 1
+            log.warning(
+                "the database is not answering (%s); retrying for up to %.0f s",
+                plain_reason(exc),
+                deadline_s,
+            )
+
+    def ended(self, now: float) -> None:
+        if self.since is not None:
+            log.warning("the database answers again (after %.1f s)", now - self.since)
+            self.since = None
+
+
+def plain_reason(exc: BaseException) -> str:
+    """What a database error says, without the driver's names: `connection refused`."""
+    text = str(exc).lower()
+    for words, plain in (
+        ("refused", "connection refused"),
+        ("connection was closed", "connection lost"),
+        ("connection lost", "connection lost"),
+        ("terminat", "the server ended the connection"),
+        ("shutting down", "the server is shutting down"),
+        ("starting up", "the server is starting up"),
+        ("timeout", "no answer in time"),
+        ("timed out", "no answer in time"),
+    ):
+        if words in text:
+            return plain
+    return "connection lost"
+
+
+OUTAGE = Outage()  # the process's one view of the database (a run's callers share it)
 
 
 class ExistencePolicy:

@@ -401,3 +401,28 @@ async def test_figures_count_what_each_command_does(env, db):
     assert out.returncode == 0, out.stderr
     final = next(r for r in log_records(log) if r["event"] == "done")
     assert (final["done"], final["total"], final["bytes"]) == (2, None, sizes[1] + sizes[2])
+
+
+# -- database outages in plain words ----------------------------------------------------------
+
+
+@pytest.mark.skipif(
+    bool(os.environ.get("ARCHIVER_TEST_DATABASE_URL")),
+    reason="restarts the suite's own PostgreSQL cluster",
+)
+async def test_a_database_blip_is_told_in_plain_words_once_each_way(penv, db, proxy, pg_server):
+    await make_rows(penv, db, 150)
+    await db.close()
+    proxy.delay_s = 0.05
+    run = start_cli(penv, "upload", "--concurrency", "8", "--batch-size", "10")
+    wait_for(lambda: proxy.count(lambda r: r.is_object_put) >= 30)
+    pg_server.stop_server("fast")
+    await asyncio.sleep(2)
+    pg_server.start()
+    _, stderr = run.communicate(timeout=120)
+    assert run.returncode in (0, 1), stderr
+    lines = stderr.splitlines()
+    assert sum("the database is not answering" in line for line in lines) == 1, stderr
+    assert sum("the database answers again (after" in line for line in lines) == 1, stderr
+    assert "connection floor" not in stderr and "asyncpg" not in stderr, stderr
+    assert all(re.match(r"^(\S+Z )?archiver: ", line) for line in lines if line), stderr
