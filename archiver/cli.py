@@ -25,7 +25,7 @@ from archiver.console import (
     run_log,
     watch_upload,
 )
-from archiver.errors import INTERRUPTED_EXIT_CODE, ArchiverError, ConfigError
+from archiver.errors import INTERRUPTED_EXIT_CODE, ArchiverError, ConfigError, Interrupted
 from archiver.models import Outcome
 from archiver.options import (
     PRIVATE_KEY_OPTION,
@@ -186,7 +186,7 @@ def setup_bucket(
         async with Storage.open(settings, max_connections=2) as store:
             return await setup_bucket(store, settings, options)
 
-    report, interrupted = run_job(job)
+    report, interrupted = run_job(job, doing="setting up the bucket (run it again to finish)")
     return end(report, as_json=as_json, text=format_setup, interrupted=interrupted)
 
 
@@ -246,7 +246,7 @@ def setup_cdn(
         ):
             return await setup_cdn(store, cf, settings, options)
 
-    report, interrupted = run_job(job)
+    report, interrupted = run_job(job, doing="setting up the CDN (run it again to finish)")
     return end(report, as_json=as_json, text=format_cdn, interrupted=interrupted)
 
 
@@ -297,7 +297,7 @@ def url(
         key_id=cdn_key_id or None,
         private_key=cdn_private_key,
     )
-    report = run_async(lambda _interrupt: job.run_url(settings, options))
+    report = run_async(lambda _i: job.run_url(settings, options), doing="making URLs")
     stderr_lines = [job.problem_line(problem) for problem in report.problems]
     if report.note:
         stderr_lines.append(f"note: {report.note}")
@@ -455,7 +455,7 @@ def check(settings: Settings, *, sample: int, as_json: bool) -> int:
         # STS where the AWS SDK would look for it (botocore reads these for its STS client).
         sts_endpoint_url=first_set(os.environ, "sts_endpoint_url"),
     )
-    report, interrupted = run_job(lambda _interrupt: run_check(settings, options))
+    report, interrupted = run_job(lambda _i: run_check(settings, options), doing="checking")
     return end(report, as_json=as_json, text=format_check, interrupted=interrupted)
 
 
@@ -513,7 +513,7 @@ def problems(
     """List the rows upload could not archive (corrupt, invalid, failed), oldest id first."""
     from archiver.commands.problems import format_problems, run_problems
 
-    report, interrupted = run_job(lambda _interrupt: run_problems(settings, kinds, limit))
+    report, interrupted = run_job(lambda _i: run_problems(settings, kinds, limit), doing="reading")
     return end(report, as_json=as_json, text=format_problems, interrupted=interrupted)
 
 
@@ -528,7 +528,7 @@ def db_init(settings: Settings) -> int:
     """Create what makes upload fast and safe at scale (idempotent; upload works without)."""
     from archiver.commands.db import format_db_init, run_db_init
 
-    report = run_async(lambda _interrupt: run_db_init(settings))
+    report = run_async(lambda _i: run_db_init(settings), doing="setting up the database")
     return end(report, as_json=False, text=format_db_init)
 
 
@@ -561,12 +561,8 @@ def demo(files: int, concurrency: int, keep: bool, no_progress: bool) -> int:
     # The demo talks to its own throwaway servers only: no profile, no real credentials.
     for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_CA_BUNDLE"):
         os.environ.pop(name, None)
-    os.environ.update(
-        AWS_ACCESS_KEY_ID="demo",
-        AWS_SECRET_ACCESS_KEY="demo",
-        AWS_CONFIG_FILE=os.devnull,
-        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
-    )
+    os.environ.update(AWS_ACCESS_KEY_ID="demo", AWS_SECRET_ACCESS_KEY="demo")
+    os.environ.update(AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull)
     summary = run_demo(
         DemoOptions(
             files=files, concurrency=concurrency, keep=keep, progress=progress_mode(no_progress)
@@ -593,7 +589,8 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"archiver: error: {exc.format_message()}", err=True)
         code = exc.exit_code
     except ArchiverError as exc:
-        click.echo(f"archiver: error: {exc}", err=True)
+        kind = "" if isinstance(exc, Interrupted) else "error: "  # a signal is no error
+        click.echo(f"archiver: {kind}{exc}", err=True)
         code = exc.exit_code
     except KeyboardInterrupt:
         code = INTERRUPTED_EXIT_CODE

@@ -23,6 +23,14 @@ class ArchiverError(Exception):
     retryable = True
 
 
+class Interrupted(ArchiverError):
+    """Ctrl-C or SIGTERM while a command was starting (connecting, checking, setting up): it
+    stops at once, as nothing is in flight that could be finished (exit 130)."""
+
+    exit_code = INTERRUPTED_EXIT_CODE
+    retryable = False
+
+
 class ConfigError(ArchiverError):
     """Bad flag, bad configuration, unreachable service or missing credentials (exit 2)."""
 

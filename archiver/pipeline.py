@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Seque
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from archiver.errors import ArchiverError, ConfigError, DatabaseError
+from archiver.errors import ArchiverError, ConfigError, DatabaseError, Interrupted
 from archiver.models import MediaRow, Outcome, RowResult
 from archiver.policies import BatchPolicy, RetryPolicy, retrying
 
@@ -45,8 +45,39 @@ class Interrupt:
         self.stop = asyncio.Event()
         self.count = 0
         self.grace_s = grace_s
+        self.signal_name = "Ctrl-C"  # what stopped it: Ctrl-C or SIGTERM
         self._abandon: list[Callable[[], None]] = []
         self._timer: asyncio.TimerHandle | None = None
+        self._starting: dict[asyncio.Task[Any], str] = {}  # task -> what it is doing
+        self._cut: set[asyncio.Task[Any]] = set()  # starting tasks a signal cancelled
+
+    @property
+    def in_startup(self) -> bool:
+        """Whether a start-up step runs (then a signal stops it at once)."""
+        return bool(self._starting)
+
+    @contextlib.asynccontextmanager
+    async def starting(self, doing: str) -> AsyncIterator[None]:
+        """A start-up step (`doing`: "connecting", "setting up the bucket"): a signal stops it
+        at once with Interrupted (exit 130), as nothing is in flight that could be finished:
+        it does not wait out the step's deadline."""
+        task = asyncio.current_task()
+        if task is None or task in self._starting:  # nested: the outer step answers
+            yield
+            return
+        if self.triggered:
+            raise Interrupted(f"stopped by {self.signal_name} before {doing}")
+        self._starting[task] = doing
+        try:
+            yield
+        except asyncio.CancelledError:
+            if task not in self._cut:
+                raise
+            self._cut.discard(task)
+            task.uncancel()
+            raise Interrupted(f"stopped by {self.signal_name} while {doing}") from None
+        finally:
+            self._starting.pop(task, None)
 
     @property
     def triggered(self) -> bool:
@@ -60,9 +91,14 @@ class Interrupt:
         with contextlib.suppress(ValueError):
             self._abandon.remove(callback)
 
-    def trigger(self) -> None:
+    def trigger(self, signal_name: str = "Ctrl-C") -> None:
         self.count += 1
+        self.signal_name = signal_name
         self.stop.set()
+        for task in self._starting:
+            if task not in self._cut:
+                self._cut.add(task)
+                task.cancel()
         if self.count == 1:
             self._timer = asyncio.get_running_loop().call_later(self.grace_s, self.abandon)
         else:

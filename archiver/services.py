@@ -7,6 +7,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 from archiver.db import Database
 from archiver.settings import Settings
+from archiver.signals import starting
 from archiver.storage import Storage
 
 
@@ -27,11 +28,12 @@ async def connected(
     """The database, and (when `storage`) an S3 client whose bucket was checked usable by a
     request on an object under the prefix (no bucket-level permission needed)."""
     async with AsyncExitStack() as stack:
-        db = await stack.enter_async_context(database(settings))
         store: Storage | None = None
-        if storage:
-            store = await stack.enter_async_context(
-                Storage.open(settings, max_connections=concurrency)
-            )
-            await store.check_access(settings.key_prefix)
+        async with starting("connecting to the database and S3; nothing was done"):
+            db = await stack.enter_async_context(database(settings))
+            if storage:
+                store = await stack.enter_async_context(
+                    Storage.open(settings, max_connections=concurrency)
+                )
+                await store.check_access(settings.key_prefix)
         yield db, store

@@ -29,6 +29,7 @@ from archiver.policies import BatchPolicy, RetryPolicy
 from archiver.resolve import open_cache_root
 from archiver.services import connected
 from archiver.settings import Settings, UploadOptions
+from archiver.signals import starting
 from archiver.sql import RowFilter
 from archiver.storage import Storage
 from archiver.uploader import Uploader
@@ -77,7 +78,8 @@ async def run_upload(
     interrupt = interrupt or Interrupt()
     summary = Summary(dry_run=options.dry_run)
     async with AsyncExitStack() as stack:
-        run = await _open(stack, settings, options, reporter, cwd, db_retry or RetryPolicy())
+        async with starting("starting the run; nothing was uploaded"):
+            run = await _open(stack, settings, options, reporter, cwd, db_retry or RetryPolicy())
         claims = run.claims
         owner = claims.owner if claims else None
         handled: set[str] = set()

@@ -26,6 +26,7 @@ from archiver.errors import (
     AuthenticationFailed,
     ConfigError,
     DatabaseUnavailable,
+    Interrupted,
     StorageUnavailable,
 )
 from archiver.models import Outcome, Summary
@@ -121,6 +122,8 @@ async def run_watch(
         report.passes += 1
         try:
             summary = await one_pass(interrupt)
+        except Interrupted:
+            break  # stopped while the pass was starting: the totals are what was done
         except ArchiverError as exc:
             if not retryable(exc):
                 report.error, report.error_exit_code = str(exc), exc.exit_code

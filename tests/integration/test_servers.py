@@ -6,12 +6,9 @@ from __future__ import annotations
 
 import json
 import random
-import socket
 import subprocess
-import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
@@ -106,35 +103,6 @@ async def test_the_readme_workflow_on_each_server(s3_server, penv, db, s3, proxy
 
 
 # -- a hung endpoint ------------------------------------------------------------------------
-
-
-@pytest.fixture
-def hung_endpoint() -> Iterator[str]:
-    """A server that accepts connections and never answers."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(64)
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        listener.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                held.append(listener.accept()[0])
-            except OSError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-    finally:
-        stop.set()
-        thread.join()
-        for conn in held:
-            conn.close()
-        listener.close()
 
 
 COMMANDS = {

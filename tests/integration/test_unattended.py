@@ -11,6 +11,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from dataclasses import replace
 from datetime import datetime
@@ -426,3 +427,33 @@ async def test_a_database_blip_is_told_in_plain_words_once_each_way(penv, db, pr
     assert sum("the database answers again (after" in line for line in lines) == 1, stderr
     assert "connection floor" not in stderr and "asyncpg" not in stderr, stderr
     assert all(re.match(r"^(\S+Z )?archiver: ", line) for line in lines if line), stderr
+
+
+# -- signals honoured everywhere --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "sig"),
+    [
+        (["upload"], signal.SIGTERM),
+        (["upload", "--watch"], signal.SIGINT),
+        (["check"], signal.SIGTERM),
+        (["setup-bucket"], signal.SIGTERM),
+        (["verify", "--verify-s3"], signal.SIGINT),
+        (["setup-cdn", "--cloudfront-endpoint-url", "HUNG"], signal.SIGTERM),
+    ],
+    ids=["upload", "watch", "check", "setup-bucket", "verify", "setup-cdn"],
+)
+def test_a_signal_during_start_up_ends_the_command_at_once_with_130(env, hung_endpoint, args, sig):
+    args = [hung_endpoint if a == "HUNG" else a for a in args]
+    s3 = env.endpoint if "setup-cdn" in args else hung_endpoint  # setup-cdn: CloudFront hangs
+    run = start_cli(env, *args, AWS_ENDPOINT_URL_S3=s3)
+    time.sleep(2.0)  # started, and waiting on the endpoint that never answers
+    sent = time.monotonic()
+    run.send_signal(sig)
+    _, stderr = run.communicate(timeout=30)
+    assert run.returncode == 130, stderr
+    assert time.monotonic() - sent < 2.0, stderr
+    if sig == signal.SIGTERM:
+        assert "Ctrl-C" not in stderr and "stopped by SIGTERM" in stderr, stderr
+    assert "Traceback" not in stderr and "error:" not in stderr, stderr

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 import pytest
 
 from archiver.budget import ByteBudget
-from archiver.errors import BucketMissing, DatabaseError
+from archiver.errors import BucketMissing, DatabaseError, Interrupted
 from archiver.models import MediaRow, Outcome, ProblemNote, RowResult
 from archiver.pipeline import Interrupt, Pipeline
 from archiver.policies import BatchPolicy, RetryPolicy
@@ -404,3 +404,39 @@ async def test_a_stopped_for_each_reads_no_items() -> None:
 
     await for_each(items(), work, concurrency=2, interrupt=stopped)
     assert seen == []
+
+
+async def test_a_signal_stops_a_start_up_step_at_once_and_a_run_in_flight_gracefully() -> None:
+    interrupt = Interrupt()
+    hung = asyncio.Event()  # a step that would wait for its deadline
+
+    async def start_up() -> None:
+        async with interrupt.starting("connecting"):
+            await hung.wait()
+
+    task = asyncio.create_task(start_up())
+    await asyncio.sleep(0)
+    assert interrupt.in_startup
+    interrupt.trigger("SIGTERM")
+    with pytest.raises(Interrupted, match=r"^stopped by SIGTERM while connecting$"):
+        await task
+    assert not interrupt.in_startup
+    # Once triggered, a later start-up step does not even begin.
+    with pytest.raises(Interrupted, match="before connecting"):
+        async with interrupt.starting("connecting"):
+            pass
+    interrupt.abandon()  # (the grace timer of the first trigger)
+
+
+async def test_a_cancel_that_is_not_the_signals_is_left_alone() -> None:
+    interrupt = Interrupt()
+
+    async def start_up() -> None:
+        async with interrupt.starting("connecting"):
+            await asyncio.Event().wait()
+
+    task = asyncio.create_task(start_up())
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
