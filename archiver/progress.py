@@ -64,6 +64,29 @@ def _rate(n: float, seconds: float) -> float:
 RUN_LOG = logging.getLogger("archiver.run")  # events for --log-file (never on stderr)
 
 
+def counted(n: int, noun: str) -> str:
+    """`1 file`, `2 files`, `1 known problem`, `3 passes`: a count and its noun, in
+    agreement (the last word of `noun` takes the plural)."""
+    if n == 1:
+        return f"{n:,} {noun}"
+    head, _, last = noun.rpartition(" ")
+    plural = last + ("es" if last.endswith(("s", "sh", "ch", "x")) else "s")
+    return f"{n:,} {head + ' ' if head else ''}{plural}"
+
+
+def _were(n: int) -> str:
+    return "was" if n == 1 else "were"
+
+
+def human_bytes(n: float) -> str:
+    """`2.0 KB`, `417.0 MB`: bytes in the unit that shows them (0.0 MB says nothing)."""
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:,.0f} bytes" if unit == "bytes" else f"{n:,.1f} {unit}"
+        n /= 1000
+    return f"{n:,.1f} GB"
+
+
 def utc_stamp(wall: float) -> str:
     """`2026-11-30T12:00:03Z`: the time a progress line was written."""
     return datetime.fromtimestamp(wall, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -249,8 +272,9 @@ class Progress:
 
     def _count(self) -> str:
         """`120/1,000 files`, or `120 files` when the total is not known."""
-        total = f"/{self.total:,}" if self.total is not None else ""
-        return f"{self.done:,}{total} {self.unit}s"
+        if self.total is None:
+            return counted(self.done, self.unit)
+        return f"{self.done:,}/{counted(self.total, self.unit)}"
 
     def progress_line(self, now: float) -> str:
         """`upload: 120/1,000 files (12.0%), 45.1 MB, 1.5 MB/s, 30.2 files/s, ETA 29s`."""
@@ -381,7 +405,7 @@ class Reporter:
         if self.warn_missing and self.missing > MAX_WARNINGS:
             event(
                 "missing",
-                f"{self.missing:,} rows have no local file (the first {MAX_WARNINGS} are "
+                f"{counted(self.missing, 'row')} have no local file (the first {MAX_WARNINGS} are "
                 "logged above; `archiver upload --dry-run -v` lists them all)",
                 level=logging.WARNING,
                 rows=self.missing,
@@ -390,8 +414,8 @@ class Reporter:
             print(f"  ... and {self.listed - MAX_DRY_RUN_LINES:,} more", file=self.out)
         if not self.verbose and self.warnings > MAX_WARNINGS:
             print(
-                f"warning: ... and {self.warnings - MAX_WARNINGS:,} more rows with problems "
-                "(-v lists every row)",
+                f"warning: ... and {counted(self.warnings - MAX_WARNINGS, 'more row')} with "
+                "problems (-v lists every row)",
                 file=self.err,
             )
 
@@ -452,12 +476,13 @@ def format_summary(summary: Summary, *, bucket: str) -> str:
         lines.append(f"  Stopped early: {summary.error}")
     if summary.unrecorded:
         lines.append(
-            f"  {summary.unrecorded:,} uploads were not recorded: the next run records them "
+            f"  {counted(summary.unrecorded, 'upload')} {_were(summary.unrecorded)} not recorded: "
+            "the next run records them "
             "without uploading them again."
         )
-    if c[Outcome.KNOWN_PROBLEM]:
+    if known := c[Outcome.KNOWN_PROBLEM]:
         lines.append(
-            f"  {c[Outcome.KNOWN_PROBLEM]:,} known problems were set aside, unchanged since they "
+            f"  {counted(known, 'known problem')} {_were(known)} set aside, unchanged since they "
             "failed: `archiver problems` lists them, `--retry-problems` tries them again."
         )
     lines += holder_lines(summary.holders)

@@ -28,7 +28,7 @@ from archiver.keys import NotOurs, row_key
 from archiver.localfs import CacheRoot, LocalFile, why
 from archiver.models import MediaRow, ObjectInfo, Problem, ProblemKind
 from archiver.pipeline import Interrupt, for_each, to_the_end
-from archiver.progress import Progress, listed, printable, problem_lines
+from archiver.progress import Progress, counted, human_bytes, listed, printable, problem_lines
 from archiver.resolve import Found, NotFound, Resolver, open_cache_root, resolver_for
 from archiver.services import connected
 from archiver.settings import DEFAULT_CONCURRENCY, Settings
@@ -286,10 +286,10 @@ def format_prune(report: PruneReport) -> str:
     verb = "Would delete" if report.dry_run else "Deleted"
     count = len(report.would_delete) if report.dry_run else report.deleted
     lines.append(
-        f"Checked {report.checked:,} archived rows. {verb} {count:,} local files, "
-        f"{freed / 1e6:,.1f} MB. Kept {report.kept_unverified:,} whose file or object could "
-        f"not be proved, {report.kept_needed:,} still needed by rows not yet archived, "
-        f"{report.kept_symlink:,} reached through a symlink; "
-        f"{report.invalid:,} invalid rows; {report.missing_local:,} had no local file."
+        f"Checked {counted(report.checked, 'archived row')}. {verb} "
+        f"{counted(count, 'local file')}, {human_bytes(freed)}. Kept {report.kept_unverified:,} "
+        f"whose file or object could not be proved, {report.kept_needed:,} still needed by rows "
+        f"not yet archived, {report.kept_symlink:,} reached through a symlink; "
+        f"{counted(report.invalid, 'invalid row')}; {report.missing_local:,} had no local file."
     )
     return "\n".join(lines)

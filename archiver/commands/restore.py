@@ -27,7 +27,7 @@ from archiver.keys import NotOurs, row_key
 from archiver.localfs import CacheRoot, NewFile, why
 from archiver.models import MediaRow, Problem, ProblemKind
 from archiver.pipeline import Interrupt, for_each
-from archiver.progress import Progress, listed, printable, problem_lines
+from archiver.progress import Progress, counted, human_bytes, listed, printable, problem_lines
 from archiver.resolve import (
     Found,
     NotFound,
@@ -296,8 +296,8 @@ def format_restore(report: RestoreReport) -> str:
     verb = "Would restore" if report.dry_run else "Restored"
     count = len(report.would_restore) if report.dry_run else report.restored
     lines.append(
-        f"Selected {report.selected:,}. {verb} {count:,} files "
-        f"({report.bytes / 1e6:,.1f} MB); {report.already_present:,} already present; "
+        f"Selected {report.selected:,}. {verb} {counted(count, 'file')} "
+        f"({human_bytes(report.bytes)}); {report.already_present:,} already present; "
         f"{report.failed:,} failed."
     )
     return "\n".join(lines)

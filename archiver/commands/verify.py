@@ -27,7 +27,7 @@ from archiver.integrity import Judgement, Verdict, judge
 from archiver.keys import NotOurs, row_key
 from archiver.models import MediaRow, Problem, ProblemKind
 from archiver.pipeline import Interrupt, for_each
-from archiver.progress import Progress, listed, printable, problem_lines
+from archiver.progress import Progress, counted, listed, printable, problem_lines
 from archiver.resolve import Found, NotFound, Resolver, resolve_cache_root, resolver_for
 from archiver.services import connected
 from archiver.settings import DEFAULT_CONCURRENCY, Settings
@@ -319,26 +319,27 @@ def repair_lines(repair: Repair) -> list[str]:
         ]
     elif repair.dry_run:
         lines = [
-            f"Repair (dry run): would clear archive_url of {n:,} rows whose object is missing "
-            "or shown bad and whose local file is here:"
+            f"Repair (dry run): would clear archive_url of {counted(n, 'row')} whose object is "
+            "missing or shown bad and whose local file is here:"
         ]
     else:
         lines = [
-            f"Repair: cleared archive_url of {repair.cleared:,} rows whose object is missing or "
-            "shown bad and whose local file is here; the next `archiver upload` sends them again:"
+            f"Repair: cleared archive_url of {counted(repair.cleared, 'row')} whose object is "
+            "missing or shown bad and whose local file is here; the next `archiver upload` sends "
+            "them again:"
         ]
     cleared = sorted(m for m, _ in repair.candidates)
     lines += listed(
         [f"    {printable(m)}: {printable(repair.reasons[m])}" for m in cleared], MAX_LISTED
     )
     if not repair.dry_run and repair.cleared < n:
-        lines.append(f"  {n - repair.cleared:,} rows changed meanwhile and were left alone.")
+        lines.append(f"  {counted(n - repair.cleared, 'row')} changed meanwhile and left alone.")
     if repair.no_local_file:
         lines.append(
-            f"  Left linked: {len(repair.no_local_file):,} rows whose object is missing or shown "
-            "bad have no local file to send again, and clearing them would lose the only pointer "
-            "to what the bucket holds. Put each file back in the cache (from a backup, or an "
-            "earlier version of the object if the bucket keeps versions), then run "
+            f"  Left linked: {counted(len(repair.no_local_file), 'row')} whose object is missing "
+            "or shown bad have no local file to send again, and clearing them would lose the "
+            "only pointer to what the bucket holds. Put each file back in the cache (from a "
+            "backup, or an earlier version of the object if the bucket keeps versions), then run "
             "`archiver verify --verify-s3 --repair` again:"
         )
         lines += listed(

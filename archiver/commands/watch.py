@@ -31,6 +31,7 @@ from archiver.errors import (
 )
 from archiver.models import Outcome, Summary
 from archiver.pipeline import Interrupt
+from archiver.progress import counted
 
 BACKOFF_FIRST_S = 5.0  # first wait after a failed pass
 BACKOFF_MAX_S = 300.0  # longest wait between failed passes (or the interval, if longer)
@@ -170,7 +171,10 @@ def pass_line(number: int, summary: Summary, missing_before: int = 0) -> str:
         (Outcome.CORRUPT, "corrupt"),
         (Outcome.FAILED, "failed"),
     ):
-        if c[outcome] and not (outcome is Outcome.MISSING_LOCAL and c[outcome] == missing_before):
+        if outcome is Outcome.MISSING_LOCAL:
+            if c[outcome] and c[outcome] != missing_before:
+                parts.append(f"{counted(c[outcome], 'file')} not there yet")
+        elif c[outcome]:
             parts.append(f"{c[outcome]:,} {label}")
     line = (
         f"pass {number}: {', '.join(parts)}; {summary.db_updated:,} recorded; "
@@ -184,9 +188,10 @@ def pass_line(number: int, summary: Summary, missing_before: int = 0) -> str:
 def format_watch(report: WatchReport) -> str:
     t = report.totals
     line = (
-        f"watch stopped after {report.passes:,} passes: {t.counts[Outcome.UPLOADED]:,} uploaded, "
+        f"watch stopped after {counted(report.passes, 'pass')}: "
+        f"{t.counts[Outcome.UPLOADED]:,} uploaded, "
         f"{t.db_updated:,} recorded, {t.bytes_uploaded / 1e6:,.1f} MB"
     )
     if report.failed_passes:
-        line += f"; {report.failed_passes:,} passes failed"
+        line += f"; {counted(report.failed_passes, 'pass')} failed"
     return line

@@ -6,7 +6,15 @@ import io
 import re
 
 from archiver.models import Outcome, RowResult, Summary
-from archiver.progress import MAX_WARNINGS, Progress, Reporter, describe, format_summary
+from archiver.progress import (
+    MAX_WARNINGS,
+    Progress,
+    Reporter,
+    counted,
+    describe,
+    format_summary,
+    human_bytes,
+)
 
 WALL = 1764504000.0  # 2025-11-30T12:00:00Z
 
@@ -97,7 +105,20 @@ def test_a_job_that_moves_no_data_shows_no_bytes_and_an_unknown_total_no_percent
     restore.start(None)
     clock.now += 1
     restore.step(2_000_000)
-    assert restore.progress_line(clock.now) == ("restore: 1 files, 2.0 MB, 2.0 MB/s, 1.0 files/s")
+    assert restore.progress_line(clock.now) == "restore: 1 file, 2.0 MB, 2.0 MB/s, 1.0 files/s"
+
+
+def test_counts_agree_with_their_nouns() -> None:
+    assert [counted(n, "file") for n in (0, 1, 2)] == ["0 files", "1 file", "2 files"]
+    assert counted(1, "known problem") == "1 known problem"
+    assert counted(3, "known problem") == "3 known problems"
+    assert counted(1, "pass") == "1 pass" and counted(2_000, "pass") == "2,000 passes"
+    assert [human_bytes(n) for n in (0, 999, 2_056, 417_000_000)] == [
+        "0 bytes",
+        "999 bytes",
+        "2.1 KB",
+        "417.0 MB",
+    ]
 
 
 def test_a_dry_run_counts_the_bytes_it_would_send() -> None:

@@ -67,7 +67,7 @@ def test_a_file_gone_for_good_is_not_repeated_in_every_pass_line() -> None:
     assert "1 file not there yet" in first
     again = pass_line(2, summary_of(uploaded=3, missing_local=1), 1)
     assert "not there yet" not in again and "3 uploaded" in again
-    assert "2 file not there yet" in pass_line(3, summary_of(uploaded=1, missing_local=2), 1)
+    assert "2 files not there yet" in pass_line(3, summary_of(uploaded=1, missing_local=2), 1)
 
 
 def test_outages_are_retried_configuration_errors_are_not() -> None:
