@@ -35,13 +35,14 @@ from archiver.options import (
     config_options,
     env,
     json_option,
+    kms_arn,
     media_type_option,
-    name_its_source,
-    overrides,
     parsed,
+    plain_http,
     run_options,
     setup_bucket_options,
     upload_options,
+    watch_flags,
 )
 from archiver.pipeline import Interrupt
 from archiver.progress import format_summary
@@ -56,6 +57,7 @@ from archiver.settings import (
     validate_endpoint,
 )
 from archiver.signals import run_async, run_job
+from archiver.sources import name_its_source, overrides, without_effect
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -103,8 +105,7 @@ def upload(
     from archiver.commands.upload import run_upload
     from archiver.progress import RowLog
 
-    if watch:
-        _refuse_with_watch(dry_run=dry_run, force=force, media_ids=media_ids)
+    watch_flags(watch, dry_run=dry_run, force=force, media_ids=media_ids)
     options = UploadOptions(
         concurrency=concurrency,
         batch_size=batch_size,
@@ -138,21 +139,6 @@ def upload(
         return end(summary, as_json=display.as_json, text=text, quiet=display.quiet)
 
 
-def _refuse_with_watch(*, dry_run: bool, force: bool, media_ids: tuple[str, ...]) -> None:
-    """--watch archives what appears, unattended: no dry run, no forced or named rows."""
-    given = (("--dry-run", dry_run), ("--force", force), ("--media-id", bool(media_ids)))
-    clash = [flag for flag, on in given if on]
-    if clash:
-        raise ConfigError(f"--watch cannot be combined with {clash[0]}")
-
-
-def _plain_http(url: str | None) -> str | None:
-    url = validate_endpoint(url)
-    if url is not None and not url.startswith("http://"):
-        raise ConfigError(f"--http-endpoint-url {url!r} is not a plain http:// URL")
-    return url
-
-
 @cli.command("setup-bucket")
 @config_options(database=False, cache=False)
 @setup_bucket_options
@@ -179,7 +165,7 @@ def setup_bucket(
         skip_lifecycle=skip_lifecycle,
         glacier_days=glacier_days,
         block_public_acls=block_public_acls,
-        http_endpoint_url=_plain_http(http_endpoint_url),
+        http_endpoint_url=plain_http(http_endpoint_url),
     )
 
     async def job(_interrupt: Interrupt) -> Any:
@@ -332,6 +318,8 @@ def verify(
     """Archive statistics; with --verify-s3 / --check-local, check objects and files."""
     from archiver.commands.verify import VerifyOptions, format_report, run_verify
 
+    if not (verify_s3 or check_local):
+        without_effect("--limit", "--verify-s3 or --check-local")
     options = VerifyOptions(
         verify_s3=verify_s3,
         check_local=check_local,
@@ -459,14 +447,8 @@ def check(settings: Settings, *, sample: int, as_json: bool) -> int:
     return end(report, as_json=as_json, text=format_check, interrupted=interrupted)
 
 
-def _kms_arn(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
-    if value is not None and not value.startswith("arn:"):
-        raise click.BadParameter("give the key's ARN (arn:aws:kms:REGION:ACCOUNT:key/ID)")
-    return value
-
-
 @cli.command("iam-policy")
-@config_options(database=False, cache=False)
+@config_options(database=False, s3=False, cache=False, bucket=True)
 @click.argument("commands", nargs=-1, type=click.Choice(iam.CHOICES), metavar="[COMMAND]...")
 @click.option(
     "--write-only",
@@ -475,7 +457,7 @@ def _kms_arn(_ctx: click.Context, _param: click.Parameter, value: str | None) ->
 )
 @click.option(
     "--kms-key",
-    callback=_kms_arn,
+    callback=kms_arn,
     metavar="ARN",
     help="The ARN of the bucket's SSE-KMS key: adds the KMS actions the commands need on it.",
 )

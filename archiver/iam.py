@@ -124,10 +124,7 @@ COMMANDS: dict[str, Needs] = {
     ),
     "setup-bucket": Needs(
         probe=("s3:PutObject", "s3:GetObject", "s3:DeleteObject", "s3:DeleteObjectVersion"),
-        bucket=(
-            "s3:CreateBucket",
-            *dict.fromkeys(SETTING_ACTIONS.values()),
-        ),
+        bucket=tuple(dict.fromkeys(("s3:CreateBucket", *SETTING_ACTIONS.values()))),
         kms=KMS_WRITE,
         why="creates and configures the bucket; its write probe puts, reads and deletes "
         f"one object (and its version), under {{prefix}}/{WRITE_PROBE_NAME}* only",

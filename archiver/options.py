@@ -18,12 +18,10 @@ from typing import Any, TypeVar, cast
 
 import click
 
-from archiver import envfile
 from archiver.console import Display, quieten_stderr
 from archiver.errors import ConfigError
 from archiver.progress import LOG_INTERVAL_S
 from archiver.settings import (
-    DATABASE_VARIABLES,
     DEFAULT_BATCH_SIZE,
     DEFAULT_BUCKET,
     DEFAULT_CACHE_ROOT,
@@ -44,6 +42,16 @@ from archiver.settings import (
     Settings,
     parse_bandwidth,
     redact_dsn,
+    validate_endpoint,
+)
+from archiver.sources import (
+    database_from,
+    empty_variables,
+    env_file_read,
+    load_env_file,
+    overrides,
+    source,
+    without_effect,
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -55,50 +63,13 @@ def env(setting: str) -> list[str]:
     return list(ENVIRONMENT[setting])
 
 
-def _load_env_file(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
-    path = value or ctx.find_root().meta.get("archiver.env_file")
-    if path:
-        if not Path(path).is_file():
-            raise click.BadParameter(f"{path} is not a file", param_hint="--env-file")
-    elif Path(".env").is_file():
-        path = ".env"
-    warnings = envfile.environment_warnings(dict(os.environ))
-    if path:
-        in_file, keys, shadowed = envfile.load(Path(path))
-        warnings += in_file
-        ctx.meta["archiver.env_loaded"] = str(Path(path).resolve())
-        ctx.meta["archiver.env_keys"] = keys
-        ctx.meta["archiver.env_shadowed"] = shadowed
-    for warning in warnings:
-        click.echo(f"archiver: warning: {warning}", err=True)
-
-
-def overrides(ctx: click.Context) -> list[str]:
-    """What of the .env the environment overrides, one sentence each (for -v and check):
-    a key the environment sets too, and the app's SUPABASE_DB_URL when DATABASE_URL, from
-    the environment, comes first."""
-    meta = ctx.find_root().meta
-    where = meta.get("archiver.env_loaded")
-    if where is None:
-        return []
-    said = [
-        f"{key} in {where} is not used: the environment sets it"
-        for key in sorted(meta.get("archiver.env_shadowed", ()))
-    ]
-    first, app = DATABASE_VARIABLES
-    keys = meta.get("archiver.env_keys", ())
-    if os.environ.get(first) and first not in keys and app in keys:
-        said.append(f"{app} in {where} is not used: {first}, from the environment, comes first")
-    return said
-
-
 def _env_file_option(func: F) -> F:
     return click.option(
         "--env-file",
         type=click.Path(dir_okay=False),
         is_eager=True,
         expose_value=False,
-        callback=_load_env_file,
+        callback=load_env_file,
         metavar="PATH",
         help="Read variables from PATH instead of ./.env.",
     )(func)
@@ -167,11 +138,12 @@ CONFIG_NAMES = ("database_url", "bucket", "key_prefix", "profile", "region", "en
 
 
 def config_options(
-    *, database: bool = True, s3: bool = True, cache: bool = True
+    *, database: bool = True, s3: bool = True, cache: bool = True, bucket: bool = False
 ) -> Callable[[F], F]:
     """The configuration options a command uses (and only those), each naming its
-    environment variables, and `--env-file` for all. The command is called with one
-    `settings` built from them (the defaults for the options it does not have)."""
+    environment variables, and `--env-file` for all (`bucket`: of the S3 options, only the
+    bucket and the key prefix, for a command that talks to no S3). The command is called
+    with one `settings` built from them (the defaults for the options it does not have)."""
 
     def decorate(func: F) -> F:
         @functools.wraps(func)
@@ -185,8 +157,8 @@ def config_options(
         options: list[Callable[[F], F]] = [_env_file_option]
         if database:
             options += DATABASE_OPTIONS
-        if s3:
-            options += S3_OPTIONS
+        if s3 or bucket:
+            options += S3_OPTIONS if s3 else S3_OPTIONS[:2]  # --bucket, --key-prefix
         if cache:
             options += CACHE_OPTIONS
         return _apply(cast(F, command), options)
@@ -273,76 +245,6 @@ class Whole(click.IntRange):
     name = "whole number"
 
 
-def source_of(ctx: click.Context, name: str) -> str | None:
-    """Where the value of option `name` came from, as an error should name it: its flag
-    (`--storage-class`), its variable (`ARCHIVER_STORAGE_CLASS`), or the variable and the
-    .env file that set it; None for its default."""
-    param = next((p for p in ctx.command.params if p.name == name), None)
-    source = ctx.get_parameter_source(name)
-    if param is None or source is None:
-        return None
-    if source is click.core.ParameterSource.ENVIRONMENT:
-        names = [param.envvar] if isinstance(param.envvar, str) else list(param.envvar or ())
-        variable = next((n for n in names if os.environ.get(n)), names[0] if names else None)
-        meta = ctx.find_root().meta
-        if variable in meta.get("archiver.env_keys", ()):
-            return f"{variable} in {meta['archiver.env_loaded']}"
-        return variable
-    if source is click.core.ParameterSource.COMMANDLINE:
-        opts: list[str] = list(getattr(param, "opts", None) or [name])
-        return max(opts, key=len)
-    return None
-
-
-def name_its_source(exc: click.UsageError) -> None:
-    """A bad value from a variable (or the .env) is named by it, not by its flag."""
-    if isinstance(exc, click.BadParameter) and exc.ctx and exc.param and exc.param.name:
-        from_env = click.core.ParameterSource.ENVIRONMENT
-        if exc.ctx.get_parameter_source(exc.param.name) is from_env:
-            exc.param_hint = source_of(exc.ctx, exc.param.name)
-
-
-def empty_variables(ctx: click.Context) -> None:
-    """ConfigError for a variable of one of the command's options that is set but empty
-    (`ARCHIVER_BUCKET=`): left alone it would mean the default without a word."""
-    meta = ctx.find_root().meta
-    for param in ctx.command.params:
-        if ctx.get_parameter_source(param.name or "") is click.core.ParameterSource.COMMANDLINE:
-            continue
-        names = [param.envvar] if isinstance(param.envvar, str) else list(param.envvar or ())
-        for variable in names:
-            if variable in os.environ and not os.environ[variable].strip():
-                where = (
-                    f" in {meta['archiver.env_loaded']}"
-                    if variable in meta.get("archiver.env_keys", ())
-                    else ""
-                )
-                raise ConfigError(
-                    f"{variable} is set but empty{where}: give it a value, or remove it for "
-                    "the default"
-                )
-
-
-def _source(name: str) -> str | None:
-    ctx = click.get_current_context(silent=True)
-    return source_of(ctx, name) if ctx is not None else None
-
-
-def _env_file() -> str | None:
-    """The .env read, or "" when there was none to read."""
-    ctx = click.get_current_context(silent=True)
-    return ctx.find_root().meta.get("archiver.env_loaded", "") if ctx is not None else None
-
-
-def _database_from(database_url: str | None) -> str | None:
-    """Where the command line's database URL came from: the flag, or which variable (and
-    the .env that set it)."""
-    ctx = click.get_current_context(silent=True)
-    if not database_url or ctx is None:
-        return None
-    return source_of(ctx, "database_url")
-
-
 def build_settings(params: dict[str, Any], *, verbose: bool = False) -> Settings:
     """A Settings from the shared options (removed from `params`); the defaults for the
     options a command does not have. With `verbose`, a line on stderr says which database
@@ -350,14 +252,14 @@ def build_settings(params: dict[str, Any], *, verbose: bool = False) -> Settings
     database_url = params.pop("database_url", None) or None
     settings = Settings(
         database_url=database_url,
-        database_from=_database_from(database_url),
+        database_from=database_from(database_url),
         bucket=params.pop("bucket", DEFAULT_BUCKET),
         key_prefix=params.pop("key_prefix", DEFAULT_KEY_PREFIX),
         cache_root=params.pop("cache_root", Path(DEFAULT_CACHE_ROOT)),
-        cache_root_from=_source("cache_root"),
-        env_file=_env_file(),
+        cache_root_from=source("cache_root"),
+        env_file=env_file_read(),
         profile=params.pop("profile", None) or None,
-        profile_from=_source("profile"),
+        profile_from=source("profile"),
         region=params.pop("region", None) or DEFAULT_REGION,
         endpoint_url=params.pop("endpoint_url", None) or None,
         # AWS_RETRY_MODE, AWS_MAX_ATTEMPTS, AWS_REQUEST_CHECKSUM_CALCULATION: read here, for
@@ -586,3 +488,28 @@ SETUP_BUCKET_OPTIONS: list[Callable[[Any], Any]] = [
 def setup_bucket_options(func: F) -> F:
     """setup-bucket's own options."""
     return _apply(func, SETUP_BUCKET_OPTIONS)
+
+
+def watch_flags(watch: bool, *, dry_run: bool, force: bool, media_ids: tuple[str, ...]) -> None:
+    """--watch archives what appears, unattended: no dry run, no forced or named rows; and
+    --interval means nothing without it."""
+    if not watch:
+        without_effect("--interval", "--watch")
+        return
+    given = (("--dry-run", dry_run), ("--force", force), ("--media-id", bool(media_ids)))
+    clash = [flag for flag, on in given if on]
+    if clash:
+        raise ConfigError(f"--watch cannot be combined with {clash[0]}")
+
+
+def plain_http(url: str | None) -> str | None:
+    url = validate_endpoint(url)
+    if url is not None and not url.startswith("http://"):
+        raise ConfigError(f"--http-endpoint-url {url!r} is not a plain http:// URL")
+    return url
+
+
+def kms_arn(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not value.startswith("arn:"):
+        raise click.BadParameter("give the key's ARN (arn:aws:kms:REGION:ACCOUNT:key/ID)")
+    return value

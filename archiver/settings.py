@@ -377,7 +377,8 @@ class Settings:
 
 def parse_bandwidth(text: str) -> int:
     """Bytes per second from `50MB`, `10MiB`, `500k`, `2000000` (`/s` allowed; k, M, G, T
-    are powers of 1000, Ki, Mi, Gi, Ti of 1024); ValueError when it is not one."""
+    are powers of 1000, Ki, Mi, Gi, Ti of 1024); 0 for `0` (no limit); ValueError when it is
+    not one."""
     m = _BANDWIDTH_RE.match(text)
     if m is None:
         raise ValueError(f"{text!r} is not a rate: use bytes per second, e.g. 50MB, 10MiB, 500KB")
@@ -386,8 +387,10 @@ def parse_bandwidth(text: str) -> int:
         raise ValueError(f"{text!r} is not a rate: use bytes per second, e.g. 50MB, 10MiB, 500KB")
     power = " kmgt".index(unit) if unit else 0
     rate = int(number * (1024 if binary else 1000) ** power)
+    if number == 0:
+        return 0  # no limit, as rclone's --bwlimit 0 and s5cmd read it
     if rate < 1024:
-        raise ValueError(f"{text!r} is below 1 KiB/s")
+        raise ValueError(f"{text!r} is below 1 KiB/s (0 means no limit)")
     return rate
 
 
@@ -427,8 +430,8 @@ class UploadOptions:
                 f"--storage-class must be one of {', '.join(STORAGE_CLASSES)}, "
                 f"not {self.storage_class!r}"
             )
-        if self.max_bandwidth is not None and self.max_bandwidth < 1024:
-            raise ConfigError("--max-bandwidth must be at least 1 KiB/s")
+        if self.max_bandwidth and self.max_bandwidth < 1024:  # (0: no limit)
+            raise ConfigError("--max-bandwidth must be at least 1 KiB/s, or 0 for no limit")
         if self.created_since and self.created_until and self.created_since >= self.created_until:
             raise ConfigError("--since must be before --until")
         if not 1 <= self.concurrency <= MAX_CONCURRENCY:

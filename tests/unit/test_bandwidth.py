@@ -45,6 +45,7 @@ def test_bandwidth_rates_parse_as_the_aws_cli_and_rclone_write_them() -> None:
     assert parse_bandwidth("500KB/s") == 500_000
     assert parse_bandwidth("1.5M") == 1_500_000
     assert parse_bandwidth("2000000") == 2_000_000
+    assert parse_bandwidth("0") == parse_bandwidth("0MB") == 0  # no limit, as rclone reads it
     for bad in ("fast", "10Mi B", "-1MB", "100", "5 GBs"):
         with pytest.raises(ValueError):
             parse_bandwidth(bad)

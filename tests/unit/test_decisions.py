@@ -227,6 +227,9 @@ def test_watch_retries_outages_not_configuration(exc: errors.ArchiverError, agai
         (["iam-policy", "--kms-key", "alias/x"], "give the key's ARN"),
         (["setup-bucket", "--bucket", "Not_A_Bucket"], "bucket"),
         (["setup-cdn", "--signed"], "--signed needs --cdn-private-key"),
+        (["upload", "--interval", "5"], "--interval has no effect without --watch"),
+        (["verify", "--limit", "3"], "--limit has no effect without --verify-s3 or --check-local"),
+        (["upload", "--max-bandwidth", "100"], "below 1 KiB/s (0 means no limit)"),
         (["setup-bucket", "--http-endpoint-url", "https://x"], "not a plain http:// URL"),
     ],
 )

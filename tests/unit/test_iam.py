@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import json
 
+from click.testing import CliRunner
+
+from archiver import iam
+from archiver.cli import cli
 from archiver.iam import DAILY, policy
 
 
@@ -132,3 +136,13 @@ def test_iam_policy_on_the_command_line(tmp_path) -> None:
     )
     out = cli("upload", "--kms-key", "k1")
     assert out.returncode == 2 and "ARN" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_no_command_lists_an_action_twice_and_iam_policy_takes_no_flag_it_ignores() -> None:
+    for name, needs in iam.COMMANDS.items():
+        for kind in ("objects", "bucket", "cloudfront", "probe", "kms"):
+            actions = getattr(needs, kind)
+            assert len(set(actions)) == len(actions), (name, kind, actions)
+    for ignored in ("--profile", "--region", "--endpoint-url", "--database-url"):
+        result = CliRunner().invoke(cli, ["iam-policy", ignored, "x"])
+        assert result.exit_code == 2 and "No such option" in result.output, ignored
