@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from archiver.errors import ConfigError, StorageUnavailable
+from archiver.localfs import why
 from archiver.settings import Settings
 from archiver.storage import aws_session
 from archiver.storage_answers import error_code, setting_refusal, unreachable
@@ -147,6 +148,12 @@ def ensure_private_key(path: Path, *, create: bool) -> tuple[rsa.RSAPrivateKey, 
     """The RSA key at `path`, made there (mode 0600, never over an existing file) when it does
     not exist and `create`; and whether it was made."""
     if create and not path.exists():
+        if not path.parent.is_dir():
+            raise ConfigError(
+                f"cannot create the CloudFront private key {path}: its directory "
+                f"{path.parent} does not exist (create it, e.g. `mkdir -p {path.parent}`, or "
+                "choose another path)"
+            )
         key = rsa.generate_private_key(public_exponent=65537, key_size=RSA_KEY_BITS)
         pem = key.private_bytes(
             serialization.Encoding.PEM,
@@ -156,7 +163,7 @@ def ensure_private_key(path: Path, *, create: bool) -> tuple[rsa.RSAPrivateKey, 
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except OSError as exc:
-            raise ConfigError(f"cannot create CloudFront private key {path}: {exc}") from exc
+            raise ConfigError(f"cannot create CloudFront private key {path}: {why(exc)}") from exc
         with os.fdopen(fd, "wb") as out:
             out.write(pem)
         return key, True

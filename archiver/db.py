@@ -169,6 +169,11 @@ class Database:
             )
         except Exception as exc:  # whatever the driver makes of a DSN: one line, no secret
             detail = scrub(str(exc), dsn) or exc.__class__.__name__
+            if isinstance(exc, TimeoutError):  # a server that accepts and never answers
+                detail = (
+                    f"no answer within {CONNECT_TIMEOUT_S:.0f} s (is the host and port a "
+                    "PostgreSQL server or pooler, reachable from here?)"
+                )
             # A wrong password, an unknown or refused role: not an outage (28000, 28P01).
             refused = isinstance(exc, asyncpg.InvalidAuthorizationSpecificationError)
             raise (DatabaseAuthFailed if refused else DatabaseUnavailable)(

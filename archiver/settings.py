@@ -332,16 +332,38 @@ class Settings:
         )
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str], **overrides: object) -> Settings:
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        env_file: str | Path | None = ".env",
+        **overrides: object,
+    ) -> Settings:
         """Settings from the variables the command line reads (DATABASE_URL, else
         SUPABASE_DB_URL; ARCHIVER_BUCKET, ARCHIVER_KEY_PREFIX, ARCHIVER_CACHE_ROOT,
-        AWS_PROFILE, AWS_REGION, AWS_ENDPOINT_URL_S3, ...), with the same defaults;
-        `overrides` win. For programs that archive through the Python API
+        AWS_PROFILE, AWS_REGION, AWS_ENDPOINT_URL_S3, ...), with the same defaults, as the
+        command line reads them: `environ` (default: the process's environment) over the
+        `env_file` when there is one (default: `.env` in the working directory, the app's;
+        None: no file); `overrides` win. For programs that archive through the Python API
         (`archiver.archive`)."""
+        process = environ is None or environ is os.environ
+        merged = dict(os.environ if environ is None else environ)
+        read: str | None = None
+        from_file: set[str] = set()
+        if env_file is not None and Path(env_file).is_file():
+            from dotenv import dotenv_values
 
+            values_in_file = {k: v for k, v in dotenv_values(env_file).items() if v is not None}
+            from_file = set(values_in_file) - set(merged)
+            merged = {**values_in_file, **merged}
+            read = str(Path(env_file).resolve())
+            if process:  # as the command line does: the AWS SDK reads its keys from there
+                os.environ.update({k: values_in_file[k] for k in from_file})
+        environ = merged
+        variable = database_variable(environ)
         values: dict[str, object] = {
             "database_url": first_set(environ, "database_url"),
-            "database_from": database_variable(environ),
+            "database_from": f"{variable} in {read}" if variable in from_file else variable,
             "profile_from": "AWS_PROFILE" if first_set(environ, "profile") else None,
             "bucket": first_set(environ, "bucket") or DEFAULT_BUCKET,
             "key_prefix": first_set(environ, "key_prefix") or DEFAULT_KEY_PREFIX,
@@ -350,6 +372,7 @@ class Settings:
             "region": first_set(environ, "region") or DEFAULT_REGION,
             "endpoint_url": first_set(environ, "endpoint_url"),
             "client": ClientOptions.from_env(environ),
+            "env_file": read or "",
         }
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from archiver.errors import ConfigError
@@ -239,3 +241,22 @@ def test_client_options_from_the_environment(env: dict[str, str], expected: Clie
 def test_bad_client_options_are_config_errors(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         ClientOptions.from_env(env)
+
+
+def test_from_env_reads_the_apps_env_file_under_the_environment(tmp_path, monkeypatch) -> None:
+    dotenv = tmp_path / ".env"
+    dotenv.write_text(
+        "SUPABASE_DB_URL=postgresql://app@db.example:6543/postgres\n"
+        "ARCHIVER_BUCKET=from-file\nARCHIVER_KEY_PREFIX=file-prefix\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    settings = Settings.from_env({"ARCHIVER_KEY_PREFIX": "env-prefix"})
+    assert (settings.bucket, settings.key_prefix) == ("from-file", "env-prefix")
+    assert settings.database_from == f"SUPABASE_DB_URL in {dotenv}"
+    assert settings.env_file == str(dotenv)
+    assert Settings.from_env({}, env_file=None).bucket == "social-tui"  # no file read
+    for name in ("ARCHIVER_BUCKET", "ARCHIVER_KEY_PREFIX", "DATABASE_URL", "SUPABASE_DB_URL"):
+        monkeypatch.setenv(name, "")  # (so that the teardown removes what from_env() sets)
+        monkeypatch.delenv(name)
+    assert Settings.from_env().bucket == "from-file"  # no argument: the process's environment
+    assert os.environ["ARCHIVER_BUCKET"] == "from-file"  # (for the AWS SDK, as the CLI does)

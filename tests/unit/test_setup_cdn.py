@@ -195,3 +195,15 @@ async def test_a_refused_origin_access_control_leaves_the_distribution_alone() -
     assert cf.calls == ["list_origin_access_controls", "create_origin_access_control"]
     assert report.exit_code == 1
     assert "Not set up: origin access control could not be applied." in format_cdn(report)
+
+
+def test_a_key_file_in_a_directory_that_does_not_exist_is_one_plain_line(tmp_path) -> None:
+    from archiver.cloudfront import ensure_private_key
+    from archiver.errors import ConfigError
+
+    path = tmp_path / "no" / "such" / "cloudfront.pem"
+    with pytest.raises(ConfigError) as caught:
+        ensure_private_key(path, create=True)
+    message = str(caught.value)
+    assert f"its directory {path.parent} does not exist" in message and "Errno" not in message
+    assert not path.parent.exists()  # nothing made
