@@ -161,11 +161,14 @@ class _Restorer:
         report = self.report
         found = await self.resolver.locate(row)
         where = plan(row, self.settings, self.resolver)
-        if isinstance(found, Found) and isinstance(where, Target) and where.row_path:
-            # Found elsewhere than where the app looks (its local_file_path): not present.
-            found = found if found.via == "local_file_path" else NotFound("not at its path")
         if self.options.all_missing and isinstance(found, Found):
-            return None  # present: not selected
+            # Present where every other command finds it (verify --check-local does not call
+            # it missing): not selected, and no second copy is made under another name.
+            return None
+        if isinstance(found, Found) and isinstance(where, Target) and where.row_path:
+            # A named row's file found elsewhere than where the app looks (its
+            # local_file_path): restored there.
+            found = found if found.via == "local_file_path" else NotFound("not at its path")
         report.selected += 1
         if isinstance(where, str):
             return report.fail(row, where, kind=ProblemKind.INVALID)

@@ -10,6 +10,7 @@ removes everything it made.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import shutil
 import signal
@@ -53,16 +54,19 @@ class DemoOptions:
     progress: str = "bar"  # "bar", "log" or "off"
 
 
+MOTO_MISSING = (
+    "the demo needs moto's server, which an installed archiver does not have: run it from a "
+    "checkout (uv run archiver demo) or install archiver's dev dependencies"
+)
+
+
 @contextlib.contextmanager
 def s3_server() -> Iterator[str]:
     """A moto S3 server on a free loopback port, for the duration of the block."""
     try:
         from moto.server import ThreadedMotoServer
     except ImportError as exc:  # installed without the development dependencies
-        raise ConfigError(
-            "the demo needs moto's server: run it from a checkout (uv run archiver demo) "
-            "or install archiver's dev dependencies"
-        ) from exc
+        raise ConfigError(MOTO_MISSING) from exc
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
     server.start()
@@ -149,14 +153,18 @@ async def _run(
 def run_demo(options: DemoOptions, out: TextIO | None = None) -> Summary:
     """The whole tour; returns the upload summary."""
     out = out or sys.stdout
+    if importlib.util.find_spec("moto") is None:  # said before 120 MB of media are made
+        raise ConfigError(MOTO_MISSING)
     started = time.monotonic()
     base = Path(tempfile.mkdtemp(prefix="archiver-demo-"))
     workdir = base / "work"
     cache_root = workdir / "cache" / "media"
     pg = LocalPostgres.create()
+    made = 0  # bytes of media written
     try:
         print("archiver demo: a tour on an embedded PostgreSQL and a loopback S3 server", file=out)
         sample = make_sample_set(workdir, cache_root, options.files)
+        made = sample.total_bytes
         print(
             f"\nMade {len(sample.rows):,} rows and {human(sample.total_bytes)} of media in "
             f"{cache_root}:",
@@ -179,17 +187,7 @@ def run_demo(options: DemoOptions, out: TextIO | None = None) -> Summary:
             summary = run_async(
                 lambda interrupt: _run(settings, sample, options, interrupt, workdir, out)
             )
-            expected = sample.expected_outcomes()
-            got = {k: v for k, v in summary.as_json().items() if k in expected}
-            verdict = "as expected" if got == expected else f"EXPECTED {expected}"
-            print(f"\nOutcomes: {json_line(got)} ({verdict})", file=out)
-            print(
-                f"Throughput: {summary.files_per_s:,.1f} files/s, "
-                f"{summary.bytes_uploaded / 1e6 / max(summary.elapsed_s, 1e-9):,.1f} MB/s "
-                f"(upload {summary.elapsed_s:,.1f} s; whole demo "
-                f"{time.monotonic() - started:,.1f} s)",
-                file=out,
-            )
+            _outcomes(summary, sample, time.monotonic() - started, out)
             if options.keep and not summary.interrupted:
                 serve_until_interrupted(settings, workdir, out)
             else:
@@ -198,9 +196,27 @@ def run_demo(options: DemoOptions, out: TextIO | None = None) -> Summary:
     finally:
         pg.stop()
         if options.keep:
-            print(f"Kept the demo's media cache in {cache_root}", file=out, flush=True)
+            print(
+                f"Kept the demo's media cache ({human(made)}) in {cache_root}: "
+                f"`rm -rf {base}` removes it.",
+                file=out,
+                flush=True,
+            )
         else:
             shutil.rmtree(base, ignore_errors=True)
+
+
+def _outcomes(summary: Summary, sample: SampleSet, whole_s: float, out: TextIO) -> None:
+    expected = sample.expected_outcomes()
+    got = {k: v for k, v in summary.as_json().items() if k in expected}
+    verdict = "as expected" if got == expected else f"EXPECTED {expected}"
+    print(f"\nOutcomes: {json_line(got)} ({verdict})", file=out)
+    print(
+        f"Throughput: {summary.files_per_s:,.1f} files/s, "
+        f"{summary.bytes_uploaded / 1e6 / max(summary.elapsed_s, 1e-9):,.1f} MB/s "
+        f"(upload {summary.elapsed_s:,.1f} s; whole demo {whole_s:,.1f} s)",
+        file=out,
+    )
 
 
 def serve_until_interrupted(settings: Settings, workdir: Path, out: TextIO) -> None:

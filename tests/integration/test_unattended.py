@@ -457,3 +457,25 @@ def test_a_signal_during_start_up_ends_the_command_at_once_with_130(env, hung_en
     if sig == signal.SIGTERM:
         assert "Ctrl-C" not in stderr and "stopped by SIGTERM" in stderr, stderr
     assert "Traceback" not in stderr and "error:" not in stderr, stderr
+
+
+# -- the smaller items ------------------------------------------------------------------------
+
+
+async def test_restore_all_missing_makes_no_second_copy_of_a_file_found_under_another_name(env, db):
+    [row] = await make_rows(env, db, 1)
+    assert upload_json(env)["uploaded"] == 1
+    await db.execute("UPDATE post_media SET local_file_path = 'cache/media/images/renamed.bin'")
+    out = run_cli(env, "restore", "--all-missing", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["selected"] == 0
+    assert sorted(p.name for p in (env.cache_root / "images").iterdir()) == [f"{row.md5_sum}.jpg"]
+
+
+async def test_a_hung_database_says_how_long_it_waited(env, hung_endpoint):
+    port = hung_endpoint.rsplit(":", 1)[1]
+    out = run_cli(
+        env, "upload", DATABASE_URL=f"postgresql://app:pw@127.0.0.1:{port}/db", timeout=60
+    )
+    assert out.returncode == 2
+    assert "no answer within 15 s" in out.stderr and "pw" not in out.stderr, out.stderr
