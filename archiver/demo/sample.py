@@ -122,15 +122,6 @@ async def insert_rows(conn: object, rows: list[SampleRow]) -> None:
     await conn.executemany(INSERT_SQL, [r.args() for r in rows])  # type: ignore[attr-defined]
 
 
-def human(nbytes: float) -> str:
-    """`1.5 MB` style sizes."""
-    for unit in ("B", "KB", "MB", "GB"):
-        if nbytes < 1000 or unit == "GB":
-            return f"{nbytes:,.0f} {unit}" if unit == "B" else f"{nbytes:,.1f} {unit}"
-        nbytes /= 1000
-    return f"{nbytes:,.1f} GB"
-
-
 def relpath(path: Path, start: Path) -> str:
     """`path` relative to `start` when inside it (as rows store it), else absolute."""
     try:

@@ -31,14 +31,13 @@ from archiver.demo.sample import (
     DEMO_CASES,
     SampleSet,
     create_schema,
-    human,
     insert_rows,
     make_sample_set,
 )
 from archiver.errors import ConfigError
 from archiver.models import Summary
 from archiver.pipeline import Interrupt
-from archiver.progress import Reporter, format_summary
+from archiver.progress import Reporter, format_summary, human_bytes
 from archiver.settings import DEFAULT_CONCURRENCY, Settings, UploadOptions
 from archiver.signals import run_async
 from archiver.storage import Storage
@@ -166,7 +165,7 @@ def run_demo(options: DemoOptions, out: TextIO | None = None) -> Summary:
         sample = make_sample_set(workdir, cache_root, options.files)
         made = sample.total_bytes
         print(
-            f"\nMade {len(sample.rows):,} rows and {human(sample.total_bytes)} of media in "
+            f"\nMade {len(sample.rows):,} rows and {human_bytes(sample.total_bytes)} of media in "
             f"{cache_root}:",
             file=out,
         )
@@ -197,7 +196,7 @@ def run_demo(options: DemoOptions, out: TextIO | None = None) -> Summary:
         pg.stop()
         if options.keep:
             print(
-                f"Kept the demo's media cache ({human(made)}) in {cache_root}: "
+                f"Kept the demo's media cache ({human_bytes(made)}) in {cache_root}: "
                 f"`rm -rf {base}` removes it.",
                 file=out,
                 flush=True,
