@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import io
@@ -22,6 +23,7 @@ import pytest
 from archiver.commands.upload import run_upload
 from archiver.demo.sample import SampleRow, file_bytes, insert_rows
 from archiver.models import MediaRow, Summary
+from archiver.policies import RetryPolicy
 from archiver.progress import Reporter
 from archiver.settings import UploadOptions
 
@@ -364,3 +366,29 @@ def moto_over_tls(folder: Path, *, own_ca: bool = False) -> Iterator[tuple[str, 
     finally:
         server.shutdown()
         thread.join()
+
+
+async def upload_while_postgres_stops(
+    penv: Any, proxy: Any, pg_server: Any, *, on_result: Any = None
+) -> Summary:
+    """`archiver upload` in-process (8 workers, batches of 10, database retries cut short)
+    while the suite's PostgreSQL is stopped after 30 object PUTs, and started again after."""
+
+    async def stop_postgres_mid_run() -> None:
+        await asyncio.to_thread(wait_for, lambda: proxy.count(lambda r: r.is_object_put) >= 30)
+        await asyncio.to_thread(pg_server.stop_server, "fast")
+
+    stopper = asyncio.create_task(stop_postgres_mid_run())
+    try:
+        summary = await run_upload(
+            penv.settings(),
+            UploadOptions(concurrency=8, batch_size=10),
+            quiet_reporter(),
+            cwd=penv.workdir,
+            db_retry=RetryPolicy(0.1, 0.5, 2.0),
+            on_result=on_result,
+        )
+        await stopper
+    finally:
+        await asyncio.to_thread(pg_server.start)
+    return summary

@@ -220,32 +220,14 @@ async def test_database_gone_for_good_stops_with_exit_1_and_counts_what_was_unre
 ) -> None:
     import asyncpg
 
-    from archiver.commands.upload import run_upload
-    from archiver.policies import RetryPolicy
     from archiver.progress import format_summary
-    from archiver.settings import UploadOptions
-    from tests.helpers import quiet_reporter
+    from tests.helpers import upload_while_postgres_stops
 
     await make_rows(penv, db, 200)
     await db.close()
     proxy.delay_s = 0.05
 
-    async def stop_postgres_mid_run() -> None:
-        await asyncio.to_thread(wait_for, lambda: proxy.count(lambda r: r.is_object_put) >= 30)
-        await asyncio.to_thread(pg_server.stop_server, "fast")
-
-    stopper = asyncio.create_task(stop_postgres_mid_run())
-    try:
-        summary = await run_upload(
-            penv.settings(),
-            UploadOptions(concurrency=8, batch_size=10),
-            quiet_reporter(),
-            cwd=penv.workdir,
-            db_retry=RetryPolicy(0.1, 0.5, 2.0),
-        )
-        await stopper
-    finally:
-        await asyncio.to_thread(pg_server.start)
+    summary = await upload_while_postgres_stops(penv, proxy, pg_server)
     assert summary.error and "database" in summary.error
     assert summary.unrecorded > 0  # confirmed uploads the database never took
     assert summary.exit_code == 1

@@ -19,13 +19,18 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from archiver.commands.upload import run_upload
 from archiver.console import Display, end, run_log
 from archiver.demo.sample import SampleRow, insert_rows
-from archiver.policies import RetryPolicy
 from archiver.progress import RowLog
-from archiver.settings import UploadOptions
-from tests.helpers import make_rows, md5, media_file, quiet_reporter, run_cli, start_cli, wait_for
+from tests.helpers import (
+    make_rows,
+    md5,
+    media_file,
+    run_cli,
+    start_cli,
+    upload_while_postgres_stops,
+    wait_for,
+)
 
 
 async def corrupt_and_missing_rows(env, db, corrupt: int, missing: int) -> None:
@@ -165,26 +170,10 @@ async def test_database_loss_ends_the_log_and_the_report_marks_what_was_not_reco
     proxy.delay_s = 0.05
     log, report = penv.workdir / "up.jsonl", penv.workdir / "report.jsonl"
 
-    async def stop_postgres_mid_run() -> None:
-        await asyncio.to_thread(wait_for, lambda: proxy.count(lambda r: r.is_object_put) >= 30)
-        await asyncio.to_thread(pg_server.stop_server, "fast")
-
     display = Display(log_file=log, log_format="json", quiet=True)
-    stopper = asyncio.create_task(stop_postgres_mid_run())
-    try:
-        with run_log(display, "upload"), contextlib.closing(RowLog(report)) as rows:
-            summary = await run_upload(
-                penv.settings(),
-                UploadOptions(concurrency=8, batch_size=10),
-                quiet_reporter(),
-                cwd=penv.workdir,
-                db_retry=RetryPolicy(0.1, 0.5, 2.0),
-                on_result=rows.write,
-            )
-            code = end(summary, as_json=False, text=lambda _s: "", quiet=True)
-        await stopper
-    finally:
-        await asyncio.to_thread(pg_server.start)
+    with run_log(display, "upload"), contextlib.closing(RowLog(report)) as rows:
+        summary = await upload_while_postgres_stops(penv, proxy, pg_server, on_result=rows.write)
+        code = end(summary, as_json=False, text=lambda _s: "", quiet=True)
     assert code == 1 and summary.unrecorded > 0
     last = log_records(log)[-1]
     assert (last["event"], last["outcome"], last["exit_code"]) == ("end", "failed", 1)
