@@ -308,3 +308,10 @@ async def test_retrying_backs_off_until_the_deadline() -> None:
         return answer
 
     assert await retrying(policy, flaky, clock=lambda: now[0], sleep=sleep) == 7
+
+
+def test_help_says_a_default_holds_unless_its_variable_is_set() -> None:
+    result = CliRunner().invoke(cli, ["upload", "--help"], env={"ARCHIVER_BUCKET": "mine"})
+    text = " ".join(result.output.split())
+    assert "social-tui, unless ARCHIVER_BUCKET is set" in text
+    assert "[default: social-tui]" not in text
