@@ -94,14 +94,18 @@ def without_effect(flag: str, needs: str) -> None:
 
 
 def empty_variables(ctx: click.Context) -> None:
-    """ConfigError for a variable of one of the command's options that is set but empty
-    (`ARCHIVER_BUCKET=`): left alone it would mean the default without a word."""
+    """ConfigError for an ARCHIVER_ variable of one of the command's options that is set
+    but empty (`ARCHIVER_BUCKET=`): left alone it would mean the default without a word.
+    (An empty DATABASE_URL or AWS_ variable is left to its readers: an app's .env may hold
+    `DATABASE_URL=` beside the SUPABASE_DB_URL it means, and the AWS SDK reads its own.)"""
     meta = ctx.find_root().meta
     for param in ctx.command.params:
         if ctx.get_parameter_source(param.name or "") is click.core.ParameterSource.COMMANDLINE:
             continue
         names = [param.envvar] if isinstance(param.envvar, str) else list(param.envvar or ())
         for variable in names:
+            if not variable.startswith("ARCHIVER_"):
+                continue
             if variable in os.environ and not os.environ[variable].strip():
                 where = (
                     f" in {meta['archiver.env_loaded']}"
