@@ -468,3 +468,10 @@ async def test_a_hung_database_says_how_long_it_waited(env, hung_endpoint):
     )
     assert out.returncode == 2
     assert "no answer within 15 s" in out.stderr and "pw" not in out.stderr, out.stderr
+
+
+def test_an_empty_database_url_beside_the_apps_supabase_db_url_is_no_error(env, db):
+    (env.workdir / ".env").write_text(f"DATABASE_URL=\nSUPABASE_DB_URL={env.database_url}\n")
+    out = run_cli(env, "verify", "-v", environ=without(env.environ(), "DATABASE_URL"))
+    assert out.returncode == 0, out.stderr
+    assert f"(from SUPABASE_DB_URL in {env.workdir / '.env'})" in out.stderr
