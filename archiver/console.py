@@ -181,12 +181,7 @@ def long_job(
     log, Ctrl-C and SIGTERM turned into its `Interrupt`, and end it."""
     with run_log(display, command):
         progress = display.progress(command)
-
-        def started(interrupt: Interrupt) -> Coroutine[Any, Any, R]:
-            progress.interrupt = interrupt
-            return job(progress, interrupt)
-
-        report, interrupted = run_job(started)
+        report, interrupted = run_job(lambda interrupt: job(progress, interrupt))
         return end(
             report, as_json=display.as_json, text=text, interrupted=interrupted, quiet=display.quiet
         )

@@ -45,12 +45,10 @@ from archiver.settings import (
     validate_endpoint,
 )
 from archiver.sources import (
-    database_from,
     empty_variables,
-    env_file_read,
     load_env_file,
     overrides,
-    source,
+    settings_sources,
     without_effect,
 )
 
@@ -252,16 +250,13 @@ def build_settings(params: dict[str, Any], *, verbose: bool = False) -> Settings
     database_url = params.pop("database_url", None) or None
     settings = Settings(
         database_url=database_url,
-        database_from=database_from(database_url),
         bucket=params.pop("bucket", DEFAULT_BUCKET),
         key_prefix=params.pop("key_prefix", DEFAULT_KEY_PREFIX),
         cache_root=params.pop("cache_root", Path(DEFAULT_CACHE_ROOT)),
-        cache_root_from=source("cache_root"),
-        env_file=env_file_read(),
         profile=params.pop("profile", None) or None,
-        profile_from=source("profile"),
         region=params.pop("region", None) or DEFAULT_REGION,
         endpoint_url=params.pop("endpoint_url", None) or None,
+        **settings_sources(database_url),
         # AWS_RETRY_MODE, AWS_MAX_ATTEMPTS, AWS_REQUEST_CHECKSUM_CALCULATION: read here, for
         # every command, and passed to botocore explicitly (see `ClientOptions`).
         client=ClientOptions.from_env(os.environ),

@@ -179,7 +179,6 @@ class Progress:
         self.bytes = 0
         self.moves_bytes = True  # False: no MB or MB/s (verify's HEADs move no data)
         self.unit = "file"
-        self.interrupt: Interruptible | None = None  # a job stopped by a signal is not done
         self._bar: tqdm | None = None
         self._started = self._last_log = self._last_postfix = clock()
 
@@ -189,16 +188,19 @@ class Progress:
         return self.mode != "off" or RUN_LOG.isEnabledFor(logging.INFO)
 
     @contextlib.contextmanager
-    def running(self, total: int | None) -> Iterator[Progress]:
-        """`start(total)`, then `close`: with the final figures when the block completes,
-        without them when an error stops it (the error's line is the last word)."""
+    def running(
+        self, total: int | None, interrupt: Interruptible | None = None
+    ) -> Iterator[Progress]:
+        """`start(total)`, then `close`: with the final figures when the block completes
+        (`stopped` when `interrupt` was triggered), without them when an error stops it (the
+        error's line is the last word)."""
         self.start(total)
         try:
             yield self
         except BaseException:
             self.close(completed=False)
             raise
-        self.close()
+        self.close(interrupted=interrupt is not None and interrupt.triggered)
 
     def start(self, total: int | None, *, total_bytes: int | None = None) -> None:
         """A new count of `total` items (None: not known ahead; verify counts each of its
@@ -311,9 +313,8 @@ class Progress:
                 self._bar.set_postfix_str(self._bytes_text(now), refresh=True)
             self._bar.close()
             self._bar = None
-        stopped = interrupted or (self.interrupt is not None and self.interrupt.triggered)
         if completed and self.wants_total:
-            self._log(now, final=True, stopped=stopped)
+            self._log(now, final=True, stopped=interrupted)
 
 
 class Reporter:

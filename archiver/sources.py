@@ -54,6 +54,18 @@ def overrides(ctx: click.Context) -> list[str]:
     return said
 
 
+def _variables(param: click.Parameter) -> list[str]:
+    return [param.envvar] if isinstance(param.envvar, str) else list(param.envvar or ())
+
+
+def _named(ctx: click.Context, variable: str) -> str:
+    """`VARIABLE`, or `VARIABLE in /app/.env` when the .env set it."""
+    meta = ctx.find_root().meta
+    if variable in meta.get("archiver.env_keys", ()):
+        return f"{variable} in {meta['archiver.env_loaded']}"
+    return variable
+
+
 def source_of(ctx: click.Context, name: str) -> str | None:
     """Where the value of option `name` came from, as an error should name it: its flag
     (`--storage-class`), its variable (`ARCHIVER_STORAGE_CLASS`), or the variable and the
@@ -63,12 +75,9 @@ def source_of(ctx: click.Context, name: str) -> str | None:
     if param is None or source is None:
         return None
     if source is click.core.ParameterSource.ENVIRONMENT:
-        names = [param.envvar] if isinstance(param.envvar, str) else list(param.envvar or ())
+        names = _variables(param)
         variable = next((n for n in names if os.environ.get(n)), names[0] if names else None)
-        meta = ctx.find_root().meta
-        if variable in meta.get("archiver.env_keys", ()):
-            return f"{variable} in {meta['archiver.env_loaded']}"
-        return variable
+        return _named(ctx, variable) if variable else None
     if source is click.core.ParameterSource.COMMANDLINE:
         opts: list[str] = list(getattr(param, "opts", None) or [name])
         return max(opts, key=len)
@@ -98,41 +107,28 @@ def empty_variables(ctx: click.Context) -> None:
     but empty (`ARCHIVER_BUCKET=`): left alone it would mean the default without a word.
     (An empty DATABASE_URL or AWS_ variable is left to its readers: an app's .env may hold
     `DATABASE_URL=` beside the SUPABASE_DB_URL it means, and the AWS SDK reads its own.)"""
-    meta = ctx.find_root().meta
     for param in ctx.command.params:
         if ctx.get_parameter_source(param.name or "") is click.core.ParameterSource.COMMANDLINE:
             continue
-        names = [param.envvar] if isinstance(param.envvar, str) else list(param.envvar or ())
-        for variable in names:
-            if not variable.startswith("ARCHIVER_"):
-                continue
-            if variable in os.environ and not os.environ[variable].strip():
-                where = (
-                    f" in {meta['archiver.env_loaded']}"
-                    if variable in meta.get("archiver.env_keys", ())
-                    else ""
-                )
+        for variable in _variables(param):
+            empty = variable in os.environ and not os.environ[variable].strip()
+            if empty and variable.startswith("ARCHIVER_"):
+                where = _named(ctx, variable).removeprefix(variable)  # ` in /app/.env`, or ""
                 raise ConfigError(
                     f"{variable} is set but empty{where}: give it a value, or remove it for "
                     "the default"
                 )
 
 
-def source(name: str) -> str | None:
+def settings_sources(database_url: str | None) -> dict[str, str | None]:
+    """For `Settings`: where the database URL, cache root and profile came from (None: a
+    default, or no command line), and the .env read ("" when there was none to read)."""
     ctx = click.get_current_context(silent=True)
-    return source_of(ctx, name) if ctx is not None else None
-
-
-def env_file_read() -> str | None:
-    """The .env read, or "" when there was none to read."""
-    ctx = click.get_current_context(silent=True)
-    return ctx.find_root().meta.get("archiver.env_loaded", "") if ctx is not None else None
-
-
-def database_from(database_url: str | None) -> str | None:
-    """Where the command line's database URL came from: the flag, or which variable (and
-    the .env that set it)."""
-    ctx = click.get_current_context(silent=True)
-    if not database_url or ctx is None:
-        return None
-    return source_of(ctx, "database_url")
+    if ctx is None:
+        return {}
+    return {
+        "database_from": source_of(ctx, "database_url") if database_url else None,
+        "cache_root_from": source_of(ctx, "cache_root"),
+        "profile_from": source_of(ctx, "profile"),
+        "env_file": ctx.find_root().meta.get("archiver.env_loaded", ""),
+    }

@@ -264,7 +264,7 @@ async def run_prune(
                 report.keep(row, reason)
                 progress.step(0)
 
-            with progress.running(total):
+            with progress.running(total, interrupt):
                 await for_each(
                     rows(),
                     prune,

@@ -276,7 +276,7 @@ async def run_restore(
                 report.fail(row, reason)
                 progress.step(0)
 
-            with progress.running(total):
+            with progress.running(total, interrupt):
                 await for_each(
                     db.rows(row_filter),
                     restore,

@@ -171,7 +171,7 @@ async def run_verify(
                 report.repair = Repair(dry_run=options.dry_run)
             progress.desc = "verify --verify-s3"
             progress.moves_bytes, progress.unit = False, "object"  # HEADs: no data moves
-            with progress.running(await _total(db, ARCHIVED, options, progress)):
+            with progress.running(await _total(db, ARCHIVED, options, progress), interrupt):
                 await _check_s3(db, store, settings, options, report, resolver, interrupt, progress)
             if report.repair is not None and report.repair.candidates and not options.dry_run:
                 report.repair.cleared = await db.clear_urls(report.repair.candidates)
@@ -180,7 +180,7 @@ async def run_verify(
             report.local = LocalCheck()
             progress.desc = "verify --check-local"
             progress.moves_bytes, progress.unit = False, "row"
-            with progress.running(await _total(db, EVERY_ROW, options, progress)):
+            with progress.running(await _total(db, EVERY_ROW, options, progress), interrupt):
                 await _check_local(db, options, report, resolver, interrupt, progress)
     return report
 
